@@ -1,0 +1,99 @@
+# Shared by tests/env/up, tests/env/down and tests/env/build. Sourced, not run.
+#
+# Layout:
+#   $PIPEWRIGHT_CACHE (default ~/.cache/pipewright): everything downloaded or built, by version:
+#     go/mod, go/build      Go module and build caches used for the builds below
+#     k8s/<version>/bin     etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+#     helm/<version>/bin    helm
+#     m2, kafka/<version>   Maven repository and the Kafka broker + tools jars
+#   $PIPEWRIGHT_STATE (default target/testenv): the running environment (data, certificates,
+#     kubeconfig, logs, pids). tests/env/down stops every process and deletes it.
+
+set -euo pipefail
+
+ENV_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$ENV_DIR/../.." && pwd)
+CACHE=${PIPEWRIGHT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pipewright}
+STATE=${PIPEWRIGHT_STATE:-$ROOT/target/testenv}
+
+K8S_VERSION=$(awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "k8s.io/kubernetes" { print $2 }' "$ENV_DIR/k8s/go.mod")
+HELM_VERSION=$(awk '$1 == "helm.sh/helm/v4" { print $2 }' "$ENV_DIR/helm/go.mod")
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ENV_DIR/kafka/pom.xml")
+
+K8S_BIN=$CACHE/k8s/$K8S_VERSION/bin
+HELM_BIN=$CACHE/helm/$HELM_VERSION/bin
+KAFKA_LIBS=$CACHE/kafka/$KAFKA_VERSION/libs
+
+export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+
+log() { printf '[env] %s\n' "$*" >&2; }
+die() {
+  printf '[env] error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Runs a command for the PostgreSQL server: initdb and postgres refuse to run as root, so as
+# root they run as the `postgres` user (setpriv execs, so a recorded pid is the server's own).
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || die "running as root needs the 'postgres' user (apt-get install postgresql)"
+    setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
+  else
+    "$@"
+  fi
+}
+
+pg_bindir() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -x "$d/initdb" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)"
+  echo "$d"
+}
+
+# A free TCP port on 127.0.0.1, chosen by the kernel.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+pid_alive() { [ -f "$STATE/pids/$1" ] && kill -0 "$(cat "$STATE/pids/$1")" 2>/dev/null; }
+
+# Polls a command until service $1 answers; fails at once, showing its log, when the service's
+# process exits, and after $2 seconds otherwise.
+wait_for() {
+  local what=$1 timeout=$2 logfile=$STATE/logs/$1.log
+  shift 2
+  local start=$SECONDS
+  until "$@" >/dev/null 2>&1; do
+    local why=""
+    pid_alive "$what" || why="exited"
+    [ $((SECONDS - start)) -lt "$timeout" ] || why="did not become ready within ${timeout}s"
+    if [ -n "$why" ]; then
+      log "$what $why; last lines of $logfile:"
+      tail -n 30 "$logfile" >&2 || true
+      die "$what failed to start"
+    fi
+    sleep 0.5
+  done
+}
+
+# Runs a long step with its output in a log, printing a heartbeat so a first run is not silent.
+with_progress() {
+  local what=$1 logfile=$2
+  shift 2
+  log "$what (log: $logfile)"
+  mkdir -p "$(dirname "$logfile")"
+  local start=$SECONDS
+  "$@" >"$logfile" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 5
+    if kill -0 "$pid" 2>/dev/null && [ $(((SECONDS - start) % 60)) -lt 5 ] && [ $((SECONDS - start)) -ge 60 ]; then
+      log "  ... $what: $(((SECONDS - start) / 60)) min"
+    fi
+  done
+  if ! wait "$pid"; then
+    tail -n 40 "$logfile" >&2
+    die "$what failed"
+  fi
+  log "  done in $((SECONDS - start))s"
+}

@@ -1,0 +1,291 @@
+//! Test support for pipewright's integration tests.
+//!
+//! Every integration test runs against the real services that `tests/env/up` starts on
+//! loopback: a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler), an Apache Kafka broker and a PostgreSQL server. Their addresses reach the
+//! tests through the environment variables that `eval "$(tests/env/up)"` exports. When one is
+//! missing or the service does not answer, the test fails with a message saying how to start
+//! the environment: there are no silent skips.
+//!
+//! Fixtures isolate each test: a unique namespace, topic or schema per test, so tests run in
+//! parallel and a failed run leaves nothing that confuses the next one.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// What to do when the environment is missing; part of every failure message.
+pub const HOW_TO_START: &str = "start the test environment first: `eval \"$(tests/env/up)\"` \
+     from the repository root (or run `make test`, which does it for you)";
+
+/// Connection details of the local test environment, read from the variables that
+/// `tests/env/up` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestEnv {
+    /// `KUBECONFIG`: a kubeconfig with cluster-admin client-certificate credentials.
+    pub kubeconfig: PathBuf,
+    /// `KAFKA_BOOTSTRAP_SERVERS`: the broker's plaintext listener (`host:port`).
+    pub kafka_bootstrap_servers: String,
+    /// `DATABASE_URL`: a superuser URL of the throwaway PostgreSQL cluster.
+    pub database_url: String,
+}
+
+impl TestEnv {
+    /// The environment of this process; panics with [`HOW_TO_START`] when it is incomplete.
+    pub fn get() -> &'static TestEnv {
+        static ENV: OnceLock<TestEnv> = OnceLock::new();
+        ENV.get_or_init(|| {
+            TestEnv::from_lookup(|name| std::env::var(name).ok()).unwrap_or_else(|e| panic!("{e}"))
+        })
+    }
+
+    /// Builds the environment from a variable lookup; an error names every missing variable.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<TestEnv, String> {
+        let names = ["KUBECONFIG", "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"];
+        let values: Vec<Option<String>> = names
+            .iter()
+            .map(|n| lookup(n).filter(|v| !v.is_empty()))
+            .collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .zip(&values)
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the test environment is not set up ({} not set): {HOW_TO_START}",
+                missing.join(", ")
+            ));
+        }
+        let mut values = values.into_iter().flatten();
+        let mut next = || values.next().unwrap_or_default();
+        Ok(TestEnv {
+            kubeconfig: PathBuf::from(next()),
+            kafka_bootstrap_servers: next(),
+            database_url: next(),
+        })
+    }
+}
+
+/// A name no other test uses: `prefix-` and ten random hex digits (valid as a Kubernetes
+/// name, a Kafka topic and, quoted or not, a PostgreSQL identifier).
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..10])
+}
+
+/// Polls `check` every 200 ms until it yields a value; panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A client for the test control plane, authenticated as cluster-admin. Fails with
+/// [`HOW_TO_START`] when the apiserver does not answer.
+pub async fn kube_client() -> Client {
+    let env = TestEnv::get();
+    let kubeconfig = Kubeconfig::read_from(&env.kubeconfig).unwrap_or_else(|e| {
+        panic!(
+            "cannot read KUBECONFIG {}: {e}; {HOW_TO_START}",
+            env.kubeconfig.display()
+        )
+    });
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", env.kubeconfig.display()));
+    let client = Client::try_from(config).expect("kube client from kubeconfig");
+    if let Err(e) = client.apiserver_version().await {
+        panic!("the kube-apiserver of the test environment does not answer ({e}); {HOW_TO_START}");
+    }
+    client
+}
+
+/// A namespace of its own for one test. Delete it at the end with [`TestNamespace::delete`];
+/// a panicking test leaves it behind for inspection (`tests/env/down` removes everything).
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> TestNamespace {
+        let name = unique_name(prefix);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("pipewright.io/test".to_string(), "true".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    /// Deletes the namespace (and, through the namespace controller, all it holds).
+    pub async fn delete(self) {
+        Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await
+            .unwrap_or_else(|e| panic!("delete namespace {}: {e}", self.name));
+    }
+}
+
+/// librdkafka settings pointing at the test broker; add the role-specific ones.
+pub fn kafka_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set(
+        "bootstrap.servers",
+        TestEnv::get().kafka_bootstrap_servers.as_str(),
+    );
+    config
+}
+
+/// Creates a topic of its own for one test (auto-creation is off on the test broker) and
+/// returns its name. Fails with [`HOW_TO_START`] when the broker does not answer.
+pub async fn create_topic(prefix: &str, partitions: i32) -> String {
+    let name = unique_name(prefix);
+    let admin: AdminClient<DefaultClientContext> = kafka_config()
+        .create()
+        .expect("rdkafka admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!("the Kafka broker of the test environment does not answer ({e}); {HOW_TO_START}")
+        });
+    for result in results {
+        if let Err((topic, code)) = result {
+            panic!("create topic {topic}: {code}");
+        }
+    }
+    name
+}
+
+/// A PostgreSQL schema of its own for one test, and a pool whose connections use it as
+/// their `search_path`.
+#[derive(Debug)]
+pub struct TestSchema {
+    pub name: String,
+    pub pool: PgPool,
+}
+
+impl TestSchema {
+    pub async fn create(prefix: &str) -> TestSchema {
+        let name = unique_name(prefix).replace('-', "_");
+        let url = &TestEnv::get().database_url;
+        let options: PgConnectOptions = url
+            .parse()
+            .unwrap_or_else(|e| panic!("DATABASE_URL is not a PostgreSQL URL: {e}"));
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the PostgreSQL server of the test environment does not answer ({e}); {HOW_TO_START}")
+            });
+        // The name is ours (prefix + hex), quoted: safe to splice.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+            .execute(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("create schema {name}: {e}"));
+        admin.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.options([("search_path", name.as_str())]))
+            .await
+            .expect("connect to the test schema");
+        TestSchema { name, pool }
+    }
+
+    /// Drops the schema and everything in it, then closes the pool.
+    pub async fn drop(self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{}\" CASCADE",
+            self.name
+        )))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("drop schema {}: {e}", self.name));
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_environment_names_every_variable_and_how_to_start_it() {
+        let err = TestEnv::from_lookup(|name| {
+            (name == "KUBECONFIG").then(|| "/tmp/kubeconfig".to_string())
+        })
+        .unwrap_err();
+        assert!(err.contains("KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL"), "{err}");
+        assert!(!err.contains("KUBECONFIG"), "{err}");
+        assert!(err.contains("tests/env/up"), "{err}");
+    }
+
+    #[test]
+    fn complete_environment_is_read_in_order() {
+        let env = TestEnv::from_lookup(|name| Some(format!("<{name}>"))).unwrap();
+        assert_eq!(env.kubeconfig, PathBuf::from("<KUBECONFIG>"));
+        assert_eq!(env.kafka_bootstrap_servers, "<KAFKA_BOOTSTRAP_SERVERS>");
+        assert_eq!(env.database_url, "<DATABASE_URL>");
+    }
+
+    #[test]
+    fn unique_names_are_valid_kubernetes_names_and_differ() {
+        let a = unique_name("ns");
+        let b = unique_name("ns");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "ns-".len() + 10);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+}
