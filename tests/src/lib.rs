@@ -183,9 +183,8 @@ pub fn kafka_config() -> ClientConfig {
 /// returns its name. Fails with [`HOW_TO_START`] when the broker does not answer.
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     let name = unique_name(prefix);
-    let admin: AdminClient<DefaultClientContext> = kafka_config()
-        .create()
-        .expect("rdkafka admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_config().create().expect("rdkafka admin client");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(
@@ -247,9 +246,9 @@ impl TestSchema {
             "DROP SCHEMA \"{}\" CASCADE",
             self.name
         )))
-            .execute(&self.pool)
-            .await
-            .unwrap_or_else(|e| panic!("drop schema {}: {e}", self.name));
+        .execute(&self.pool)
+        .await
+        .unwrap_or_else(|e| panic!("drop schema {}: {e}", self.name));
         self.pool.close().await;
     }
 }
@@ -264,7 +263,10 @@ mod tests {
             (name == "KUBECONFIG").then(|| "/tmp/kubeconfig".to_string())
         })
         .unwrap_err();
-        assert!(err.contains("KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL"), "{err}");
+        assert!(
+            err.contains("KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL"),
+            "{err}"
+        );
         assert!(!err.contains("KUBECONFIG"), "{err}");
         assert!(err.contains("tests/env/up"), "{err}");
     }

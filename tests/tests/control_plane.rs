@@ -88,18 +88,30 @@ async fn deployment_gets_replicaset_and_pods_from_controller_manager() {
         .await
         .unwrap();
 
-    let rs = eventually("the deployment controller to create a ReplicaSet", WAIT, || async {
-        let list = replicasets.list(&ListParams::default()).await.unwrap();
-        list.items.into_iter().find(|rs| owned_by(rs, &created))
-    })
+    let rs = eventually(
+        "the deployment controller to create a ReplicaSet",
+        WAIT,
+        || async {
+            let list = replicasets.list(&ListParams::default()).await.unwrap();
+            list.items.into_iter().find(|rs| owned_by(rs, &created))
+        },
+    )
     .await;
     assert_eq!(rs.spec.replicas, Some(2));
 
-    let owned_pods = eventually("the replicaset controller to create 2 Pods", WAIT, || async {
-        let list = pods.list(&ListParams::default()).await.unwrap();
-        let owned: Vec<Pod> = list.items.into_iter().filter(|p| owned_by(p, &rs)).collect();
-        (owned.len() == 2).then_some(owned)
-    })
+    let owned_pods = eventually(
+        "the replicaset controller to create 2 Pods",
+        WAIT,
+        || async {
+            let list = pods.list(&ListParams::default()).await.unwrap();
+            let owned: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| owned_by(p, &rs))
+                .collect();
+            (owned.len() == 2).then_some(owned)
+        },
+    )
     .await;
     // Without a node they stay Pending; that they exist proves the controllers run.
     for pod in &owned_pods {
@@ -134,11 +146,15 @@ async fn deleting_a_deployment_garbage_collects_its_replicaset_and_pods() {
         .delete("gc", &DeleteParams::background())
         .await
         .unwrap();
-    eventually("the garbage collector to delete the ReplicaSet and Pod", WAIT, || async {
-        let rs = replicasets.list(&ListParams::default()).await.unwrap();
-        let p = pods.list(&ListParams::default()).await.unwrap();
-        (rs.items.is_empty() && p.items.is_empty()).then_some(())
-    })
+    eventually(
+        "the garbage collector to delete the ReplicaSet and Pod",
+        WAIT,
+        || async {
+            let rs = replicasets.list(&ListParams::default()).await.unwrap();
+            let p = pods.list(&ListParams::default()).await.unwrap();
+            (rs.items.is_empty() && p.items.is_empty()).then_some(())
+        },
+    )
     .await;
     ns.delete().await;
 }

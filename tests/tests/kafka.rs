@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use pipewright_testenv::{create_topic, kafka_config, unique_name};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use pipewright_testenv::{create_topic, kafka_config, unique_name};
 
 const RECORDS: usize = 200;
 

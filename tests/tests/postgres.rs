@@ -29,10 +29,7 @@ async fn sqlx_queries_run_in_an_isolated_schema() {
         .fetch_all(pool)
         .await
         .unwrap();
-    let got: Vec<(i64, String)> = rows
-        .iter()
-        .map(|r| (r.get("id"), r.get("n")))
-        .collect();
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get("id"), r.get("n"))).collect();
     assert_eq!(got, vec![(1, "1".into()), (2, "2".into()), (3, "3".into())]);
 
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
