@@ -43,7 +43,11 @@ demo: ## Run everything locally: operator, examples, events flowing (issue #8)
 
 .PHONY: generate
 generate: ## Regenerate the CRD YAML into charts/pipewright/crds (issue #3)
-	@echo "make generate waits for issue #3 (API: CRDs, crdgen)" >&2; exit 2
+	$(CARGO) run -q -p pipewright-crds --bin crdgen -- charts/pipewright/crds
+
+.PHONY: generate-check
+generate-check: ## Fail when the checked-in CRD YAML differs from the Rust types
+	$(CARGO) run -q -p pipewright-crds --bin crdgen -- --check charts/pipewright/crds
 
 .PHONY: bench
 bench: ## Benchmarks as ratios against baselines (benchmark issue, not filed yet)

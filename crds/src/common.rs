@@ -1,0 +1,344 @@
+//! Types both kinds share: references to Secrets and ConfigMaps, the Kafka connection,
+//! durations, autoscaling bounds and the condition vocabulary.
+//!
+//! Secrets enter the API only by reference ([`SecretKeyRef`], [`SecretRef`]): no field of a
+//! spec can hold a password, token or DSN itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use kube::KubeSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// The API group of both kinds.
+pub const GROUP: &str = "pipewright.io";
+/// The API version of both kinds.
+pub const VERSION: &str = "v1alpha1";
+/// The category both kinds belong to: `kubectl get pipewright` lists them together.
+pub const CATEGORY: &str = "pipewright";
+
+/// Condition types the operator sets on both kinds, and the reasons it gives.
+pub mod conditions {
+    /// The workers run and do their job (consume and deliver, or publish).
+    pub const READY: &str = "Ready";
+    /// The operator is rolling out a change (new generation, scaling).
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something needs a person: a bad reference, an unreachable dependency, a poison message.
+    pub const DEGRADED: &str = "Degraded";
+
+    /// The worker Deployment has fewer available replicas than desired.
+    pub const DEPLOYMENT_UNAVAILABLE: &str = "DeploymentUnavailable";
+    /// A referenced Secret, or a key in it, does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The Kafka cluster does not answer.
+    pub const KAFKA_UNREACHABLE: &str = "KafkaUnreachable";
+    /// The PostgreSQL database does not answer.
+    pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
+    /// A record failed every retry and there is no dead-letter topic to park it in.
+    pub const POISON_MESSAGE: &str = "PoisonMessage";
+    /// The resource carries the annotation `pipewright.io/paused: "true"`: the operator
+    /// leaves its workers as they are until the annotation goes.
+    pub const PAUSED: &str = "Paused";
+}
+
+/// A DNS-1123 subdomain: the name of a Secret or ConfigMap.
+pub(crate) const OBJECT_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A key of a Secret's or ConfigMap's data.
+pub(crate) const DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// A Kafka topic name (the broker's own rule; at most 249 characters).
+pub(crate) const TOPIC_PATTERN: &str = r"^[a-zA-Z0-9._-]+$";
+/// A PostgreSQL identifier that needs no quoting: lower case, at most 63 bytes.
+pub(crate) const SQL_IDENTIFIER_PATTERN: &str = r"^[a-z_][a-z0-9_]{0,62}$";
+/// A table name: an identifier, optionally qualified by a schema (`schema.table`).
+pub(crate) const SQL_TABLE_PATTERN: &str = r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$";
+/// A container image reference: no whitespace (the registry resolves the rest).
+pub(crate) const IMAGE_PATTERN: &str = r"^[^\s]+$";
+/// Go `time.ParseDuration` syntax without sign: one or more `<number><unit>`.
+pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
+
+/// The librdkafka settings that `kafka.config` may set. Credentials (`sasl.*`, `ssl.*`) come
+/// from `kafka.secretRef`; the settings that carry pipewright's guarantees (`group.id`,
+/// `enable.auto.commit`, `enable.idempotence`, `acks`, `transactional.id`, `isolation.level`,
+/// `message.timeout.ms`, ...) are the worker's, not the user's.
+pub const KAFKA_CONFIG_ALLOWED_KEYS: &[&str] = &[
+    "client.rack",
+    "socket.timeout.ms",
+    "socket.keepalive.enable",
+    "socket.connection.setup.timeout.ms",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "request.timeout.ms",
+    "metadata.max.age.ms",
+    "topic.metadata.refresh.interval.ms",
+    "broker.address.family",
+    "statistics.interval.ms",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.wait.max.ms",
+    "max.partition.fetch.bytes",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "compression.type",
+    "linger.ms",
+    "batch.size",
+    "batch.num.messages",
+    "message.max.bytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+];
+
+/// A key in a Secret: where a credential (a DSN, a token) is read from. The Secret must be in
+/// the same namespace as the resource that names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the resource's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key in the Secret's data whose value is used.
+    #[schemars(length(min = 1, max = 253), pattern(DATA_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// A whole Secret, in the resource's namespace, whose keys the consumer of the reference
+/// documents.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret, in the resource's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(OBJECT_NAME_PATTERN))]
+    pub name: String,
+}
+
+/// A key in a ConfigMap, in the resource's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap, in the resource's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key in the ConfigMap's data whose value is used.
+    #[schemars(length(min = 1, max = 253), pattern(DATA_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// How to reach a Kafka cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaConnection {
+    /// Brokers to bootstrap from, as `host:port` (`[ipv6]:port` for IPv6 literals).
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(inner(
+        length(min = 3, max = 261),
+        pattern(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+    ))]
+    pub bootstrap_servers: Vec<String>,
+    /// A Secret whose keys are librdkafka security settings, passed to the client as they are:
+    /// `security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem`. Unset: plaintext, no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Extra librdkafka settings (tuning only). Allowed keys: client.rack, socket.timeout.ms,
+    /// socket.keepalive.enable, socket.connection.setup.timeout.ms, reconnect.backoff.ms,
+    /// reconnect.backoff.max.ms, request.timeout.ms, metadata.max.age.ms,
+    /// topic.metadata.refresh.interval.ms, broker.address.family, statistics.interval.ms,
+    /// session.timeout.ms, heartbeat.interval.ms, max.poll.interval.ms,
+    /// partition.assignment.strategy, fetch.min.bytes, fetch.max.bytes, fetch.wait.max.ms,
+    /// max.partition.fetch.bytes, queued.min.messages, queued.max.messages.kbytes,
+    /// compression.type, linger.ms, batch.size, batch.num.messages, message.max.bytes,
+    /// queue.buffering.max.messages, queue.buffering.max.kbytes.
+    /// Credentials belong in secretRef.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = string_map_limits::<32, 256>)]
+    #[x_kube(validation = Rule::new(kafka_config_rule()).message(
+        "kafka.config may only set the allowed librdkafka tuning keys (see kubectl explain); credentials belong in kafka.secretRef"
+    ).reason(Reason::FieldValueForbidden))]
+    pub config: BTreeMap<String, String>,
+}
+
+/// The CEL rule that keeps `kafka.config` to [`KAFKA_CONFIG_ALLOWED_KEYS`].
+fn kafka_config_rule() -> String {
+    let keys: Vec<String> = KAFKA_CONFIG_ALLOWED_KEYS
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect();
+    format!("self.all(k, k in [{}])", keys.join(", "))
+}
+
+/// A CEL rule: the duration (a string that matches [`DURATION_PATTERN`]) lies in
+/// `[min, max]`. A string that does not match is left to the pattern, so that a typo gets one
+/// error that shows the expected syntax rather than a second one about conversion.
+pub(crate) fn duration_between(min: &str, max: &str) -> String {
+    let pattern = DURATION_PATTERN.replace('\\', "\\\\");
+    format!(
+        "!self.matches('{pattern}') || (duration(self) >= duration('{min}') && duration(self) <= duration('{max}'))"
+    )
+}
+
+/// A CEL rule: duration field `shorter` is at most duration field `longer` (both of `self`).
+/// Strings that are no durations are left to the pattern, as in [`duration_between`].
+pub(crate) fn duration_not_longer(shorter: &str, longer: &str) -> String {
+    let pattern = DURATION_PATTERN.replace('\\', "\\\\");
+    format!(
+        "!self.{shorter}.matches('{pattern}') || !self.{longer}.matches('{pattern}') || duration(self.{shorter}) <= duration(self.{longer})"
+    )
+}
+
+/// Bounds a `map[string]string`: at most `N` entries, keys and values at most `LEN` characters.
+/// The bounds also keep the CEL rules on such maps within the apiserver's cost budget.
+pub(crate) fn string_map_limits<const N: usize, const LEN: usize>(schema: &mut Schema) {
+    schema.insert("maxProperties".into(), N.into());
+    if let Some(values) = schema
+        .get_mut("additionalProperties")
+        .and_then(|v| v.as_object_mut())
+    {
+        values.insert("maxLength".into(), LEN.into());
+    }
+}
+
+/// A duration in Go syntax: one or more `<number><unit>` with unit `ns`, `us`, `ms`, `s`, `m`
+/// or `h`, e.g. `500ms`, `30s`, `5m`, `1h30m`. Kept as written, so that what a user applied
+/// is what they read back.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(transparent)]
+pub struct Duration(pub String);
+
+impl Duration {
+    /// The duration as a [`std::time::Duration`]. The schema admits only strings that parse.
+    pub fn to_std(&self) -> Result<std::time::Duration, kube::core::duration::ParseError> {
+        self.0
+            .parse::<kube::core::Duration>()
+            .map(std::time::Duration::from)
+    }
+}
+
+impl From<&str> for Duration {
+    fn from(value: &str) -> Self {
+        Duration(value.to_string())
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "maxLength": 20,
+            "pattern": DURATION_PATTERN,
+        })
+    }
+}
+
+/// How many worker replicas an autoscaler may run for an EventConsumer, and the consumer lag
+/// that calls for one more.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxReplicas >= self.minReplicas")
+    .message("autoscaling.maxReplicas must be greater than or equal to autoscaling.minReplicas")
+    .field_path(".maxReplicas"))]
+pub struct ConsumerAutoscaling {
+    /// The fewest replicas to run. Default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub min_replicas: i32,
+    /// The most replicas to run. Replicas beyond the number of partitions of the consumed
+    /// topics would sit idle, so the operator never runs more than that.
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_replicas: i32,
+    /// Target consumer lag (records not yet committed, over all partitions) per replica: the
+    /// autoscaler runs ceil(totalLag / lagThreshold) replicas within the bounds. Default 1000.
+    #[serde(default = "default_lag_threshold")]
+    #[schemars(range(min = 1))]
+    pub lag_threshold: i64,
+}
+
+/// How many publisher replicas an autoscaler may run for an Outbox, and the backlog that
+/// calls for one more.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxReplicas >= self.minReplicas")
+    .message("autoscaling.maxReplicas must be greater than or equal to autoscaling.minReplicas")
+    .field_path(".maxReplicas"))]
+pub struct OutboxAutoscaling {
+    /// The fewest replicas to run. Default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub min_replicas: i32,
+    /// The most replicas to run.
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_replicas: i32,
+    /// Target backlog (unpublished outbox rows) per replica: the autoscaler runs
+    /// ceil(pending / backlogThreshold) replicas within the bounds. Default 1000.
+    #[serde(default = "default_lag_threshold")]
+    #[schemars(range(min = 1))]
+    pub backlog_threshold: i64,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn default_lag_threshold() -> i64 {
+    1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_convert_to_std_durations() {
+        assert_eq!(
+            Duration::from("1h30m").to_std().unwrap(),
+            std::time::Duration::from_secs(5400)
+        );
+        assert_eq!(
+            Duration::from("250ms").to_std().unwrap(),
+            std::time::Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn kafka_config_allow_list_has_no_credentials_or_guarantee_settings() {
+        for key in KAFKA_CONFIG_ALLOWED_KEYS {
+            assert!(
+                !key.starts_with("sasl.") && !key.starts_with("ssl."),
+                "{key}"
+            );
+            assert!(
+                ![
+                    "group.id",
+                    "enable.auto.commit",
+                    "enable.idempotence",
+                    "transactional.id",
+                    "isolation.level",
+                    "bootstrap.servers",
+                    "auto.offset.reset",
+                    "acks",
+                    "message.timeout.ms",
+                ]
+                .contains(key),
+                "{key}"
+            );
+        }
+    }
+}

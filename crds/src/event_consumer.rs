@@ -1,0 +1,577 @@
+//! `EventConsumer`: consume Kafka topics as typed events and deliver each to one sink.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    ConfigMapKeyRef, ConsumerAutoscaling, Duration, IMAGE_PATTERN, KafkaConnection,
+    SQL_IDENTIFIER_PATTERN, SQL_TABLE_PATTERN, SecretKeyRef, SecretRef, TOPIC_PATTERN,
+    duration_between, duration_not_longer,
+};
+
+/// Consumes Kafka topics as typed events (`{"event_type": ...}`) with a consumer group and
+/// delivers each event to one sink (HTTP, Kafka, PostgreSQL or the log), through a bounded,
+/// ordered pipeline with retries and a dead-letter topic. The operator runs it as a worker
+/// Deployment and reports consumer lag in its status.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "pipewright.io",
+    version = "v1alpha1",
+    kind = "EventConsumer",
+    plural = "eventconsumers",
+    namespaced,
+    status = "EventConsumerStatus",
+    derive = "PartialEq",
+    shortname = "ec",
+    category = "pipewright",
+    doc = "EventConsumer consumes Kafka topics as typed events and delivers each to one sink (http, kafka, postgres or log), with retries, a dead-letter topic and per-key ordering.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the consumer runs and delivers"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why it is (not) ready"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.totalLag",
+        description = "Records not yet committed, over all partitions"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Worker pods"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label (lower case alphanumerics and '-', at most 63 characters): it names the worker Deployment and labels its pods"),
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.groupId) == has(oldSelf.groupId) && (!has(self.groupId) || self.groupId == oldSelf.groupId)")
+        .message("groupId is immutable: it can only be set when the EventConsumer is created (changing it would restart consumption from initialOffset)")
+        .field_path(".groupId"),
+    validation = Rule::new("!has(self.processing.deadLetterTopic) || !(self.processing.deadLetterTopic in self.topics)")
+        .message("processing.deadLetterTopic must not be one of the consumed topics")
+        .field_path(".processing.deadLetterTopic"),
+    validation = Rule::new("!has(self.sink.kafka) || !(self.sink.kafka.topic in self.topics)")
+        .message("sink.kafka.topic must not be one of the consumed topics (the consumer would read its own output)")
+        .field_path(".sink.kafka.topic"),
+    validation = Rule::new("!has(self.events) || self.events.onUnknownType != 'deadLetter' || has(self.processing.deadLetterTopic)")
+        .message("processing.deadLetterTopic is required when events.onUnknownType is deadLetter (the default): set it, or set events.onUnknownType to skip or fail")
+        .field_path(".processing.deadLetterTopic"),
+)]
+pub struct EventConsumerSpec {
+    /// The Kafka cluster to consume from (and, for a kafka sink and the dead-letter topic,
+    /// to produce to).
+    pub kafka: KafkaConnection,
+    /// Topics to consume, 1 to 64 distinct names.
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 1, max = 249), pattern(TOPIC_PATTERN))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub topics: Vec<String>,
+    /// Kafka consumer group. Unset: `<namespace>.<name>` (reported in status.groupId).
+    /// Immutable: it can only be set when the EventConsumer is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), pattern(TOPIC_PATTERN))]
+    pub group_id: Option<String>,
+    /// Where a new consumer group starts in each partition: `earliest` (every retained
+    /// record) or `latest` (only records produced from now on). Default `earliest`.
+    #[serde(default)]
+    pub initial_offset: InitialOffset,
+    /// The event types this consumer handles and what it does with others. Unset: every
+    /// record that decodes as a JSON event with an `event_type` is delivered unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Events>,
+    /// How records are processed: concurrency, ordering, retries, dead-lettering, draining.
+    #[serde(default)]
+    pub processing: Processing,
+    /// Where events are delivered: exactly one of http, kafka, postgres, log.
+    pub sink: Sink,
+    /// Worker image. Unset: the pipewright-worker image the operator was installed with. Set
+    /// it to run a custom worker built on the pipewright `worker` library.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), pattern(IMAGE_PATTERN))]
+    pub image: Option<String>,
+    /// Worker replicas; they share the partitions through the consumer group. 0 pauses the
+    /// consumer. Managed by the autoscaler when autoscaling is set. Default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1024))]
+    pub replicas: i32,
+    /// Scale the workers on consumer lag. Unset: replicas is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<ConsumerAutoscaling>,
+    /// CPU and memory requests and limits of each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum InitialOffset {
+    /// From the oldest retained record.
+    #[default]
+    Earliest,
+    /// From the records produced after the group first joins.
+    Latest,
+}
+
+/// The declared event types.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Events {
+    /// Event types this consumer handles, each by its `event_type` name, optionally with a
+    /// JSON Schema its payload must match.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub types: Vec<EventType>,
+    /// What to do with a record whose `event_type` is not declared: `deadLetter` (park it in
+    /// processing.deadLetterTopic and go on), `skip` (commit it undelivered) or `fail` (stop
+    /// and report Degraded/PoisonMessage). Default `deadLetter`.
+    #[serde(default)]
+    pub on_unknown_type: UnknownTypePolicy,
+}
+
+/// One declared event type.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventType {
+    /// The `event_type` value, e.g. `order.created`.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"))]
+    pub name: String,
+    /// A JSON Schema the event must match; events that do not are treated like records of an
+    /// unknown type. Unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<EventSchema>,
+}
+
+/// A JSON Schema, from a ConfigMap or inline: exactly one of configMapKeyRef, inline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMapKeyRef) != has(self.inline)")
+    .message("events.types[].schema must set exactly one of configMapKeyRef, inline"))]
+pub struct EventSchema {
+    /// A ConfigMap key holding the JSON Schema document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+    /// The JSON Schema document itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub inline: Option<serde_json::Value>,
+}
+
+/// An object whose content the apiserver keeps as it is (a JSON Schema document).
+fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// What happens to a record of an undeclared event type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum UnknownTypePolicy {
+    /// Park it in the dead-letter topic and go on.
+    #[default]
+    DeadLetter,
+    /// Commit it without delivering it.
+    Skip,
+    /// Stop consuming and report Degraded with reason PoisonMessage.
+    Fail,
+}
+
+/// How records are processed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Processing {
+    /// Records in flight at once per worker (bounded; the fetcher pauses when it is reached).
+    /// Default 16.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub concurrency: i32,
+    /// Which records are delivered in order: `key` (records with the same Kafka key, one at a
+    /// time, in offset order), `partition` (one record at a time per partition) or `none` (no
+    /// order). Offsets are committed only up to the last contiguous delivered record in every
+    /// mode. Default `key`.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Retries of a failed delivery.
+    #[serde(default)]
+    pub retry: Retry,
+    /// Topic that receives records which fail every retry or are rejected by the events
+    /// settings, with the error in their headers. Unset: such a record stops the consumer
+    /// (Degraded, reason PoisonMessage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), pattern(TOPIC_PATTERN))]
+    pub dead_letter_topic: Option<String>,
+    /// How long a worker that is told to stop may take to finish its in-flight records and
+    /// commit, between 1s and 1h. Default `30s`.
+    #[serde(default = "default_drain_timeout")]
+    #[x_kube(validation = Rule::new(duration_between("1s", "1h"))
+        .message("processing.drainTimeout must be between 1s and 1h"))]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Processing {
+    fn default() -> Self {
+        Processing {
+            concurrency: default_concurrency(),
+            ordering: Ordering::default(),
+            retry: Retry::default(),
+            dead_letter_topic: None,
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_concurrency() -> i32 {
+    16
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from("30s")
+}
+
+/// Which records are delivered in order.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Ordering {
+    /// Per Kafka key.
+    #[default]
+    Key,
+    /// Per partition.
+    Partition,
+    /// No order.
+    None,
+}
+
+/// Retries of a failed delivery.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Attempts per record, the first included (1 = no retry), at most 100. Default 5.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: i32,
+    /// Exponential backoff between attempts.
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: default_max_attempts(),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+fn default_max_attempts() -> i32 {
+    5
+}
+
+/// Exponential backoff: the wait doubles from `initial` up to `max`, with jitter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(duration_not_longer("initial", "max"))
+    .message("processing.retry.backoff.initial must not be longer than processing.retry.backoff.max")
+    .field_path(".initial"))]
+pub struct Backoff {
+    /// Wait before the first retry. Default `100ms`.
+    #[serde(default = "default_backoff_initial")]
+    pub initial: Duration,
+    /// Longest wait between two attempts. Default `30s`.
+    #[serde(default = "default_backoff_max")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_backoff_initial() -> Duration {
+    Duration::from("100ms")
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from("30s")
+}
+
+/// Where events are delivered: exactly one of http, kafka, postgres, log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.kafka), has(self.postgres), has(self.log)].filter(s, s).size() == 1")
+    .message("sink must set exactly one of http, kafka, postgres, log"))]
+pub struct Sink {
+    /// POST each event to an HTTP endpoint as a CloudEvent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSink>,
+    /// Produce each event to a Kafka topic of the same cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSink>,
+    /// Write each event as a row of a PostgreSQL table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSink>,
+    /// Write each event to the worker's log (for trying things out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogSink>,
+}
+
+/// Which sink a [`Sink`] selects.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SinkKind<'a> {
+    /// `sink.http`.
+    Http(&'a HttpSink),
+    /// `sink.kafka`.
+    Kafka(&'a KafkaSink),
+    /// `sink.postgres`.
+    Postgres(&'a PostgresSink),
+    /// `sink.log`.
+    Log(&'a LogSink),
+}
+
+impl Sink {
+    /// The one sink that is set; `None` when none is (the schema rejects that, and more than
+    /// one).
+    pub fn kind(&self) -> Option<SinkKind<'_>> {
+        match (&self.http, &self.kafka, &self.postgres, &self.log) {
+            (Some(s), None, None, None) => Some(SinkKind::Http(s)),
+            (None, Some(s), None, None) => Some(SinkKind::Kafka(s)),
+            (None, None, Some(s), None) => Some(SinkKind::Postgres(s)),
+            (None, None, None, Some(s)) => Some(SinkKind::Log(s)),
+            _ => None,
+        }
+    }
+}
+
+/// HTTP delivery: one request per event, in CloudEvents binary content mode (`ce-*` headers,
+/// the event as the body). A 2xx answer means delivered; anything else, or no answer within
+/// timeout, is retried.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSink {
+    /// Absolute http:// or https:// URL to send each event to. Must not contain credentials
+    /// (put them in headersSecretRef).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''")
+            .message("sink.http.url must be an absolute http:// or https:// URL"),
+        validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')")
+            .message("sink.http.url must not contain credentials (user:password@): reference them with sink.http.headersSecretRef")
+            .reason(Reason::FieldValueForbidden),
+    )]
+    pub url: String,
+    /// HTTP method. Default `POST`.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// How long to wait for an answer, between 1ms and 5m. Default `10s`.
+    #[serde(default = "default_http_timeout")]
+    #[x_kube(validation = Rule::new(duration_between("1ms", "5m"))
+        .message("sink.http.timeout must be between 1ms and 5m"))]
+    pub timeout: Duration,
+    /// Extra headers sent with every request (at most 32). Not for credentials:
+    /// Authorization, Proxy-Authorization, Cookie and *-Api-Key / *-Token headers are
+    /// rejected; set them with headersSecretRef.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::common::string_map_limits::<32, 1024>)]
+    #[x_kube(
+        validation = Rule::new("self.all(h, h.size() <= 128 && h.matches('^[A-Za-z0-9!#$%&*+.^_`|~-]+$'))")
+            .message("sink.http.headers names must be HTTP header names (token characters, at most 128)"),
+        validation = Rule::new("self.all(h, !(h.lowerAscii() in ['authorization', 'proxy-authorization', 'cookie']) && !h.lowerAscii().endsWith('api-key') && !h.lowerAscii().endsWith('token'))")
+            .message("sink.http.headers must not carry credentials (Authorization, Cookie, API keys, tokens): put them in a Secret and reference it with sink.http.headersSecretRef")
+            .reason(Reason::FieldValueForbidden),
+    )]
+    pub headers: BTreeMap<String, String>,
+    /// A Secret whose every key is a header name and value the header value, sent with every
+    /// request: the place for Authorization and API-key headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<SecretRef>,
+    /// Header that carries the record's `<topic>/<partition>/<offset>`, so that the receiver
+    /// can drop a redelivered event. Default `Idempotency-Key`.
+    #[serde(default = "default_idempotency_header")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&*+.^_`|~-]+$"))]
+    pub idempotency_header: String,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from("10s")
+}
+
+fn default_idempotency_header() -> String {
+    "Idempotency-Key".to_string()
+}
+
+/// HTTP method of a delivery request.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `POST`.
+    #[default]
+    Post,
+    /// `PUT`.
+    Put,
+}
+
+/// Kafka delivery: produce each event to a topic of the cluster in spec.kafka.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSink {
+    /// Topic to produce to. Must not be one of the consumed topics.
+    #[schemars(length(min = 1, max = 249), pattern(TOPIC_PATTERN))]
+    pub topic: String,
+    /// true: produce and commit the consumed offsets in one Kafka transaction, so each event
+    /// appears in the target topic exactly once for read_committed readers. false: idempotent
+    /// producer, at-least-once. Default false.
+    #[serde(default)]
+    pub transactional: bool,
+}
+
+/// PostgreSQL delivery: write each event as a row, and store the consumed offsets in the same
+/// transaction (exactly-once into the table).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSink {
+    /// The Secret key holding the connection string (`postgres://user:password@host/db`).
+    pub dsn_secret_ref: SecretKeyRef,
+    /// Table to write to: a lower-case SQL identifier (`^[a-z_][a-z0-9_]{0,62}$`), optionally
+    /// qualified by a schema (`schema.table`).
+    #[schemars(length(min = 1, max = 127), pattern(SQL_TABLE_PATTERN))]
+    pub table: String,
+    /// Columns that identify a row (lower-case SQL identifiers, 1 to 8): an event whose key
+    /// columns match an existing row updates it (upsert). Unset: every event inserts a row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(min = 1, max = 8),
+        inner(length(min = 1, max = 63), pattern(SQL_IDENTIFIER_PATTERN))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub upsert_key: Vec<String>,
+    /// Table in which the consumed offsets are stored, in the same transaction as the rows.
+    /// Default `pipewright_offsets`.
+    #[serde(default = "default_offsets_table")]
+    #[schemars(length(min = 1, max = 127), pattern(SQL_TABLE_PATTERN))]
+    pub offsets_table: String,
+}
+
+fn default_offsets_table() -> String {
+    "pipewright_offsets".to_string()
+}
+
+/// Log delivery: one structured log line per event.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogSink {
+    /// Include the event payload in the line; false logs only its type, key, topic,
+    /// partition and offset. Default true.
+    #[serde(default = "yes")]
+    pub payload: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What the operator observed: conditions, replicas and figures measured from Kafka.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventConsumerStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded, one entry per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Worker pods that exist (for the scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Worker pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the worker pods, in string form (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The consumer group in use: spec.groupId or `<namespace>.<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Per partition: the group's committed offset, the partition's end offset and the lag
+    /// between them, as measured at measuredTime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["topic".into(), "partition".into()]))]
+    pub partitions: Vec<PartitionStatus>,
+    /// Sum of the partitions' lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_lag: Option<i64>,
+    /// Age in seconds of the oldest record not yet committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_unprocessed_age_seconds: Option<i64>,
+    /// Records handled since the workers started, as the workers report them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<ConsumerCounters>,
+    /// When partitions, totalLag and oldestUnprocessedAgeSeconds were measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_time: Option<Time>,
+}
+
+/// Offsets of one partition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// The group's committed offset (next record to process). Unset: nothing committed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<i64>,
+    /// The partition's end offset (high watermark).
+    pub end: i64,
+    /// end minus committed (from the start offset when nothing is committed).
+    pub lag: i64,
+}
+
+/// Counters of records handled.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerCounters {
+    /// Records delivered to the sink.
+    pub processed: i64,
+    /// Delivery attempts that were retried.
+    pub retried: i64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: i64,
+    /// Records of an undeclared event type.
+    pub unknown_type: i64,
+}
