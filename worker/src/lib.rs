@@ -1,5 +1,19 @@
-//! `pipewright-worker`: the data plane.
+//! `pipewright-worker`: the data plane, a library first with a thin binary on top.
 //!
-//! Two modes share this library: `consume` (issue #4: typed events, key-ordered bounded
-//! pipeline, retries, dead letters, sinks) and `outbox` (issue #5: the transactional-outbox
-//! poller). Neither is implemented yet; the crate exists so the workspace has its final shape.
+//! - [`outbox`]: the transactional outbox (issue #5): the migration, [`outbox::enqueue`] for
+//!   the application's transaction, and the [`outbox::Poller`] that publishes to Kafka. Its
+//!   guarantees are stated in its module documentation.
+//! - Reusable by every mode (`outbox` now, `consume` later): [`config`] (settings from the
+//!   environment, the database URL from a Secret), [`http`] (`/metrics`, `/healthz`,
+//!   `/readyz`), [`shutdown`] (one cancellation token from SIGTERM/SIGINT), [`telemetry`]
+//!   (tracing).
+
+pub mod config;
+mod error;
+pub mod http;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Chain, Error};
+pub use http::Health;
