@@ -93,6 +93,18 @@ pub const KAFKA_CONFIG_ALLOWED_KEYS: &[&str] = &[
     "queue.buffering.max.kbytes",
 ];
 
+/// The keys a `kafka.secretRef` Secret may hold: librdkafka security settings, passed to the
+/// client as they are. The worker refuses a Secret with any other key.
+pub const KAFKA_SECRET_KEYS: &[&str] = &[
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.pem",
+    "ssl.certificate.pem",
+    "ssl.key.pem",
+];
+
 /// A key in a Secret: where a credential (a DSN, a token) is read from. The Secret must be in
 /// the same namespace as the resource that names it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

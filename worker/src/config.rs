@@ -21,29 +21,8 @@ pub const DATABASE_URL_FILE_ENV: &str = "PIPEWRIGHT_DATABASE_URL_FILE";
 /// Environment variable holding the database URL (from a Secret through `valueFrom`).
 pub const DATABASE_URL_ENV: &str = "PIPEWRIGHT_DATABASE_URL";
 
-/// librdkafka settings a user may add (`--kafka-config key=value`); the poller owns the rest
-/// (idempotence, acks, timeouts, bootstrap servers).
-pub const KAFKA_ALLOWED_KEYS: &[&str] = &[
-    "client.id",
-    "compression.type",
-    "linger.ms",
-    "batch.num.messages",
-    "batch.size",
-    "message.max.bytes",
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.key.password",
-    "ssl.endpoint.identification.algorithm",
-    "socket.keepalive.enable",
-    "reconnect.backoff.ms",
-    "reconnect.backoff.max.ms",
-];
+/// Environment variable naming the directory where the `kafka.secretRef` Secret is mounted.
+pub const KAFKA_SECRET_DIR_ENV: &str = "PIPEWRIGHT_KAFKA_SECRET_DIR";
 
 /// pipewright's worker.
 #[derive(Debug, Parser)]
@@ -87,15 +66,15 @@ pub struct OutboxArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "PIPEWRIGHT_KAFKA_BOOTSTRAP_SERVERS")]
     pub kafka_bootstrap_servers: String,
-    /// Extra librdkafka settings, `key=value` (allow-listed keys only; comma-separated in the
-    /// environment variable).
-    #[arg(
-        long,
-        env = "PIPEWRIGHT_KAFKA_CONFIG",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    /// Extra librdkafka settings, `key=value` (the API's allow-listed tuning keys only;
+    /// comma-separated in the environment variable).
+    #[arg(long, env = "PIPEWRIGHT_KAFKA_CONFIG", value_delimiter = ',')]
     pub kafka_config: Vec<String>,
+    /// Directory of the mounted `kafka.secretRef` Secret: one file per librdkafka security
+    /// setting (security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.ca.pem,
+    /// ssl.certificate.pem, ssl.key.pem).
+    #[arg(long, env = KAFKA_SECRET_DIR_ENV)]
+    pub kafka_secret_dir: Option<PathBuf>,
     /// Wait between reads when the last one found nothing (10ms..1h).
     #[arg(long, env = "PIPEWRIGHT_OUTBOX_POLL_INTERVAL", default_value = "1s")]
     pub poll_interval: humantime::Duration,
@@ -167,20 +146,10 @@ impl OutboxArgs {
         let mut config =
             PollerConfig::new(table, destination, self.kafka_bootstrap_servers.as_str());
         for entry in &self.kafka_config {
-            let (key, value) = entry.split_once('=').ok_or_else(|| Error::InvalidConfig {
-                field: "kafka.config",
-                reason: "entries are key=value".into(),
-            })?;
-            if !KAFKA_ALLOWED_KEYS.contains(&key) {
-                return Err(Error::InvalidConfig {
-                    field: "kafka.config",
-                    reason: format!(
-                        "{key:?} is not an allowed key (allowed: {})",
-                        KAFKA_ALLOWED_KEYS.join(", ")
-                    ),
-                });
-            }
-            config.kafka.push((key.to_string(), value.to_string()));
+            config.kafka.add_tuning(entry)?;
+        }
+        if let Some(dir) = &self.kafka_secret_dir {
+            config.kafka.add_secret_dir(dir)?;
         }
         config.poll_interval = self.poll_interval.into();
         config.batch_size = self.batch_size;

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use super::{OutboxMetrics, Table};
 use crate::error::Chain;
+use crate::kafka::KafkaSettings;
 use crate::{Error, Health};
 
 /// Upper bound of any single database call of the poller; past it the session is abandoned
@@ -106,9 +106,9 @@ pub enum Cleanup {
 pub struct PollerConfig {
     pub table: Table,
     pub destination: Destination,
-    /// librdkafka settings: `bootstrap.servers` and any allowed extras. The poller sets
-    /// idempotence, `acks=all` and the timeouts itself.
-    pub kafka: Vec<(String, String)>,
+    /// librdkafka settings: `bootstrap.servers`, allowed tuning keys and the credentials of
+    /// `kafka.secretRef`. The poller sets idempotence, `acks=all` and the timeouts itself.
+    pub kafka: KafkaSettings,
     /// Wait between two reads when the last found nothing (and no NOTIFY came).
     pub poll_interval: Duration,
     /// Rows per claim query.
@@ -130,7 +130,7 @@ impl PollerConfig {
         PollerConfig {
             table,
             destination,
-            kafka: vec![("bootstrap.servers".into(), bootstrap_servers.into())],
+            kafka: KafkaSettings::new(bootstrap_servers),
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             max_in_flight: 1000,
@@ -506,11 +506,9 @@ impl Poller {
     }
 
     fn producer(&self) -> Result<FutureProducer, Error> {
-        let mut config = ClientConfig::new();
-        for (k, v) in &self.config.kafka {
-            config.set(k, v);
-        }
-        config
+        self.config
+            .kafka
+            .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("enable.gapless.guarantee", "true")
