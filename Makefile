@@ -54,5 +54,5 @@ bench: ## Benchmarks as ratios against baselines (benchmark issue, not filed yet
 	@echo "make bench waits for the benchmark issue (not filed yet; see issues #4 and #5)" >&2; exit 2
 
 .PHONY: kind-e2e
-kind-e2e: ## Create a kind cluster, install the chart, run the examples (issue #7)
-	@echo "make kind-e2e waits for issue #7 (packaging: chart, images, kind)" >&2; exit 2
+kind-e2e: ## On a machine with Docker + kind: cluster, images, helm install, examples, status
+	tests/kind/e2e
