@@ -1,0 +1,82 @@
+//! What every reconcile shares: the client, the operator's settings, metrics, the Event
+//! recorder and a per-object failure count for backoff.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::metrics::Metrics;
+
+/// Settings of the operator process (from its command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The worker image used when a resource names none.
+    pub worker_image: String,
+    /// How often measured figures (lag, backlog) are refreshed.
+    pub status_period: Duration,
+    /// The autoscaler waits this long after a change before scaling down.
+    pub scale_cooldown: Duration,
+    /// Deadline of one measurement (Kafka or PostgreSQL).
+    pub measure_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            worker_image: "pipewright-worker:latest".into(),
+            status_period: Duration::from_secs(30),
+            scale_cooldown: Duration::from_secs(120),
+            measure_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Metrics, reporter: Reporter) -> Self {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failed reconcile of `key` and returns the backoff before the next attempt:
+    /// 1 s doubling up to 5 min.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let secs = 1u64 << (*n - 1).min(9);
+        Duration::from_secs(secs.min(300))
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}

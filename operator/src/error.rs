@@ -1,0 +1,120 @@
+//! The operator's one error type: one variant per cause, so that `error_policy` and the
+//! metrics can tell them apart. Secret values never reach a message: variants name the Secret
+//! and key, never what they hold.
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+
+/// Everything that can go wrong in a reconcile or in the operator process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a request (transient: retried with backoff).
+    #[error("kubernetes API request failed: {0}")]
+    Kube(#[source] kube::Error),
+    /// A Secret the resource references, or a key in it, does not exist. The operator waits
+    /// for the Secret (it watches Secrets) and reports Degraded/SecretNotFound meanwhile.
+    #[error("{}", secret_not_found(name, key.as_deref()))]
+    SecretNotFound { name: String, key: Option<String> },
+    /// The spec cannot be turned into a worker (the schema lets few such specs through):
+    /// Degraded/InvalidSpec until the spec changes.
+    #[error("invalid spec: {field}: {reason}")]
+    InvalidSpec { field: &'static str, reason: String },
+    /// Serializing a desired object failed (a bug, not the user's doing).
+    #[error("cannot serialize {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The Kafka cluster did not answer a measurement.
+    #[error("kafka: {0}")]
+    KafkaUnreachable(#[source] rdkafka::error::KafkaError),
+    /// A consumed topic does not exist on the cluster.
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    /// The outbox database did not answer, or the query failed.
+    #[error("database: {0}")]
+    DatabaseUnreachable(#[source] sqlx::Error),
+    /// A blocking measurement task panicked or was cancelled.
+    #[error("measurement task failed: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    /// The metrics/health listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The label of this error in `pipewright_operator_reconcile_errors_total{reason=...}`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::SecretNotFound { .. } => "SecretNotFound",
+            Error::InvalidSpec { .. } => "InvalidSpec",
+            Error::Serialize { .. } => "Serialize",
+            Error::KafkaUnreachable(_) => "KafkaUnreachable",
+            Error::TopicNotFound(_) => "TopicNotFound",
+            Error::DatabaseUnreachable(_) => "DatabaseUnreachable",
+            Error::Join(_) => "Join",
+            Error::Listen { .. } => "Listen",
+        }
+    }
+
+    /// What the controller does after a failed reconcile: transient causes back off and retry;
+    /// a missing Secret or an invalid spec waits for a change (the Secret watch or a new
+    /// generation triggers the next reconcile), with a long safety requeue.
+    pub fn action(&self, attempt_backoff: Duration) -> Action {
+        match self {
+            Error::SecretNotFound { .. } | Error::InvalidSpec { .. } => Action::await_change(),
+            Error::Kube(_)
+            | Error::Serialize { .. }
+            | Error::KafkaUnreachable(_)
+            | Error::TopicNotFound(_)
+            | Error::DatabaseUnreachable(_)
+            | Error::Join(_)
+            | Error::Listen { .. } => Action::requeue(attempt_backoff),
+        }
+    }
+}
+
+fn secret_not_found(name: &str, key: Option<&str>) -> String {
+    match key {
+        Some(key) => {
+            format!("secret {name:?} or its key {key:?} not found in the resource's namespace")
+        }
+        None => format!("secret {name:?} not found in the resource's namespace"),
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Kube(e)
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, for logs and condition messages.
+#[derive(Debug)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            // Many errors repeat their source in their own message.
+            if !self.0.to_string().contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

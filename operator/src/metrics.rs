@@ -1,0 +1,72 @@
+//! Prometheus metrics of the operator: reconciles, errors by reason, reconcile durations, and
+//! whether this process holds the leader Lease.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-kind metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Labels of the error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+    pub reason: &'static str,
+}
+
+/// The operator's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub reconciles: Family<KindLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Family<KindLabels, Histogram>,
+    pub leader: Gauge<i64, AtomicI64>,
+    pub status_writes: Family<KindLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` (prefix `pipewright_operator`).
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
+            leader: Gauge::default(),
+            status_writes: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("pipewright_operator");
+        r.register("reconciles", "Reconciles run", m.reconciles.clone());
+        r.register(
+            "reconcile_errors",
+            "Reconciles that failed, by cause",
+            m.errors.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time a reconcile takes, measurements included",
+            m.duration.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this process holds the leader Lease",
+            m.leader.clone(),
+        );
+        r.register(
+            "status_writes",
+            "Status updates written (only when something changed)",
+            m.status_writes.clone(),
+        );
+        m
+    }
+}

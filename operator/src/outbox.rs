@@ -1,0 +1,331 @@
+//! `Outbox` → a `pipewright-worker outbox` Deployment, and its backlog in status.
+//!
+//! The spec is rendered into the flags' environment variables of `worker/src/config.rs`
+//! (docs/worker-config.md, "outbox"). The backlog is counted in the outbox table with the DSN
+//! from the referenced Secret ([`crate::measure::postgres`]).
+//!
+//! Autoscaling: the worker runs one active publisher per table (a PostgreSQL advisory lock;
+//! the other replicas stand by for failover), so more replicas do not drain a backlog faster.
+//! With `autoscaling` set the operator therefore runs `minReplicas` (the standbys wanted for
+//! failover) and does not scale on the backlog; the backlog is reported in status.
+//!
+//! No finalizer: every child is garbage-collected through its owner reference; the outbox table
+//! and its rows belong to the application.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+use pipewright_crds::outbox::CleanupPolicy;
+use pipewright_crds::{Outbox, OutboxStatus};
+
+use crate::context::Settings;
+use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
+use crate::error::{Error, Result};
+use crate::measure::postgres::{self, Backlog};
+use crate::render;
+use crate::workload::{Component, WorkerPlan, render_duration};
+
+/// The worker's drain deadline (`PIPEWRIGHT_SHUTDOWN_GRACE`); the Outbox spec has no field
+/// for it.
+pub const SHUTDOWN_GRACE_SECONDS: i64 = 30;
+
+/// The worker plan of an Outbox (pure).
+pub fn plan(obx: &Outbox, settings: &Settings) -> Result<WorkerPlan> {
+    let spec = &obx.spec;
+    let mut env = BTreeMap::new();
+    let mut secret_mounts = Vec::new();
+    let mut put = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    put(
+        "PIPEWRIGHT_LISTEN",
+        format!("0.0.0.0:{}", crate::workload::WORKER_PORT),
+    );
+    put("PIPEWRIGHT_LOG_FORMAT", "json".into());
+    if postgres::quoted_table(&spec.table).is_none() {
+        return Err(Error::InvalidSpec {
+            field: "table",
+            reason: "must be a lower-case SQL identifier, optionally schema-qualified".into(),
+        });
+    }
+    put("PIPEWRIGHT_OUTBOX_TABLE", spec.table.clone());
+    match (&spec.topic, &spec.topic_template) {
+        (Some(t), None) => put("PIPEWRIGHT_OUTBOX_TOPIC", t.clone()),
+        (None, Some(t)) => put("PIPEWRIGHT_OUTBOX_TOPIC_TEMPLATE", t.clone()),
+        _ => {
+            return Err(Error::InvalidSpec {
+                field: "topic",
+                reason: "exactly one of topic, topicTemplate must be set".into(),
+            });
+        }
+    }
+    let interval = spec
+        .poll
+        .interval
+        .to_std()
+        .map_err(|e| Error::InvalidSpec {
+            field: "poll.interval",
+            reason: e.to_string(),
+        })?;
+    put("PIPEWRIGHT_OUTBOX_POLL_INTERVAL", render_duration(interval));
+    put(
+        "PIPEWRIGHT_OUTBOX_BATCH_SIZE",
+        spec.poll.batch_size.to_string(),
+    );
+    put(
+        "PIPEWRIGHT_OUTBOX_MAX_IN_FLIGHT",
+        spec.poll.max_in_flight.to_string(),
+    );
+    put("PIPEWRIGHT_OUTBOX_NOTIFY", spec.poll.notify.to_string());
+    match spec.cleanup.policy {
+        CleanupPolicy::Delete => put("PIPEWRIGHT_OUTBOX_CLEANUP", "delete".into()),
+        CleanupPolicy::MarkPublished => {
+            put("PIPEWRIGHT_OUTBOX_CLEANUP", "mark-published".into());
+            if let Some(r) = &spec.cleanup.retention {
+                let r = r.to_std().map_err(|e| Error::InvalidSpec {
+                    field: "cleanup.retention",
+                    reason: e.to_string(),
+                })?;
+                put("PIPEWRIGHT_OUTBOX_RETENTION", render_duration(r));
+            }
+        }
+    }
+    put(
+        "PIPEWRIGHT_SHUTDOWN_GRACE",
+        format!("{SHUTDOWN_GRACE_SECONDS}s"),
+    );
+    render::database(&mut env, &mut secret_mounts, &spec.database.dsn_secret_ref);
+    render::kafka(&mut env, &mut secret_mounts, &spec.kafka)?;
+    Ok(WorkerPlan {
+        component: Component::Outbox,
+        name: obx.name_any(),
+        namespace: obx.namespace().unwrap_or_default(),
+        owner: obx
+            .controller_owner_ref(&())
+            .ok_or_else(|| Error::InvalidSpec {
+                field: "metadata",
+                reason: "the resource has no uid yet".into(),
+            })?,
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.worker_image.clone()),
+        env,
+        secret_mounts,
+        config_map_mounts: vec![],
+        replicas: spec.replicas,
+        resources: spec.resources.clone(),
+        drain_seconds: SHUTDOWN_GRACE_SECONDS,
+        secrets_hash: String::new(),
+        last_scale_time: None,
+    })
+}
+
+impl Pipeline for Outbox {
+    const COMPONENT: Component = Component::Outbox;
+    const KIND: &'static str = "Outbox";
+    type Status = OutboxStatus;
+    type Figures = Backlog;
+
+    fn secret_uses(&self) -> Vec<SecretUse> {
+        let dsn = &self.spec.database.dsn_secret_ref;
+        let mut uses = vec![SecretUse {
+            name: dsn.name.clone(),
+            key: Some(dsn.key.clone()),
+        }];
+        uses.extend(render::kafka_secret_uses(&self.spec.kafka));
+        uses
+    }
+
+    fn plan(&self, settings: &Settings) -> Result<WorkerPlan> {
+        plan(self, settings)
+    }
+
+    async fn measure(&self, secrets: &Secrets, settings: &Settings) -> Result<Backlog> {
+        let dsn = &self.spec.database.dsn_secret_ref;
+        let url = secrets
+            .value(&dsn.name, &dsn.key)
+            .ok_or_else(|| Error::SecretNotFound {
+                name: dsn.name.clone(),
+                key: Some(dsn.key.clone()),
+            })?;
+        // The parse error would not show the URL, but say nothing of it anyway.
+        let options = url.trim().parse().map_err(|_| Error::InvalidSpec {
+            field: "database.dsnSecretRef",
+            reason: format!(
+                "the value of key {:?} in Secret {:?} is not a PostgreSQL URL",
+                dsn.key, dsn.name
+            ),
+        })?;
+        postgres::measure(
+            options,
+            &self.spec.table,
+            self.spec.cleanup.policy,
+            settings.measure_timeout,
+        )
+        .await
+    }
+
+    fn replicas(&self, _scale: Scale<'_, Backlog>) -> i32 {
+        match &self.spec.autoscaling {
+            Some(a) => a.min_replicas,
+            None => self.spec.replicas,
+        }
+    }
+
+    fn stored_status(&self) -> Option<&OutboxStatus> {
+        self.status.as_ref()
+    }
+
+    fn conditions_of(status: &OutboxStatus) -> &[Condition] {
+        &status.conditions
+    }
+
+    fn observed_generation_of(status: &OutboxStatus) -> Option<i64> {
+        status.observed_generation
+    }
+
+    fn status(
+        &self,
+        common: CommonStatus,
+        figures: Option<&Backlog>,
+        now: Timestamp,
+    ) -> OutboxStatus {
+        let previous = self.status.clone().unwrap_or_default();
+        let (pending, oldest, measured_time) = match figures {
+            Some(b)
+                if previous.pending == Some(b.pending)
+                    && previous.oldest_pending_age_seconds == b.oldest_age_seconds =>
+            {
+                (
+                    previous.pending,
+                    previous.oldest_pending_age_seconds,
+                    previous.measured_time,
+                )
+            }
+            Some(b) => (Some(b.pending), b.oldest_age_seconds, Some(Time(now))),
+            None => (
+                previous.pending,
+                previous.oldest_pending_age_seconds,
+                previous.measured_time,
+            ),
+        };
+        OutboxStatus {
+            observed_generation: common.observed_generation,
+            conditions: common.conditions,
+            replicas: common.replicas,
+            ready_replicas: common.ready_replicas,
+            selector: common.selector,
+            pending,
+            oldest_pending_age_seconds: oldest,
+            published_total: previous.published_total,
+            last_publish_time: previous.last_publish_time,
+            measured_time,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipewright_crds::OutboxSpec;
+    use serde_json::json;
+
+    fn outbox(spec: serde_json::Value) -> Outbox {
+        let mut base = json!({
+            "database": {"dsnSecretRef": {"name": "db", "key": "dsn"}},
+            "kafka": {"bootstrapServers": ["kafka:9092"]},
+            "topic": "orders",
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        let spec: OutboxSpec = serde_json::from_value(base).unwrap();
+        let mut o = Outbox::new("orders", spec);
+        o.metadata.namespace = Some("shop".into());
+        o.metadata.uid = Some("uid-2".into());
+        o
+    }
+
+    #[test]
+    fn the_spec_renders_into_the_outbox_flags_environment() {
+        let p = plan(
+            &outbox(json!({"poll": {"interval": "250ms", "batchSize": 50,
+            "maxInFlight": 500, "notify": false}})),
+            &Settings::default(),
+        )
+        .unwrap();
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_TABLE"], "outbox");
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_TOPIC"], "orders");
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_POLL_INTERVAL"], "250ms");
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_BATCH_SIZE"], "50");
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_MAX_IN_FLIGHT"], "500");
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_NOTIFY"], "false");
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_CLEANUP"], "delete");
+        assert_eq!(p.env["PIPEWRIGHT_KAFKA_BOOTSTRAP_SERVERS"], "kafka:9092");
+        assert_eq!(
+            p.env["PIPEWRIGHT_DATABASE_URL_FILE"],
+            "/var/run/secrets/pipewright/database/url"
+        );
+        assert!(!p.env.contains_key("PIPEWRIGHT_DATABASE_URL"));
+    }
+
+    #[test]
+    fn mark_published_renders_its_retention() {
+        let p = plan(
+            &outbox(json!({"cleanup": {"policy": "markPublished", "retention": "168h"}})),
+            &Settings::default(),
+        )
+        .unwrap();
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_CLEANUP"], "mark-published");
+        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_RETENTION"], "7days");
+    }
+
+    #[test]
+    fn a_topic_template_replaces_the_topic_and_every_key_is_a_pipewright_variable() {
+        let p = plan(
+            &outbox(json!({"topic": null, "topicTemplate": "outbox.event.{aggregatetype}"})),
+            &Settings::default(),
+        )
+        .unwrap();
+        for key in p.env.keys() {
+            assert!(key.starts_with("PIPEWRIGHT_"), "{key}");
+        }
+        assert_eq!(
+            p.env["PIPEWRIGHT_OUTBOX_TOPIC_TEMPLATE"],
+            "outbox.event.{aggregatetype}"
+        );
+        assert!(!p.env.contains_key("PIPEWRIGHT_OUTBOX_TOPIC"));
+    }
+
+    #[test]
+    fn outbox_autoscaling_runs_the_standbys_it_asks_for() {
+        let o = outbox(json!({"replicas": 5, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}));
+        let settings = Settings::default();
+        let backlog = Backlog {
+            pending: 1_000_000,
+            oldest_age_seconds: Some(60),
+        };
+        let r = o.replicas(Scale {
+            current: Some(2),
+            figures: Some(&backlog),
+            last_scale: None,
+            now: Timestamp::now(),
+            settings: &settings,
+        });
+        assert_eq!(r, 2);
+    }
+
+    #[test]
+    fn the_dsn_secret_key_is_referenced() {
+        assert_eq!(
+            outbox(json!({})).secret_uses(),
+            vec![SecretUse {
+                name: "db".into(),
+                key: Some("dsn".into())
+            }]
+        );
+    }
+}

@@ -1,0 +1,571 @@
+//! The worker workload both kinds share: from a [`WorkerPlan`] (what a kind's spec asks of its
+//! worker) to the desired ServiceAccount, ConfigMap, Deployment, Service and
+//! PodDisruptionBudget. Pure functions, no client: the reconcile applies what they return
+//! with server-side apply.
+//!
+//! The worker's configuration is rendered as environment variables into the ConfigMap and
+//! consumed with `envFrom`; credentials are mounted from the referenced Secrets as files (never
+//! copied into the ConfigMap). The pod template carries a hash of the ConfigMap's data and of
+//! the referenced Secrets' data, so that a change to either rolls the pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+/// The annotation holding the hash of the rendered worker configuration.
+pub const CONFIG_HASH_ANNOTATION: &str = "pipewright.io/config-hash";
+/// The annotation holding the hash of the referenced Secrets' data.
+pub const SECRETS_HASH_ANNOTATION: &str = "pipewright.io/secrets-hash";
+/// The Deployment annotation recording when the autoscaler last changed replicas (RFC 3339).
+pub const LAST_SCALE_ANNOTATION: &str = "pipewright.io/last-scale-time";
+/// The annotation that pauses a resource: the operator changes nothing while it is `"true"`.
+pub const PAUSED_ANNOTATION: &str = "pipewright.io/paused";
+/// The port of the worker's /metrics, /healthz and /readyz.
+pub const WORKER_PORT: i32 = 8080;
+/// Seconds a worker gets beyond its drain deadline before the kubelet kills it.
+pub const TERMINATION_MARGIN_SECONDS: i64 = 10;
+/// The user and group the worker runs as (the distroless `nonroot` user).
+pub const WORKER_UID: i64 = 65532;
+
+/// The worker mode and the labels it gives its objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    EventConsumer,
+    Outbox,
+}
+
+impl Component {
+    /// The `app.kubernetes.io/component` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Component::EventConsumer => "event-consumer",
+            Component::Outbox => "outbox",
+        }
+    }
+
+    /// The suffix of the children's names (`<resource>-<suffix>`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Component::EventConsumer => "consumer",
+            Component::Outbox => "outbox",
+        }
+    }
+
+    /// The worker subcommand.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Component::EventConsumer => "consume",
+            Component::Outbox => "outbox",
+        }
+    }
+}
+
+/// A Secret mounted into the worker as files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretMount {
+    /// Volume name.
+    pub volume: String,
+    /// The Secret, in the resource's namespace.
+    pub secret: String,
+    /// Only these keys, as `(key, file name)`; empty: every key under its own name.
+    pub items: Vec<(String, String)>,
+    /// Directory in the container.
+    pub path: String,
+}
+
+/// A ConfigMap mounted into the worker as files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigMapMount {
+    pub volume: String,
+    pub config_map: String,
+    pub path: String,
+}
+
+/// What a resource asks of its worker; [`desired`] turns it into objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerPlan {
+    pub component: Component,
+    /// The resource's name and namespace.
+    pub name: String,
+    pub namespace: String,
+    /// The controller owner reference to the resource.
+    pub owner: OwnerReference,
+    pub image: String,
+    /// Worker configuration as environment variables (rendered into the ConfigMap).
+    pub env: BTreeMap<String, String>,
+    pub secret_mounts: Vec<SecretMount>,
+    pub config_map_mounts: Vec<ConfigMapMount>,
+    pub replicas: i32,
+    pub resources: Option<ResourceRequirements>,
+    /// The worker's drain deadline; the pod's grace period adds a margin to it.
+    pub drain_seconds: i64,
+    /// Hash of the referenced Secrets' data.
+    pub secrets_hash: String,
+    /// When the autoscaler last changed replicas (kept on the Deployment).
+    pub last_scale_time: Option<String>,
+}
+
+/// The objects a resource's worker consists of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub service_account: ServiceAccount,
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub pod_disruption_budget: PodDisruptionBudget,
+}
+
+/// The name of a resource's children: `<name>-<suffix>`, shortened with a hash when that would
+/// exceed 63 characters (a Service name must be a DNS label).
+pub fn child_name(name: &str, component: Component) -> String {
+    let suffix = component.suffix();
+    let full = format!("{name}-{suffix}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = &hex_sha256(name.as_bytes())[..8];
+    let keep = 63 - suffix.len() - hash.len() - 2;
+    let head = name[..keep].trim_end_matches('-');
+    format!("{head}-{hash}-{suffix}")
+}
+
+/// The labels that select a resource's worker pods.
+pub fn selector_labels(name: &str, component: Component) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", "pipewright-worker"),
+        ("app.kubernetes.io/instance", name),
+        ("app.kubernetes.io/component", component.label()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The selector labels plus `app.kubernetes.io/managed-by`.
+pub fn labels(name: &str, component: Component) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name, component);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        crate::MANAGER.to_string(),
+    );
+    labels
+}
+
+/// The label selector of the worker pods in string form (status.selector, for the scale
+/// subresource).
+pub fn selector_string(name: &str, component: Component) -> String {
+    selector_labels(name, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The label selector that finds every child of one component (the operator's watches).
+pub fn component_selector(component: Component) -> String {
+    format!(
+        "app.kubernetes.io/managed-by={},app.kubernetes.io/component={}",
+        crate::MANAGER,
+        component.label()
+    )
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// A content hash of string data (sorted: a BTreeMap), 16 hex digits.
+pub fn data_hash<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in entries {
+        hasher.update((k.len() as u64).to_be_bytes());
+        hasher.update(k.as_bytes());
+        hasher.update((v.len() as u64).to_be_bytes());
+        hasher.update(v);
+    }
+    format!("{:x}", hasher.finalize())[..16].to_string()
+}
+
+/// The desired objects of a worker plan.
+pub fn desired(plan: &WorkerPlan) -> Desired {
+    let name = child_name(&plan.name, plan.component);
+    let labels = labels(&plan.name, plan.component);
+    let selector = selector_labels(&plan.name, plan.component);
+    let meta = |annotations: Option<BTreeMap<String, String>>| ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(plan.namespace.clone()),
+        labels: Some(labels.clone()),
+        annotations,
+        owner_references: Some(vec![plan.owner.clone()]),
+        ..ObjectMeta::default()
+    };
+
+    let service_account = ServiceAccount {
+        metadata: meta(None),
+        // The worker never talks to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+
+    let config_map = ConfigMap {
+        metadata: meta(None),
+        data: Some(plan.env.clone()),
+        ..ConfigMap::default()
+    };
+    let config_hash = data_hash(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "64Mi".into(),
+            )),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    for m in &plan.secret_mounts {
+        volumes.push(Volume {
+            name: m.volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(m.secret.clone()),
+                items: (!m.items.is_empty()).then(|| {
+                    m.items
+                        .iter()
+                        .map(|(key, path)| KeyToPath {
+                            key: key.clone(),
+                            path: path.clone(),
+                            ..KeyToPath::default()
+                        })
+                        .collect()
+                }),
+                default_mode: Some(0o440),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: m.volume.clone(),
+            mount_path: m.path.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    for m in &plan.config_map_mounts {
+        volumes.push(Volume {
+            name: m.volume.clone(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: m.config_map.clone(),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: m.volume.clone(),
+            mount_path: m.path.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("metrics".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "worker".into(),
+        image: Some(plan.image.clone()),
+        args: Some(vec![plan.component.mode().into()]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: name.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: WORKER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: plan.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(WORKER_UID),
+            run_as_group: Some(WORKER_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let pod_annotations: BTreeMap<String, String> = [
+        (CONFIG_HASH_ANNOTATION.to_string(), config_hash),
+        (
+            SECRETS_HASH_ANNOTATION.to_string(),
+            plan.secrets_hash.clone(),
+        ),
+    ]
+    .into();
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(pod_annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(name.clone()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(plan.drain_seconds + TERMINATION_MARGIN_SECONDS),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(WORKER_UID),
+                run_as_group: Some(WORKER_UID),
+                fs_group: Some(WORKER_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![container],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+    };
+    let deployment = Deployment {
+        metadata: meta(
+            plan.last_scale_time
+                .as_ref()
+                .map(|t| [(LAST_SCALE_ANNOTATION.to_string(), t.clone())].into()),
+        ),
+        spec: DeploymentSpec {
+            replicas: Some(plan.replicas),
+            revision_history_limit: Some(3),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                match_expressions: None,
+            },
+            template,
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    };
+
+    let service = Service {
+        metadata: meta(None),
+        spec: Some(ServiceSpec {
+            selector: Some(selector.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: WORKER_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+
+    let pod_disruption_budget = PodDisruptionBudget {
+        metadata: meta(None),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    };
+
+    Desired {
+        service_account,
+        config_map,
+        deployment,
+        service,
+        pod_disruption_budget,
+    }
+}
+
+/// A duration rendered for the worker's flags (humantime syntax, e.g. `1h 30m`).
+pub fn render_duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "pipewright.io/v1alpha1".into(),
+            kind: "Outbox".into(),
+            name: "orders".into(),
+            uid: "0000-1111".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn plan() -> WorkerPlan {
+        WorkerPlan {
+            component: Component::Outbox,
+            name: "orders".into(),
+            namespace: "shop".into(),
+            owner: owner(),
+            image: "pipewright-worker:dev".into(),
+            env: [("PIPEWRIGHT_OUTBOX_TOPIC".to_string(), "orders".to_string())].into(),
+            secret_mounts: vec![SecretMount {
+                volume: "database".into(),
+                secret: "db".into(),
+                items: vec![("dsn".into(), "url".into())],
+                path: "/var/run/secrets/pipewright/database".into(),
+            }],
+            config_map_mounts: vec![],
+            replicas: 2,
+            resources: None,
+            drain_seconds: 30,
+            secrets_hash: "abc".into(),
+            last_scale_time: None,
+        }
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_resource_and_labelled() {
+        let d = desired(&plan());
+        let metas = [
+            &d.service_account.metadata,
+            &d.config_map.metadata,
+            &d.deployment.metadata,
+            &d.service.metadata,
+            &d.pod_disruption_budget.metadata,
+        ];
+        for m in metas {
+            assert_eq!(m.name.as_deref(), Some("orders-outbox"));
+            assert_eq!(m.namespace.as_deref(), Some("shop"));
+            assert_eq!(m.owner_references.as_ref().unwrap(), &vec![owner()]);
+            let labels = m.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], crate::MANAGER);
+        }
+    }
+
+    #[test]
+    fn the_pod_template_meets_the_restricted_pod_security_profile() {
+        let d = desired(&plan());
+        let pod = d.deployment.spec.template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+        assert_eq!(pod.termination_grace_period_seconds, Some(40));
+        // Only non-privileged volume types (restricted profile): emptyDir, secret, configMap.
+        for v in pod.volumes.unwrap() {
+            assert!(v.empty_dir.is_some() || v.secret.is_some() || v.config_map.is_some());
+        }
+    }
+
+    #[test]
+    fn secrets_are_mounted_not_copied_into_the_config_map() {
+        let d = desired(&plan());
+        let data = d.config_map.data.unwrap();
+        assert!(data.values().all(|v| !v.contains("postgres://")));
+        let pod = d.deployment.spec.template.spec.unwrap();
+        let secret = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find_map(|v| v.secret)
+            .unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("db"));
+        assert_eq!(secret.items.unwrap()[0].path, "url");
+    }
+
+    #[test]
+    fn a_config_or_secret_change_changes_the_pod_template() {
+        let base = desired(&plan()).deployment.spec.template;
+        let mut p = plan();
+        p.env
+            .insert("PIPEWRIGHT_OUTBOX_BATCH_SIZE".into(), "7".into());
+        assert_ne!(desired(&p).deployment.spec.template, base);
+        let mut p = plan();
+        p.secrets_hash = "def".into();
+        assert_ne!(desired(&p).deployment.spec.template, base);
+        // Replicas are not part of the template: scaling does not roll pods.
+        let mut p = plan();
+        p.replicas = 5;
+        assert_eq!(desired(&p).deployment.spec.template, base);
+    }
+
+    #[test]
+    fn long_names_are_shortened_to_a_dns_label_without_colliding() {
+        let long = "a".repeat(63);
+        let other = format!("{}b", "a".repeat(62));
+        let a = child_name(&long, Component::EventConsumer);
+        let b = child_name(&other, Component::EventConsumer);
+        assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
+        assert_ne!(a, b);
+        assert!(a.ends_with("-consumer"));
+        assert_eq!(child_name("x", Component::Outbox), "x-outbox");
+    }
+
+    #[test]
+    fn the_selector_string_matches_the_pod_labels() {
+        let d = desired(&plan());
+        let labels = d.deployment.spec.template.metadata.unwrap().labels.unwrap();
+        for pair in selector_string("orders", Component::Outbox).split(',') {
+            let (k, v) = pair.split_once('=').unwrap();
+            assert_eq!(labels[k], v);
+        }
+    }
+}

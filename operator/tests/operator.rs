@@ -1,0 +1,553 @@
+//! The operator against the real control plane (apiserver + controller-manager), Kafka and
+//! PostgreSQL of the test environment. Each test runs its own operator process scoped to a
+//! namespace of its own.
+//!
+//! The environment has no node: pods stay Pending and Deployments never become Available, so
+//! these tests observe Ready=False/DeploymentUnavailable with Progressing=True; the
+//! Ready=True transition is covered by the unit tests of `status::conditions`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Operator, WAIT, condition, deployment, install_crds, template_annotation, uid};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use pipewright_crds::conditions::{
+    DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, PROGRESSING, READY, SECRET_NOT_FOUND,
+};
+use pipewright_crds::event_consumer::PartitionStatus;
+use pipewright_crds::{EventConsumer, Outbox};
+use pipewright_testenv::{
+    TestEnv, TestNamespace, TestSchema, create_topic, eventually, kafka_config, kube_client,
+    unique_name,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+const CONFIG_HASH: &str = "pipewright.io/config-hash";
+
+async fn setup(prefix: &str) -> (Client, TestNamespace, Operator) {
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    let operator = Operator::start(&ns.name, &[]);
+    (client, ns, operator)
+}
+
+fn event_consumer(name: &str, topic: &str, extra: Value) -> EventConsumer {
+    let mut spec = json!({
+        "kafka": {"bootstrapServers": [TestEnv::get().kafka_bootstrap_servers]},
+        "topics": [topic],
+        "sink": {"log": {}},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "pipewright.io/v1alpha1",
+        "kind": "EventConsumer",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+async fn create<K>(client: &Client, ns: &str, obj: &K) -> K
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {}: {e}", obj.name_any()))
+}
+
+/// Produces `count` records to one partition.
+async fn produce(topic: &str, partition: i32, count: usize) {
+    let producer: FutureProducer = kafka_config().create().unwrap();
+    for i in 0..count {
+        let payload = format!("{{\"event_type\":\"test\",\"i\":{i}}}");
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .partition(partition)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}/{partition}: {e}"));
+    }
+}
+
+/// Commits `offset` for `group` on `topic/partition`, as a consumer of that group would.
+fn commit(group: &str, topic: &str, partition: i32, offset: i64) {
+    let consumer: BaseConsumer = kafka_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test]
+async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_are_collected_on_delete()
+ {
+    let (client, ns, _operator) = setup("op-children").await;
+    let topic = create_topic("op-children", 2).await;
+    let ec = create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({})),
+    )
+    .await;
+    let child = "orders-consumer";
+
+    let d = deployment(&client, &ns.name, child).await;
+    let owned_by_ec =
+        |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+            refs.iter().any(|r| {
+                r.uid == uid(&ec) && r.kind == "EventConsumer" && r.controller == Some(true)
+            })
+        };
+    assert!(owned_by_ec(d.owner_references()));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .get(child)
+        .await
+        .unwrap();
+    assert!(owned_by_ec(cm.owner_references()));
+    assert_eq!(cm.data.unwrap()["PIPEWRIGHT_CONSUMER_TOPICS"], topic);
+    let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get(child)
+        .await
+        .unwrap();
+    assert!(owned_by_ec(svc.owner_references()));
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+        .get(child)
+        .await
+        .unwrap();
+    assert!(owned_by_ec(pdb.owner_references()));
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .get(child)
+        .await
+        .unwrap();
+    assert!(owned_by_ec(sa.owner_references()));
+
+    // Status: observed, not ready (no node runs the pods), rolling out.
+    let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    let status = eventually("status of the first generation", WAIT, || async {
+        let ec = ecs.get("orders").await.ok()?;
+        let s = ec.status?;
+        (s.observed_generation == ec.metadata.generation
+            && condition(&s.conditions, READY)?.reason == DEPLOYMENT_UNAVAILABLE)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&status.conditions, PROGRESSING).unwrap().status,
+        "True"
+    );
+    assert_eq!(
+        condition(&status.conditions, DEGRADED).unwrap().status,
+        "False"
+    );
+    assert_eq!(
+        status.group_id.as_deref(),
+        Some(format!("{}.orders", ns.name).as_str())
+    );
+    assert!(status.selector.is_some());
+
+    // A spec change rolls out: new pod template, and the Deployment controller makes a second
+    // ReplicaSet for it.
+    let before = template_annotation(&d, CONFIG_HASH).unwrap();
+    ecs.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"processing": {"concurrency": 64}}})),
+    )
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the pod template to change", WAIT, || async {
+        let d = deployments.get(child).await.ok()?;
+        (template_annotation(&d, CONFIG_HASH)? != before).then_some(())
+    })
+    .await;
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns.name);
+    eventually("a second ReplicaSet (the rollout)", WAIT, || async {
+        let list = rss
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=orders"))
+            .await
+            .ok()?;
+        (list.items.len() >= 2).then_some(())
+    })
+    .await;
+
+    // Delete: the garbage collector removes every child.
+    ecs.delete("orders", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually("the children to be garbage-collected", WAIT, || async {
+        let gone = deployments.get_opt(child).await.ok()?.is_none()
+            && Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+                .get_opt(child)
+                .await
+                .ok()?
+                .is_none()
+            && Api::<Service>::namespaced(client.clone(), &ns.name)
+                .get_opt(child)
+                .await
+                .ok()?
+                .is_none()
+            && Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+                .get_opt(child)
+                .await
+                .ok()?
+                .is_none()
+            && Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+                .get_opt(child)
+                .await
+                .ok()?
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+    ns.delete().await;
+}
+
+/// Creates an outbox table shaped like the worker's migration (columns only) in `schema`.
+async fn outbox_table(schema: &TestSchema) {
+    sqlx::query(
+        "CREATE TABLE outbox (id uuid PRIMARY KEY, aggregatetype text NOT NULL, \
+         aggregateid text NOT NULL, type text NOT NULL, payload jsonb, headers jsonb, \
+         created_at timestamptz NOT NULL DEFAULT now(), seq bigserial UNIQUE, \
+         txid xid8 NOT NULL DEFAULT pg_current_xact_id(), published_at timestamptz)",
+    )
+    .execute(&schema.pool)
+    .await
+    .unwrap();
+}
+
+async fn insert_rows(schema: &TestSchema, count: usize, published: bool) {
+    for i in 0..count {
+        sqlx::query(
+            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, published_at) \
+             VALUES (gen_random_uuid(), 'order', $1, 'created', '{}', \
+             CASE WHEN $2 THEN now() ELSE NULL END)",
+        )
+        .bind(format!("o-{i}"))
+        .bind(published)
+        .execute(&schema.pool)
+        .await
+        .unwrap();
+    }
+}
+
+fn outbox(name: &str, table: &str, secret: &str) -> Outbox {
+    serde_json::from_value(json!({
+        "apiVersion": "pipewright.io/v1alpha1",
+        "kind": "Outbox",
+        "metadata": {"name": name},
+        "spec": {
+            "database": {"dsnSecretRef": {"name": secret, "key": "dsn"}},
+            "table": table,
+            "kafka": {"bootstrapServers": [TestEnv::get().kafka_bootstrap_servers]},
+            "topic": "orders",
+            "cleanup": {"policy": "markPublished"},
+        },
+    }))
+    .unwrap()
+}
+
+fn dsn_secret(name: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some([("dsn".to_string(), TestEnv::get().database_url.clone())].into()),
+        ..Secret::default()
+    }
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_reported_as_secret_not_found_until_it_exists_then_the_outbox_recovers()
+{
+    let (client, ns, _operator) = setup("op-secret").await;
+    let schema = TestSchema::create("op_secret").await;
+    outbox_table(&schema).await;
+    let table = format!("{}.outbox", schema.name);
+    create(&client, &ns.name, &outbox("orders", &table, "db")).await;
+
+    let outboxes: Api<Outbox> = Api::namespaced(client.clone(), &ns.name);
+    eventually("Degraded/SecretNotFound", WAIT, || async {
+        let s = outboxes.get("orders").await.ok()?.status?;
+        let d = condition(&s.conditions, DEGRADED)?;
+        (d.status == "True" && d.reason == SECRET_NOT_FOUND).then_some(())
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments
+            .get_opt("orders-outbox")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is rolled out without the Secret"
+    );
+
+    // The Secret watch brings the resource back; no spec change needed.
+    create(&client, &ns.name, &dsn_secret("db")).await;
+    let status = eventually(
+        "recovery: Degraded=False, Progressing=True",
+        WAIT,
+        || async {
+            let s = outboxes.get("orders").await.ok()?.status?;
+            let degraded = condition(&s.conditions, DEGRADED)?;
+            let progressing = condition(&s.conditions, PROGRESSING)?;
+            (degraded.status == "False" && progressing.status == "True").then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&status.conditions, READY).unwrap().reason,
+        DEPLOYMENT_UNAVAILABLE
+    );
+    let d = deployment(&client, &ns.name, "orders-outbox").await;
+    let secrets_hash = template_annotation(&d, "pipewright.io/secrets-hash").unwrap();
+
+    // A change of the Secret rolls the pods (new secrets hash in the template).
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"other": "x"}})),
+        )
+        .await
+        .unwrap();
+    eventually("the secrets hash to change", WAIT, || async {
+        let d = deployments.get("orders-outbox").await.ok()?;
+        (template_annotation(&d, "pipewright.io/secrets-hash")? != secrets_hash).then_some(())
+    })
+    .await;
+    schema.drop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn outbox_pending_equals_the_rows_really_pending_in_the_table() {
+    let (client, ns, _operator) = setup("op-backlog").await;
+    let schema = TestSchema::create("op_backlog").await;
+    outbox_table(&schema).await;
+    insert_rows(&schema, 4, false).await;
+    insert_rows(&schema, 3, true).await;
+    create(&client, &ns.name, &dsn_secret("db")).await;
+    let table = format!("{}.outbox", schema.name);
+    create(&client, &ns.name, &outbox("orders", &table, "db")).await;
+
+    let outboxes: Api<Outbox> = Api::namespaced(client.clone(), &ns.name);
+    let status = eventually("pending = 4", WAIT, || async {
+        let s = outboxes.get("orders").await.ok()?.status?;
+        (s.pending == Some(4)).then_some(s)
+    })
+    .await;
+    assert!(status.oldest_pending_age_seconds.is_some_and(|a| a >= 0));
+    assert!(status.measured_time.is_some());
+
+    insert_rows(&schema, 2, false).await;
+    eventually("pending = 6 after two more rows", WAIT, || async {
+        let s = outboxes.get("orders").await.ok()?.status?;
+        (s.pending == Some(6)).then_some(())
+    })
+    .await;
+    schema.drop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
+    let (client, ns, _operator) = setup("op-lag").await;
+    let topic = create_topic("op-lag", 3).await;
+    let group = unique_name("group");
+    produce(&topic, 0, 10).await;
+    produce(&topic, 1, 5).await;
+    commit(&group, &topic, 0, 4);
+    create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({"groupId": group})),
+    )
+    .await;
+
+    let expected = vec![
+        PartitionStatus {
+            topic: topic.clone(),
+            partition: 0,
+            committed: Some(4),
+            end: 10,
+            lag: 6,
+        },
+        // Nothing committed: lag from the start (initialOffset earliest).
+        PartitionStatus {
+            topic: topic.clone(),
+            partition: 1,
+            committed: None,
+            end: 5,
+            lag: 5,
+        },
+        PartitionStatus {
+            topic: topic.clone(),
+            partition: 2,
+            committed: None,
+            end: 0,
+            lag: 0,
+        },
+    ];
+    let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    let status = eventually("the measured lag", WAIT, || async {
+        let s = ecs.get("orders").await.ok()?.status?;
+        (s.partitions == expected).then_some(s)
+    })
+    .await;
+    assert_eq!(status.total_lag, Some(11));
+    assert_eq!(status.group_id.as_deref(), Some(group.as_str()));
+
+    // The group catches up on partition 0: the next refresh shows it.
+    commit(&group, &topic, 0, 10);
+    eventually("lag 5 after the commit", WAIT, || async {
+        let s = ecs.get("orders").await.ok()?.status?;
+        (s.total_lag == Some(5)).then_some(())
+    })
+    .await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn autoscaling_adds_replicas_when_lag_crosses_the_threshold_and_caps_at_the_partition_count()
+{
+    let (client, ns, _operator) = setup("op-scale").await;
+    let topic = create_topic("op-scale", 3).await;
+    create(
+        &client,
+        &ns.name,
+        &event_consumer(
+            "orders",
+            &topic,
+            json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 10, "lagThreshold": 5}}),
+        ),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let replicas = |want: i32| {
+        let deployments = deployments.clone();
+        async move {
+            eventually(&format!("{want} replicas"), WAIT, || async {
+                let d = deployments.get_opt("orders-consumer").await.ok()??;
+                (d.spec.replicas == Some(want)).then_some(())
+            })
+            .await
+        }
+    };
+    replicas(1).await;
+    // Lag 7 > threshold 5: two replicas.
+    produce(&topic, 0, 7).await;
+    replicas(2).await;
+    // Lag 107 would ask for 22; three partitions cap it at 3.
+    produce(&topic, 1, 100).await;
+    replicas(3).await;
+    let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the status to show lag 107", WAIT, || async {
+        let s = ecs.get("orders").await.ok()?.status?;
+        (s.total_lag == Some(107)).then_some(())
+    })
+    .await;
+    let d = deployments.get("orders-consumer").await.unwrap();
+    assert_eq!(d.spec.replicas, Some(3), "capped at the partition count");
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_paused_resource_is_left_alone_and_unpausing_applies_the_pending_change() {
+    let (client, ns, _operator) = setup("op-pause").await;
+    let topic = create_topic("op-pause", 1).await;
+    create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({})),
+    )
+    .await;
+    let d = deployment(&client, &ns.name, "orders-consumer").await;
+    let hash = template_annotation(&d, CONFIG_HASH).unwrap();
+
+    let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    ecs.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"pipewright.io/paused": "true"}}})),
+    )
+    .await
+    .unwrap();
+    let ec = ecs
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"processing": {"concurrency": 3}}})),
+        )
+        .await
+        .unwrap();
+    let generation = ec.metadata.generation;
+    // The operator saw the new generation while paused...
+    eventually(
+        "Progressing=False/Paused for the new generation",
+        WAIT,
+        || async {
+            let s = ecs.get("orders").await.ok()?.status?;
+            let p = condition(&s.conditions, PROGRESSING)?;
+            (p.reason == PAUSED && p.observed_generation == generation).then_some(())
+        },
+    )
+    .await;
+    // ...and changed nothing.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = deployments.get("orders-consumer").await.unwrap();
+    assert_eq!(template_annotation(&d, CONFIG_HASH).unwrap(), hash);
+    let s = ecs.get("orders").await.unwrap().status.unwrap();
+    assert_ne!(
+        s.observed_generation, generation,
+        "a paused spec is not observed"
+    );
+
+    ecs.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"pipewright.io/paused": null}}})),
+    )
+    .await
+    .unwrap();
+    eventually("the pending change to roll out", WAIT, || async {
+        let d = deployments.get("orders-consumer").await.ok()?;
+        (template_annotation(&d, CONFIG_HASH)? != hash).then_some(())
+    })
+    .await;
+    eventually("Progressing no longer Paused", WAIT, || async {
+        let s = ecs.get("orders").await.ok()?.status?;
+        (condition(&s.conditions, PROGRESSING)?.reason != PAUSED
+            && s.observed_generation == generation)
+            .then_some(())
+    })
+    .await;
+    ns.delete().await;
+}
