@@ -67,6 +67,17 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator for `namespace` with a short status period; `extra` adds flags.
     pub fn start(namespace: &str, extra: &[&str]) -> Operator {
+        Operator::start_as(namespace, "pipewright-operator", None, extra)
+    }
+
+    /// As [`Operator::start`], with the Lease named `lease` and, when given, the identity of
+    /// `kubeconfig` instead of the test environment's cluster-admin.
+    pub fn start_as(
+        namespace: &str,
+        lease: &str,
+        kubeconfig: Option<&std::path::Path>,
+        extra: &[&str],
+    ) -> Operator {
         let identity = unique_name("operator");
         let metrics_port = free_port();
         let health_port = free_port();
@@ -79,7 +90,7 @@ impl Operator {
                 "--leader-election-namespace",
                 namespace,
                 "--lease-name",
-                "pipewright-operator",
+                lease,
                 "--lease-duration",
                 "4s",
                 "--identity",
@@ -94,6 +105,7 @@ impl Operator {
                 "pipewright-worker:test",
             ])
             .args(extra)
+            .envs(kubeconfig.map(|k| ("KUBECONFIG", k.as_os_str())))
             .env("RUST_LOG", "info,pipewright_operator=debug")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
