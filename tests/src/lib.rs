@@ -79,6 +79,26 @@ impl TestEnv {
     }
 }
 
+/// The pid of a service of the test environment (`etcd`, `kube-apiserver`, `kafka`,
+/// `postgres`, ...), for fault tests that stop and resume it (SIGSTOP/SIGCONT). Tests that do
+/// so belong in a test binary of their own: cargo runs test binaries one after another, the
+/// tests inside one binary in parallel.
+pub fn service_pid(service: &str) -> i32 {
+    let state = std::env::var("PIPEWRIGHT_STATE")
+        .unwrap_or_else(|_| panic!("PIPEWRIGHT_STATE is not set: {HOW_TO_START}"));
+    let path = PathBuf::from(state).join("pids").join(service);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| {
+            panic!(
+                "no pid for {service} at {}: {e}; {HOW_TO_START}",
+                path.display()
+            )
+        })
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// A name no other test uses: `prefix-` and ten random hex digits (valid as a Kubernetes
 /// name, a Kafka topic and, quoted or not, a PostgreSQL identifier).
 pub fn unique_name(prefix: &str) -> String {
