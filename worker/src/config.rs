@@ -6,13 +6,25 @@
 //! exits with code 2 on it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::Error;
+use crate::consume::events::JsonSchema;
+use crate::consume::sinks::Sink;
+use crate::consume::sinks::http::{HttpSink, HttpSinkConfig};
+use crate::consume::sinks::kafka::{KafkaSink, Transaction};
+use crate::consume::sinks::log::LogSink;
+use crate::consume::sinks::postgres::{PostgresSink, PostgresSinkConfig};
+use crate::consume::{
+    Compression, ConsumeConfig, ConsumerConfig, DeclaredTypes, InitialOffset, InvalidPolicy,
+    Ordering, PipelineConfig, RetryPolicy,
+};
+use crate::kafka::KafkaSettings;
 use crate::outbox::{Cleanup, Destination, PollerConfig, Table};
 use crate::telemetry::LogFormat;
 
@@ -45,9 +57,470 @@ pub struct Cli {
 
 /// The worker's modes.
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Publish the rows of a PostgreSQL outbox table to Kafka.
     Outbox(OutboxArgs),
+    /// Consume Kafka topics as typed events and deliver each to a sink.
+    Consume(ConsumeArgs),
+}
+
+/// Settings of `pipewright-worker consume` (the `EventConsumer` spec, flattened; list-valued
+/// settings are comma-separated in their environment variable).
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topics to consume.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_TOPICS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub topics: Vec<String>,
+    /// Kafka consumer group.
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_GROUP_ID")]
+    pub group_id: String,
+    /// Static group membership (`group.instance.id`), normally the pod name: a restarted pod
+    /// gets its partitions back without a rebalance. Unset: dynamic membership.
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+    /// Where a new consumer group starts in each partition.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_INITIAL_OFFSET",
+        value_enum,
+        default_value = "earliest"
+    )]
+    pub initial_offset: InitialOffset,
+    /// Declared event types (`events.types[].name`). Unset: every JSON event with a string
+    /// `event_type` is accepted.
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_EVENT_TYPES", value_delimiter = ',')]
+    pub event_types: Vec<String>,
+    /// A JSON file mapping event types to the JSON Schema their events must match
+    /// (`{"order.created": {...schema...}, ...}`; `events.types[].schema`, rendered by the
+    /// operator into a ConfigMap). Each type in it is declared too.
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_EVENT_SCHEMAS_FILE")]
+    pub event_schemas_file: Option<PathBuf>,
+    /// What happens to a record that is not a valid event: no value, not JSON, no string
+    /// `event_type`, an undeclared type, a schema mismatch, a value over --max-record-bytes
+    /// (`events.onUnknownType`; dead-letter needs --dead-letter-topic).
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_ON_UNKNOWN_TYPE",
+        value_enum,
+        default_value = "dead-letter"
+    )]
+    pub on_unknown_type: InvalidPolicy,
+    /// Records taken from Kafka and not yet committed, at most (1..1024): running, retrying,
+    /// waiting behind their key, or finished but not committed. Fetching pauses when it is
+    /// reached; a crash delivers at most this many records again.
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Which records are delivered in order.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_ORDERING",
+        value_enum,
+        default_value = "key"
+    )]
+    pub ordering: Ordering,
+    /// Delivery attempts per record, the first included (1..100).
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_RETRY_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub retry_max_attempts: u32,
+    /// Wait before the first retry (doubles per attempt, with jitter).
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_RETRY_BACKOFF_INITIAL",
+        default_value = "100ms"
+    )]
+    pub retry_backoff_initial: humantime::Duration,
+    /// Longest wait between two attempts.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_RETRY_BACKOFF_MAX",
+        default_value = "30s"
+    )]
+    pub retry_backoff_max: humantime::Duration,
+    /// Topic for records that fail every attempt (or permanently) or are not valid events,
+    /// with the error in pipewright.* headers. Unset: such a record stops the worker (exit 1).
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// How long a shutdown waits for the records in flight before committing.
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_DRAIN_TIMEOUT", default_value = "30s")]
+    pub drain_timeout: humantime::Duration,
+    /// How often finished offsets are committed (also whenever the concurrency bound is
+    /// reached); with a transactional kafka sink, how often its transaction is committed.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_COMMIT_INTERVAL",
+        default_value = "1s"
+    )]
+    pub commit_interval: humantime::Duration,
+    /// Largest record value accepted, bytes; larger ones are invalid events.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_MAX_RECORD_BYTES",
+        default_value_t = 1048576
+    )]
+    pub max_record_bytes: usize,
+    /// Compression of produced records (dead-letter topic, kafka sink).
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_KAFKA_COMPRESSION",
+        value_enum,
+        default_value = "zstd"
+    )]
+    pub compression: Compression,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+}
+
+/// The declared event types: the names, plus those of the schemas file, with their schemas.
+fn declared_types(names: &[String], schemas: Option<&Path>) -> Result<DeclaredTypes, Error> {
+    let field = "events.types[].schema";
+    let schemas: serde_json::Map<String, serde_json::Value> = match schemas {
+        None => serde_json::Map::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidConfig {
+                field,
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            serde_json::from_str(&text).map_err(|e| Error::InvalidConfig {
+                field,
+                reason: format!(
+                    "{} is not a JSON object of event type -> schema: {e}",
+                    path.display()
+                ),
+            })?
+        }
+    };
+    if names.is_empty() && schemas.is_empty() {
+        return Ok(DeclaredTypes::any());
+    }
+    let mut all: Vec<String> = names.to_vec();
+    all.extend(schemas.keys().cloned());
+    let mut types = DeclaredTypes::names(all);
+    for (name, schema) in &schemas {
+        let compiled = JsonSchema::compile(schema).map_err(|e| Error::InvalidConfig {
+            field,
+            reason: format!("the schema of {name:?} is invalid: {e}"),
+        })?;
+        types = types.with_schema(name, Box::new(compiled));
+    }
+    Ok(types)
+}
+
+/// The Kafka connection (shared by the modes).
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long = "kafka-bootstrap-servers",
+        env = "PIPEWRIGHT_KAFKA_BOOTSTRAP_SERVERS"
+    )]
+    pub bootstrap_servers: String,
+    /// Extra librdkafka settings, `key=value` (the API's allow-listed tuning keys only;
+    /// comma-separated in the environment variable).
+    #[arg(
+        long = "kafka-config",
+        env = "PIPEWRIGHT_KAFKA_CONFIG",
+        value_delimiter = ','
+    )]
+    pub config: Vec<String>,
+    /// Directory of the mounted `kafka.secretRef` Secret: one file per librdkafka security
+    /// setting (security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.ca.pem,
+    /// ssl.certificate.pem, ssl.key.pem).
+    #[arg(long = "kafka-secret-dir", env = KAFKA_SECRET_DIR_ENV)]
+    pub secret_dir: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    /// The librdkafka settings (allow-listed tuning keys, credentials from the Secret).
+    pub fn settings(&self) -> Result<KafkaSettings, Error> {
+        let mut settings = KafkaSettings::new(&self.bootstrap_servers);
+        for entry in &self.config {
+            settings.add_tuning(entry)?;
+        }
+        if let Some(dir) = &self.secret_dir {
+            settings.add_secret_dir(dir)?;
+        }
+        Ok(settings)
+    }
+}
+
+/// Which sink receives the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// One log line per event.
+    Log,
+    /// One HTTP request per event, as a CloudEvent in binary content mode.
+    Http,
+    /// Produce each event to a Kafka topic (optionally exactly once, with transactions).
+    Kafka,
+    /// One row per event in a PostgreSQL table, offsets in the same transaction.
+    Postgres,
+}
+
+/// The sink (`sink.*`): `--sink` selects one; only its settings apply.
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// The sink.
+    #[arg(long = "sink", env = "PIPEWRIGHT_SINK", value_enum)]
+    pub kind: SinkKind,
+    /// log: include the event's JSON in the line.
+    #[arg(long = "sink-log-payload", env = "PIPEWRIGHT_SINK_LOG_PAYLOAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_payload: bool,
+    /// http: the absolute http(s) URL each event is sent to (no credentials in it).
+    #[arg(long = "sink-http-url", env = "PIPEWRIGHT_SINK_HTTP_URL")]
+    pub http_url: Option<String>,
+    /// http: POST or PUT.
+    #[arg(
+        long = "sink-http-method",
+        env = "PIPEWRIGHT_SINK_HTTP_METHOD",
+        default_value = "POST"
+    )]
+    pub http_method: String,
+    /// http: how long to wait for an answer (1ms..5m); no answer in time is retried.
+    #[arg(
+        long = "sink-http-timeout",
+        env = "PIPEWRIGHT_SINK_HTTP_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub http_timeout: humantime::Duration,
+    /// http: extra headers, `name=value` (not credentials).
+    #[arg(
+        long = "sink-http-headers",
+        env = "PIPEWRIGHT_SINK_HTTP_HEADERS",
+        value_delimiter = ','
+    )]
+    pub http_headers: Vec<String>,
+    /// http: directory of the mounted headersSecretRef Secret: each file is a header (name =
+    /// file name), sent with every request, never logged.
+    #[arg(
+        long = "sink-http-headers-secret-dir",
+        env = "PIPEWRIGHT_SINK_HTTP_HEADERS_SECRET_DIR"
+    )]
+    pub http_headers_secret_dir: Option<PathBuf>,
+    /// http: the header carrying `<topic>/<partition>/<offset>` for deduplication.
+    #[arg(
+        long = "sink-http-idempotency-header",
+        env = "PIPEWRIGHT_SINK_HTTP_IDEMPOTENCY_HEADER",
+        default_value = "Idempotency-Key"
+    )]
+    pub http_idempotency_header: String,
+    /// kafka: the topic to produce to (not one of the consumed topics).
+    #[arg(long = "sink-kafka-topic", env = "PIPEWRIGHT_SINK_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// kafka: produce and commit the consumed offsets in Kafka transactions (exactly once for
+    /// read_committed readers).
+    #[arg(long = "sink-kafka-transactional", env = "PIPEWRIGHT_SINK_KAFKA_TRANSACTIONAL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kafka_transactional: bool,
+    /// kafka, transactional: the producer's `transactional.id`; must be stable per worker
+    /// instance. Default `pipewright-<group id>-<group instance id, else $HOSTNAME>`.
+    #[arg(
+        long = "sink-kafka-transactional-id",
+        env = "PIPEWRIGHT_SINK_KAFKA_TRANSACTIONAL_ID"
+    )]
+    pub kafka_transactional_id: Option<String>,
+    /// postgres: the table, `table` or `schema.table` (lower-case SQL identifiers). The
+    /// connection string comes from PIPEWRIGHT_DATABASE_URL_FILE (a mounted Secret key) or
+    /// PIPEWRIGHT_DATABASE_URL, and is never logged.
+    #[arg(long = "sink-postgres-table", env = "PIPEWRIGHT_SINK_POSTGRES_TABLE")]
+    pub postgres_table: Option<String>,
+    /// postgres: columns identifying a row (upsert); unset: every event inserts a row.
+    #[arg(
+        long = "sink-postgres-upsert-key",
+        env = "PIPEWRIGHT_SINK_POSTGRES_UPSERT_KEY",
+        value_delimiter = ','
+    )]
+    pub postgres_upsert_key: Vec<String>,
+    /// postgres: the table of applied offsets (created when missing).
+    #[arg(
+        long = "sink-postgres-offsets-table",
+        env = "PIPEWRIGHT_SINK_POSTGRES_OFFSETS_TABLE",
+        default_value = "pipewright_offsets"
+    )]
+    pub postgres_offsets_table: String,
+}
+
+impl SinkArgs {
+    /// Checks the settings of the selected sink (before connecting anywhere).
+    pub fn validate(&self) -> Result<(), Error> {
+        match self.kind {
+            SinkKind::Log => Ok(()),
+            SinkKind::Http => self.http_config().map(|_| ()),
+            SinkKind::Kafka => match self.kafka_topic.as_deref() {
+                Some(t) if !t.is_empty() => Ok(()),
+                _ => Err(Error::InvalidConfig {
+                    field: "sink.kafka.topic",
+                    reason: "required with --sink kafka".into(),
+                }),
+            },
+            SinkKind::Postgres => {
+                let table = self.postgres_table.as_deref().ok_or(Error::InvalidConfig {
+                    field: "sink.postgres.table",
+                    reason: "required with --sink postgres".into(),
+                })?;
+                Table::parse(table)?;
+                Table::parse(&self.postgres_offsets_table)?;
+                if let Some(bad) = self
+                    .postgres_upsert_key
+                    .iter()
+                    .find(|c| !crate::outbox::is_identifier(c))
+                {
+                    return Err(Error::InvalidConfig {
+                        field: "sink.postgres.upsertKey",
+                        reason: format!("{bad:?} is not a lower-case SQL identifier"),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn http_config(&self) -> Result<HttpSinkConfig, Error> {
+        let url = self.http_url.as_deref().ok_or(Error::InvalidConfig {
+            field: "sink.http.url",
+            reason: "required with --sink http".into(),
+        })?;
+        HttpSinkConfig::parse(
+            url,
+            &self.http_method,
+            self.http_timeout.into(),
+            &self.http_headers,
+            self.http_headers_secret_dir.as_deref(),
+            &self.http_idempotency_header,
+        )
+    }
+
+    /// The transactional.id of a transactional kafka sink.
+    fn transactional_id(&self, config: &ConsumeConfig) -> Result<String, Error> {
+        if let Some(id) = self
+            .kafka_transactional_id
+            .as_ref()
+            .filter(|s| !s.is_empty())
+        {
+            return Ok(id.clone());
+        }
+        let instance = config
+            .consumer
+            .group_instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+            .ok_or(Error::InvalidConfig {
+                field: "sink.kafka.transactional",
+                reason: "needs a stable instance name: set --group-instance-id (the pod name), \
+                         HOSTNAME, or --sink-kafka-transactional-id"
+                    .into(),
+            })?;
+        Ok(format!(
+            "pipewright-{}-{instance}",
+            config.consumer.group_id
+        ))
+    }
+
+    /// Connects the selected sink; a transactional kafka sink also returns its transaction,
+    /// for [`crate::consume::run_with_transaction`].
+    pub async fn build(
+        &self,
+        config: &ConsumeConfig,
+    ) -> Result<(Sink, Option<Arc<Transaction>>), Error> {
+        self.validate()?;
+        let group_id = config.consumer.group_id.as_str();
+        let concurrency = config.pipeline.concurrency;
+        match self.kind {
+            SinkKind::Log => Ok((
+                Sink::Log(LogSink {
+                    payload: self.log_payload,
+                }),
+                None,
+            )),
+            SinkKind::Http => Ok((Sink::Http(HttpSink::new(self.http_config()?)?), None)),
+            SinkKind::Kafka => {
+                let topic = self.kafka_topic.as_deref().unwrap_or_default();
+                if config.consumer.topics.iter().any(|t| t == topic) {
+                    return Err(Error::InvalidConfig {
+                        field: "sink.kafka.topic",
+                        reason: "must not be one of the consumed topics".into(),
+                    });
+                }
+                let kafka = &config.consumer.kafka;
+                if self.kafka_transactional {
+                    let id = self.transactional_id(config)?;
+                    let sink = KafkaSink::transactional(
+                        kafka,
+                        topic,
+                        config.compression,
+                        &id,
+                        config.consumer.drain_timeout,
+                    )
+                    .await?;
+                    let tx = sink.transaction();
+                    Ok((Sink::Kafka(sink), tx))
+                } else {
+                    Ok((
+                        Sink::Kafka(KafkaSink::new(kafka, topic, config.compression)?),
+                        None,
+                    ))
+                }
+            }
+            SinkKind::Postgres => {
+                let options = DatabaseUrl::from_env()?.connect_options()?;
+                let sink_config = PostgresSinkConfig {
+                    table: Table::parse(self.postgres_table.as_deref().unwrap_or_default())?,
+                    upsert_key: self.postgres_upsert_key.clone(),
+                    offsets_table: Table::parse(&self.postgres_offsets_table)?,
+                    group_id: group_id.to_string(),
+                    max_connections: concurrency as u32,
+                };
+                Ok((
+                    Sink::Postgres(PostgresSink::connect(options, sink_config).await?),
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+impl ConsumeArgs {
+    /// Validates everything and builds the consumer's configuration.
+    pub fn into_config(self) -> Result<(ConsumeConfig, SinkArgs, DeclaredTypes), Error> {
+        let types = declared_types(&self.event_types, self.event_schemas_file.as_deref())?;
+        let config = ConsumeConfig {
+            consumer: ConsumerConfig {
+                kafka: self.kafka.settings()?,
+                topics: self.topics,
+                group_id: self.group_id,
+                group_instance_id: self.group_instance_id.filter(|s| !s.is_empty()),
+                initial_offset: self.initial_offset,
+                commit_interval: self.commit_interval.into(),
+                drain_timeout: self.drain_timeout.into(),
+            },
+            pipeline: PipelineConfig {
+                concurrency: self.concurrency,
+                ordering: self.ordering,
+                retry: RetryPolicy {
+                    max_attempts: self.retry_max_attempts,
+                    initial: self.retry_backoff_initial.into(),
+                    max: self.retry_backoff_max.into(),
+                },
+                on_invalid: self.on_unknown_type,
+                max_record_bytes: self.max_record_bytes,
+            },
+            dead_letter_topic: self.dead_letter_topic.filter(|s| !s.is_empty()),
+            compression: self.compression,
+        };
+        config.validate()?;
+        self.sink.validate()?;
+        Ok((config, self.sink, types))
+    }
 }
 
 /// Settings of `pipewright-worker outbox` (the `Outbox` spec, flattened).
@@ -63,18 +536,8 @@ pub struct OutboxArgs {
     /// Topic per row, `{aggregatetype}` replaced by the row's aggregatetype.
     #[arg(long, env = "PIPEWRIGHT_OUTBOX_TOPIC_TEMPLATE")]
     pub topic_template: Option<String>,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "PIPEWRIGHT_KAFKA_BOOTSTRAP_SERVERS")]
-    pub kafka_bootstrap_servers: String,
-    /// Extra librdkafka settings, `key=value` (the API's allow-listed tuning keys only;
-    /// comma-separated in the environment variable).
-    #[arg(long, env = "PIPEWRIGHT_KAFKA_CONFIG", value_delimiter = ',')]
-    pub kafka_config: Vec<String>,
-    /// Directory of the mounted `kafka.secretRef` Secret: one file per librdkafka security
-    /// setting (security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.ca.pem,
-    /// ssl.certificate.pem, ssl.key.pem).
-    #[arg(long, env = KAFKA_SECRET_DIR_ENV)]
-    pub kafka_secret_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Wait between reads when the last one found nothing (10ms..1h).
     #[arg(long, env = "PIPEWRIGHT_OUTBOX_POLL_INTERVAL", default_value = "1s")]
     pub poll_interval: humantime::Duration,
@@ -144,13 +607,8 @@ impl OutboxArgs {
             },
         };
         let mut config =
-            PollerConfig::new(table, destination, self.kafka_bootstrap_servers.as_str());
-        for entry in &self.kafka_config {
-            config.kafka.add_tuning(entry)?;
-        }
-        if let Some(dir) = &self.kafka_secret_dir {
-            config.kafka.add_secret_dir(dir)?;
-        }
+            PollerConfig::new(table, destination, self.kafka.bootstrap_servers.as_str());
+        config.kafka = self.kafka.settings()?;
         config.poll_interval = self.poll_interval.into();
         config.batch_size = self.batch_size;
         config.max_in_flight = self.max_in_flight;
@@ -212,7 +670,9 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Outbox(a) = cli.command;
+        let Command::Outbox(a) = cli.command else {
+            panic!("not the outbox command")
+        };
         a.into_config().map_err(|e| e.to_string())
     }
 

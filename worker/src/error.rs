@@ -75,6 +75,18 @@ pub enum Error {
          (derive it with #[serde(tag = \"event_type\")])"
     )]
     MissingEventType,
+    /// A consumed record could neither be delivered nor dead-lettered (or the policy for
+    /// invalid events is `fail`): the consumer stops without committing it.
+    #[error("poison message {record} ({kind}): {message}")]
+    PoisonMessage {
+        /// `<topic>/<partition>/<offset>`.
+        record: String,
+        kind: String,
+        message: String,
+    },
+    /// A sink could not be set up (connection, table, client).
+    #[error("{sink} sink: {reason}")]
+    Sink { sink: &'static str, reason: String },
     /// The HTTP server could not bind or serve.
     #[error("HTTP server on {addr}")]
     Http {

@@ -2,44 +2,56 @@
 //! shutdown, 2 for invalid configuration (flags, environment, database URL), 1 for any other
 //! error that ended the worker (e.g. the outbox table does not exist).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pipewright_worker::config::{Cli, Command, DatabaseUrl};
+use pipewright_worker::app::{self, serve_http, signals};
+use pipewright_worker::config::{Cli, Command, ConsumeArgs, DatabaseUrl, OutboxArgs};
+use pipewright_worker::consume::sinks::SinkHandler;
+use pipewright_worker::consume::{self, ConsumerMetrics};
 use pipewright_worker::outbox::{OutboxMetrics, Poller};
-use pipewright_worker::{Chain, Error, Health, http, shutdown, telemetry};
+use pipewright_worker::{Error, Health, telemetry};
 use prometheus_client::registry::Registry;
-use tracing::{error, info};
-
-const EXIT_CONFIG: u8 = 2;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %Chain(&e), "pipewright-worker stopped");
-            eprintln!("pipewright-worker: {}", Chain(&e));
-            if matches!(
-                e,
-                Error::InvalidConfig { .. }
-                    | Error::InvalidTableName { .. }
-                    | Error::DatabaseUrlFile { .. }
-                    | Error::DatabaseUrlMissing
-                    | Error::DatabaseUrlInvalid(_)
-            ) {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
+    app::exit_code(run(cli).await)
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let Command::Outbox(args) = cli.command;
+    match cli.command {
+        Command::Outbox(args) => run_outbox(cli.listen, args).await,
+        Command::Consume(args) => run_consume(cli.listen, args).await,
+    }
+}
+
+async fn run_consume(listen: SocketAddr, args: ConsumeArgs) -> Result<(), Error> {
+    let (config, sink_args, types) = args.into_config()?;
+    let (sink, transaction) = sink_args.build(&config).await?;
+    let handler = SinkHandler { types, sink };
+    let mut registry = Registry::default();
+    let metrics = ConsumerMetrics::register(&mut registry);
+    let health = Health::default();
+    let shutdown = signals()?;
+    let server = serve_http(listen, registry, health.clone(), &shutdown).await?;
+    let result = consume::run_with_transaction(
+        config,
+        handler,
+        transaction,
+        metrics,
+        health,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}
+
+async fn run_outbox(listen: SocketAddr, args: OutboxArgs) -> Result<(), Error> {
     let config = args.into_config()?;
     let connect = DatabaseUrl::from_env()?.connect_options()?;
     let mut registry = Registry::default();
@@ -47,13 +59,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let health = Health::default();
     let poller = Poller::new(config, connect, metrics, health.clone())?;
 
-    let shutdown = shutdown::on_signals().map_err(|e| Error::InvalidConfig {
-        field: "signals",
-        reason: e.to_string(),
-    })?;
-    let listener = http::bind(cli.listen).await?;
-    info!(listen = %cli.listen, "serving /metrics, /healthz, /readyz");
-    let server = tokio::spawn(http::serve(listener, registry, health, shutdown.clone()));
+    let shutdown = signals()?;
+    let server = serve_http(listen, registry, health, &shutdown).await?;
     let result = poller.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;

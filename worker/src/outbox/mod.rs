@@ -151,7 +151,7 @@ impl std::fmt::Display for Table {
     }
 }
 
-fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && s.len() <= 63
@@ -159,7 +159,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// Double-quotes an identifier (doubling any quote inside, although validated names have none).
-fn quote(ident: &str) -> String {
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 

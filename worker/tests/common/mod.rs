@@ -2,6 +2,8 @@
 //! a background consumer that records what reached Kafka, and typed test events.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod consume;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

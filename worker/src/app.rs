@@ -1,0 +1,86 @@
+//! What a worker binary does around a mode: the HTTP endpoints, the shutdown signal, the exit
+//! code. The `pipewright-worker` binary and custom worker images (a small `main` with their own
+//! [`Handler`]) share it.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::ConsumeArgs;
+use crate::consume::{self, ConsumerMetrics, Handler};
+use crate::{Chain, Error, Health, http, shutdown};
+
+/// Exit code of an invalid configuration.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The process exit code for the outcome of a mode: 0, 2 for invalid configuration (flags,
+/// environment, database URL), 1 for anything else (logged and printed on stderr).
+pub fn exit_code(result: Result<(), Error>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %Chain(&e), "pipewright-worker stopped");
+            eprintln!("pipewright-worker: {}", Chain(&e));
+            if matches!(
+                e,
+                Error::InvalidConfig { .. }
+                    | Error::InvalidTableName { .. }
+                    | Error::DatabaseUrlFile { .. }
+                    | Error::DatabaseUrlMissing
+                    | Error::DatabaseUrlInvalid(_)
+            ) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `shutdown`.
+pub async fn serve_http(
+    listen: SocketAddr,
+    registry: Registry,
+    health: Health,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), Error>>, Error> {
+    let listener = http::bind(listen).await?;
+    info!(listen = %listen, "serving /metrics, /healthz, /readyz");
+    Ok(tokio::spawn(http::serve(
+        listener,
+        registry,
+        health,
+        shutdown.clone(),
+    )))
+}
+
+/// The token cancelled by SIGTERM/SIGINT.
+pub fn signals() -> Result<CancellationToken, Error> {
+    shutdown::on_signals().map_err(|e| Error::InvalidConfig {
+        field: "signals",
+        reason: e.to_string(),
+    })
+}
+
+/// Runs `consume` with a custom handler: the settings of `pipewright-worker consume` (as the
+/// operator renders them; the sink settings are ignored, `handler` is the sink), metrics,
+/// probes, graceful shutdown.
+pub async fn consume_with<H: Handler>(
+    listen: SocketAddr,
+    args: ConsumeArgs,
+    handler: H,
+) -> Result<(), Error> {
+    let (config, _sink, _types) = args.into_config()?;
+    let mut registry = Registry::default();
+    let metrics = ConsumerMetrics::register(&mut registry);
+    let health = Health::default();
+    let shutdown = signals()?;
+    let server = serve_http(listen, registry, health.clone(), &shutdown).await?;
+    let result = consume::run(config, handler, metrics, health, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}

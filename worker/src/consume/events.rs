@@ -1,0 +1,411 @@
+//! Typed events: the [`Handler`] trait a library user implements, the decoding of a record into
+//! an event (`{"event_type": "...", ...}`), and what happens to a record that is not a valid
+//! event ([`Rejection`], [`InvalidPolicy`]).
+//!
+//! A custom worker declares its events as a `#[serde(tag = "event_type")]` enum and matches on
+//! it exhaustively; the generic binary uses [`GenericEvent`] with the event types declared in
+//! the EventConsumer (see [`DeclaredTypes`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+
+use super::offsets::Tp;
+
+/// One Kafka record, owned (the pipeline keeps it while it is in flight).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The record's timestamp, milliseconds since the epoch, when it has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    /// `<topic>/<partition>/<offset>`: unique per record, stable across redeliveries.
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+
+    /// The key as (lossy) UTF-8, for logs.
+    pub fn key_str(&self) -> Option<String> {
+        self.key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+}
+
+/// Why a record is not a valid event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectionKind {
+    /// No payload, not JSON, not an object, or no string `event_type`.
+    Malformed,
+    /// An `event_type` that is not declared.
+    UnknownType,
+    /// A declared type whose payload does not match its schema (or its Rust type).
+    SchemaInvalid,
+    /// A payload larger than the configured maximum.
+    Oversized,
+}
+
+impl RejectionKind {
+    /// The value of the dead-letter `error.kind` header and the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::Malformed => "malformed",
+            RejectionKind::UnknownType => "unknown_type",
+            RejectionKind::SchemaInvalid => "schema_invalid",
+            RejectionKind::Oversized => "oversized",
+        }
+    }
+}
+
+/// A record that is not a valid event, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub message: String,
+    /// The `event_type`, when the record had one.
+    pub event_type: Option<String>,
+}
+
+/// What happens to a rejected record (`events.onUnknownType`; it applies to every
+/// [`RejectionKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InvalidPolicy {
+    /// Park it in the dead-letter topic, go on.
+    DeadLetter,
+    /// Commit it undelivered, go on.
+    Skip,
+    /// Stop the worker (the record is not committed).
+    Fail,
+}
+
+/// A failed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// Whether another attempt may succeed (a timeout, a 5xx) or not (a 4xx).
+    pub retryable: bool,
+    /// Short machine-readable cause (dead-letter `error.kind` header), e.g. `http_status_500`.
+    pub kind: String,
+    pub message: String,
+}
+
+impl HandlerError {
+    pub fn retryable(kind: impl Into<String>, message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            retryable: true,
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(kind: impl Into<String>, message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            retryable: false,
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The application's processing of one event type. Implement it for a custom worker:
+///
+/// ```
+/// use pipewright_worker::consume::{Handler, HandlerError, Record};
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// #[serde(tag = "event_type")]
+/// enum OrderEvent {
+///     OrderPlaced { order_id: String },
+///     OrderShipped { order_id: String },
+/// }
+///
+/// struct Orders;
+///
+/// impl Handler for Orders {
+///     type Event = OrderEvent;
+///     async fn handle(&self, event: &OrderEvent, _record: &Record) -> Result<(), HandlerError> {
+///         match event {
+///             OrderEvent::OrderPlaced { order_id } => tracing::info!(order_id, "placed"),
+///             OrderEvent::OrderShipped { order_id } => tracing::info!(order_id, "shipped"),
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// `handle` is called again (after a backoff) when it returns a retryable error; it must be
+/// idempotent, since delivery is at least once.
+pub trait Handler: Send + Sync + 'static {
+    /// The events, a `#[serde(tag = "event_type")]` enum.
+    type Event: DeserializeOwned + Send + Sync + 'static;
+
+    /// Decodes a record; the default parses the payload as a tagged JSON event.
+    fn decode(&self, record: &Record) -> Result<Self::Event, Rejection> {
+        decode_tagged(record)
+    }
+
+    /// Delivers one event.
+    fn handle(
+        &self,
+        event: &Self::Event,
+        record: &Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called (in the background) after these offsets were committed: the records below them
+    /// are never delivered again. For handlers that keep state per record (the PostgreSQL
+    /// sink's offsets table). The default does nothing.
+    fn committed(&self, offsets: &[(Tp, i64)]) -> impl Future<Output = ()> + Send {
+        let _ = offsets;
+        async {}
+    }
+}
+
+/// A shared handler is a handler (keep a handle to inspect it, e.g. in tests).
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    type Event = H::Event;
+
+    fn decode(&self, record: &Record) -> Result<Self::Event, Rejection> {
+        (**self).decode(record)
+    }
+
+    fn handle(
+        &self,
+        event: &Self::Event,
+        record: &Record,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        (**self).handle(event, record)
+    }
+
+    fn committed(&self, offsets: &[(Tp, i64)]) -> impl Future<Output = ()> + Send {
+        (**self).committed(offsets)
+    }
+}
+
+/// Parses the payload as a JSON object with a string `event_type`.
+pub fn parse_event(record: &Record) -> Result<(String, serde_json::Value), Rejection> {
+    let malformed = |message: String| Rejection {
+        kind: RejectionKind::Malformed,
+        message,
+        event_type: None,
+    };
+    let payload = record
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("the record has no value".into()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    let event_type = value
+        .get("event_type")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| malformed("not a JSON object with a string \"event_type\"".into()))?
+        .to_string();
+    Ok((event_type, value))
+}
+
+/// Decodes a `#[serde(tag = "event_type")]` enum: an unknown variant is
+/// [`RejectionKind::UnknownType`], a known one with bad fields [`RejectionKind::SchemaInvalid`].
+pub fn decode_tagged<E: DeserializeOwned>(record: &Record) -> Result<E, Rejection> {
+    let (event_type, value) = parse_event(record)?;
+    serde_json::from_value(value).map_err(|e| {
+        let message = e.to_string();
+        let kind = if message.starts_with("unknown variant") {
+            RejectionKind::UnknownType
+        } else {
+            RejectionKind::SchemaInvalid
+        };
+        Rejection {
+            kind,
+            message,
+            event_type: Some(event_type),
+        }
+    })
+}
+
+/// An event of the generic binary: its type and the whole JSON object.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct GenericEvent {
+    pub event_type: String,
+    pub body: serde_json::Value,
+}
+
+impl TryFrom<serde_json::Value> for GenericEvent {
+    type Error = String;
+
+    fn try_from(body: serde_json::Value) -> Result<GenericEvent, String> {
+        let event_type = body
+            .get("event_type")
+            .and_then(|t| t.as_str())
+            .ok_or("not a JSON object with a string \"event_type\"")?
+            .to_string();
+        Ok(GenericEvent { event_type, body })
+    }
+}
+
+/// A JSON Schema check of one declared event type.
+pub trait SchemaCheck: Send + Sync + std::fmt::Debug {
+    /// `Err(message)` when `value` does not match.
+    fn check(&self, value: &serde_json::Value) -> Result<(), String>;
+}
+
+/// A compiled JSON Schema (its draft from `$schema`, default 2020-12). Remote `$ref`s are not
+/// fetched.
+#[derive(Debug)]
+pub struct JsonSchema(jsonschema::Validator);
+
+impl JsonSchema {
+    /// Compiles `schema`; `Err` says why it is not a valid schema.
+    pub fn compile(schema: &serde_json::Value) -> Result<JsonSchema, String> {
+        jsonschema::validator_for(schema)
+            .map(JsonSchema)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl SchemaCheck for JsonSchema {
+    fn check(&self, value: &serde_json::Value) -> Result<(), String> {
+        self.0.validate(value).map_err(|e| {
+            let path = e.instance_path().to_string();
+            format!("{e} (at {})", if path.is_empty() { "/" } else { &path })
+        })
+    }
+}
+
+/// The event types declared in `events.types`; `None` declares nothing (every event type is
+/// accepted unchecked).
+#[derive(Debug, Default)]
+pub struct DeclaredTypes {
+    types: Option<HashMap<String, Option<Box<dyn SchemaCheck>>>>,
+}
+
+impl DeclaredTypes {
+    /// Accept every event type.
+    pub fn any() -> DeclaredTypes {
+        DeclaredTypes { types: None }
+    }
+
+    /// Only these names (without schemas).
+    pub fn names<I: IntoIterator<Item = String>>(names: I) -> DeclaredTypes {
+        DeclaredTypes {
+            types: Some(names.into_iter().map(|n| (n, None)).collect()),
+        }
+    }
+
+    /// Adds a schema to a declared type.
+    pub fn with_schema(mut self, name: &str, check: Box<dyn SchemaCheck>) -> DeclaredTypes {
+        self.types
+            .get_or_insert_with(HashMap::new)
+            .insert(name.to_string(), Some(check));
+        self
+    }
+
+    /// Decodes a record as a [`GenericEvent`] of a declared type.
+    pub fn decode(&self, record: &Record) -> Result<GenericEvent, Rejection> {
+        let (event_type, body) = parse_event(record)?;
+        if let Some(types) = &self.types {
+            match types.get(&event_type) {
+                None => {
+                    return Err(Rejection {
+                        kind: RejectionKind::UnknownType,
+                        message: format!("event_type {event_type:?} is not declared"),
+                        event_type: Some(event_type),
+                    });
+                }
+                Some(Some(schema)) => {
+                    if let Err(message) = schema.check(&body) {
+                        return Err(Rejection {
+                            kind: RejectionKind::SchemaInvalid,
+                            message,
+                            event_type: Some(event_type),
+                        });
+                    }
+                }
+                Some(None) => {}
+            }
+        }
+        Ok(GenericEvent { event_type, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(payload: &str) -> Record {
+        Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            key: None,
+            payload: Some(payload.as_bytes().to_vec()),
+            headers: vec![],
+            timestamp_ms: None,
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(tag = "event_type")]
+    enum Ev {
+        A { n: u32 },
+    }
+
+    #[test]
+    fn typed_decoding_tells_malformed_unknown_and_invalid_apart() {
+        assert_eq!(
+            decode_tagged::<Ev>(&record(r#"{"event_type":"A","n":1}"#)),
+            Ok(Ev::A { n: 1 })
+        );
+        let kind = |p: &str| decode_tagged::<Ev>(&record(p)).unwrap_err().kind;
+        assert_eq!(kind("{not json"), RejectionKind::Malformed);
+        assert_eq!(kind(r#"{"n":1}"#), RejectionKind::Malformed);
+        assert_eq!(kind(r#"{"event_type":"B"}"#), RejectionKind::UnknownType);
+        assert_eq!(
+            kind(r#"{"event_type":"A","n":"x"}"#),
+            RejectionKind::SchemaInvalid
+        );
+    }
+
+    #[test]
+    fn a_declared_schema_rejects_events_that_do_not_match_it() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "required": ["n"],
+            "properties": {"n": {"type": "integer", "minimum": 0}}
+        });
+        let declared = DeclaredTypes::names(["a".to_string()])
+            .with_schema("a", Box::new(JsonSchema::compile(&schema).unwrap()));
+        assert!(
+            declared
+                .decode(&record(r#"{"event_type":"a","n":1}"#))
+                .is_ok()
+        );
+        let r = declared
+            .decode(&record(r#"{"event_type":"a","n":-1}"#))
+            .unwrap_err();
+        assert_eq!(r.kind, RejectionKind::SchemaInvalid);
+        assert!(r.message.contains("/n"), "{}", r.message);
+        assert!(JsonSchema::compile(&serde_json::json!({"type": 12})).is_err());
+    }
+
+    #[test]
+    fn declared_types_reject_undeclared_ones() {
+        let declared = DeclaredTypes::names(["a".to_string()]);
+        assert!(declared.decode(&record(r#"{"event_type":"a"}"#)).is_ok());
+        let r = declared
+            .decode(&record(r#"{"event_type":"b"}"#))
+            .unwrap_err();
+        assert_eq!(r.kind, RejectionKind::UnknownType);
+        assert!(
+            DeclaredTypes::any()
+                .decode(&record(r#"{"event_type":"b"}"#))
+                .is_ok()
+        );
+    }
+}

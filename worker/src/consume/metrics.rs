@@ -1,0 +1,119 @@
+//! The consumer's Prometheus metrics, registered under `pipewright_consumer_*`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-kind rejection counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Labels of the per-partition gauges.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Metrics of one consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
+    /// Records delivered to the sink.
+    pub processed: Counter,
+    /// Delivery attempts that failed and were retried.
+    pub retried: Counter,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: Counter,
+    /// Records skipped by policy.
+    pub skipped: Counter,
+    /// Records of an undeclared event type.
+    pub unknown_type: Counter,
+    /// Records that are not valid events, by kind (malformed, unknown_type, schema_invalid,
+    /// oversized).
+    pub rejected: Family<KindLabels, Counter>,
+    /// Records taken from Kafka and not finished (bounded by the concurrency).
+    pub in_flight: Gauge,
+    /// Duration of one delivery attempt.
+    pub handler_latency_seconds: Histogram,
+    /// Per assigned partition: the high watermark minus the committable offset, as this
+    /// consumer sees it.
+    pub lag: Family<PartitionLabels, Gauge>,
+    /// Offset commits that failed (retried with the next commit).
+    pub commit_errors: Counter,
+}
+
+impl ConsumerMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> ConsumerMetrics {
+        let m = ConsumerMetrics::unregistered();
+        let r = registry.sub_registry_with_prefix("pipewright_consumer");
+        r.register(
+            "processed",
+            "Records delivered to the sink",
+            m.processed.clone(),
+        );
+        r.register(
+            "retried",
+            "Delivery attempts that failed and were retried",
+            m.retried.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Records sent to the dead-letter topic",
+            m.dead_lettered.clone(),
+        );
+        r.register("skipped", "Records skipped by policy", m.skipped.clone());
+        r.register(
+            "unknown_type",
+            "Records of an undeclared event type",
+            m.unknown_type.clone(),
+        );
+        r.register(
+            "rejected",
+            "Records that are not valid events, by kind",
+            m.rejected.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Records taken from Kafka and not finished",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "handler_latency_seconds",
+            "Duration of one delivery attempt",
+            m.handler_latency_seconds.clone(),
+        );
+        r.register(
+            "lag",
+            "High watermark minus committable offset, per assigned partition",
+            m.lag.clone(),
+        );
+        r.register(
+            "commit_errors",
+            "Offset commits that failed",
+            m.commit_errors.clone(),
+        );
+        m
+    }
+
+    /// Metrics not registered anywhere (benchmarks, tests).
+    pub fn unregistered() -> ConsumerMetrics {
+        ConsumerMetrics {
+            processed: Counter::default(),
+            retried: Counter::default(),
+            dead_lettered: Counter::default(),
+            skipped: Counter::default(),
+            unknown_type: Counter::default(),
+            rejected: Family::default(),
+            in_flight: Gauge::default(),
+            handler_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            lag: Family::default(),
+            commit_errors: Counter::default(),
+        }
+    }
+}

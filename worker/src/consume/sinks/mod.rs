@@ -1,0 +1,59 @@
+//! The sinks of the generic binary, behind one [`Handler`]: [`SinkHandler`] decodes records as
+//! [`GenericEvent`]s of the declared types and delivers them to the configured sink.
+
+pub mod http;
+pub mod kafka;
+pub mod log;
+pub mod postgres;
+
+use super::events::{DeclaredTypes, GenericEvent, Handler, HandlerError, Record, Rejection};
+use super::offsets::Tp;
+
+/// One configured sink.
+#[derive(Debug)]
+pub enum Sink {
+    Log(log::LogSink),
+    Http(http::HttpSink),
+    Kafka(kafka::KafkaSink),
+    Postgres(postgres::PostgresSink),
+}
+
+impl Sink {
+    async fn deliver(&self, event: &GenericEvent, record: &Record) -> Result<(), HandlerError> {
+        match self {
+            Sink::Log(s) => s.deliver(event, record),
+            Sink::Http(s) => s.deliver(event, record).await,
+            Sink::Kafka(s) => s.deliver(event, record).await,
+            Sink::Postgres(s) => s.deliver(event, record).await,
+        }
+    }
+
+    async fn committed(&self, offsets: &[(Tp, i64)]) {
+        if let Sink::Postgres(s) = self {
+            s.prune(offsets).await;
+        }
+    }
+}
+
+/// The generic binary's handler: declared event types (with their schemas) and a sink.
+#[derive(Debug)]
+pub struct SinkHandler {
+    pub types: DeclaredTypes,
+    pub sink: Sink,
+}
+
+impl Handler for SinkHandler {
+    type Event = GenericEvent;
+
+    fn decode(&self, record: &Record) -> Result<GenericEvent, Rejection> {
+        self.types.decode(record)
+    }
+
+    async fn handle(&self, event: &GenericEvent, record: &Record) -> Result<(), HandlerError> {
+        self.sink.deliver(event, record).await
+    }
+
+    async fn committed(&self, offsets: &[(Tp, i64)]) {
+        self.sink.committed(offsets).await
+    }
+}

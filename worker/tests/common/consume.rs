@@ -1,0 +1,277 @@
+//! Fixtures of the consumer tests: producing test events, running the real binary with the log
+//! sink and reading back what it delivered (its JSON log), the group's committed offsets, and
+//! a reader of the dead-letter topic.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pipewright_testenv::{TestEnv, eventually, kafka_config, unique_name};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// A step event: `{"event_type":"step","key":..,"n":..}`.
+pub fn step(key: &str, n: u64) -> String {
+    format!(r#"{{"event_type":"step","key":"{key}","n":{n}}}"#)
+}
+
+/// Produces records (key, value) in order, waiting for every acknowledgement.
+pub async fn produce(topic: &str, records: Vec<(Option<String>, Option<Vec<u8>>)>) {
+    let producer: FutureProducer = kafka_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut pending = Vec::new();
+    for (key, value) in &records {
+        let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
+        if let Some(k) = key {
+            r = r.key(k.as_str());
+        }
+        if let Some(v) = value {
+            r = r.payload(v.as_slice());
+        }
+        loop {
+            match producer.send_result(r) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    r = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await.expect("delivery").expect("acknowledged");
+    }
+}
+
+/// Produces `count` step events over `keys` keys (`k<i % keys>`, n = i).
+pub async fn produce_steps(topic: &str, count: u64, keys: u64) {
+    let records = (0..count)
+        .map(|i| {
+            let key = format!("k{}", i % keys);
+            let value = step(&key, i).into_bytes();
+            (Some(key), Some(value))
+        })
+        .collect();
+    produce(topic, records).await;
+}
+
+/// The group's committed offsets per partition (partitions without a commit are absent).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = kafka_config()
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let tpl = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One record of the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads a topic from the beginning in the background.
+#[derive(Debug, Clone)]
+pub struct TopicReader {
+    pub records: Arc<Mutex<Vec<DeadLetter>>>,
+}
+
+impl TopicReader {
+    pub fn start(topic: &str, isolation: &str) -> TopicReader {
+        let consumer: StreamConsumer = kafka_config()
+            .set("group.id", unique_name("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = records.clone();
+        tokio::spawn(async move {
+            loop {
+                let m = consumer.recv().await.expect("consume");
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_string(),
+                                    String::from_utf8_lossy(x.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                sink.lock().unwrap().push(DeadLetter {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        });
+        TopicReader { records }
+    }
+
+    pub fn snapshot(&self) -> Vec<DeadLetter> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+/// One event line of the log sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub partition: i64,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub n: Option<u64>,
+}
+
+/// A running `pipewright-worker consume` with the log sink (JSON logs into a file).
+#[derive(Debug)]
+pub struct ConsumeWorker {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl ConsumeWorker {
+    /// With the log sink.
+    pub fn start(topic: &str, group: &str, extra: &[&str]) -> ConsumeWorker {
+        ConsumeWorker::start_with(topic, group, &["--sink", "log"], extra, &[])
+    }
+
+    /// With the given sink flags and extra environment.
+    pub fn start_with(
+        topic: &str,
+        group: &str,
+        sink: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ConsumeWorker {
+        let addr = free_addr();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("pw-consume")));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pipewright-worker"))
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--log-format",
+                "json",
+                "consume",
+            ])
+            .args(["--topics", topic, "--group-id", group])
+            .args(sink)
+            .args([
+                "--kafka-bootstrap-servers",
+                &TestEnv::get().kafka_bootstrap_servers,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start pipewright-worker");
+        ConsumeWorker { child, addr, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The events this worker delivered, in log order.
+    pub fn delivered(&self) -> Vec<Logged> {
+        parse_events(&self.log_text())
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub async fn sigterm_and_wait(&mut self) -> i32 {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_exit(Duration::from_secs(90)).await
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let child = &mut self.child;
+        eventually("the worker exits", timeout, || {
+            let exited = child.try_wait().unwrap();
+            async move { exited.map(|s| s.code().unwrap_or(-1)) }
+        })
+        .await
+    }
+}
+
+impl Drop for ConsumeWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// The `pipewright::event` lines of a JSON log.
+pub fn parse_events(text: &str) -> Vec<Logged> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "pipewright::event")
+        .map(|v| {
+            let f = &v["fields"];
+            let payload: Option<serde_json::Value> = f["payload"]
+                .as_str()
+                .and_then(|p| serde_json::from_str(p).ok());
+            Logged {
+                partition: f["partition"].as_i64().unwrap_or(-1),
+                offset: f["offset"].as_i64().unwrap_or(-1),
+                key: f["key"].as_str().map(str::to_string),
+                n: payload.as_ref().and_then(|p| p["n"].as_u64()),
+            }
+        })
+        .collect()
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
