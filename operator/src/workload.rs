@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -301,6 +302,22 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         name: "worker".into(),
         image: Some(plan.image.clone()),
         args: Some(vec![plan.component.mode().into()]),
+        // Static group membership keyed by the pod name (downward API; a ConfigMap cannot
+        // carry per-pod values): a restarted container gets its partitions back without a
+        // rebalance.
+        env: (plan.component == Component::EventConsumer).then(|| {
+            vec![EnvVar {
+                name: "PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            }]
+        }),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: name.clone(),
@@ -491,6 +508,24 @@ pub(crate) mod tests {
             assert_eq!(labels["app.kubernetes.io/instance"], "orders");
             assert_eq!(labels["app.kubernetes.io/managed-by"], crate::MANAGER);
         }
+    }
+
+    #[test]
+    fn consumer_pods_are_static_group_members_named_after_the_pod() {
+        let env_of = |component| {
+            let d = desired(&WorkerPlan {
+                component,
+                ..plan()
+            });
+            d.deployment.spec.template.spec.unwrap().containers[0]
+                .env
+                .clone()
+        };
+        let env = env_of(Component::EventConsumer).unwrap();
+        assert_eq!(env[0].name, "PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID");
+        let field = env[0].value_from.clone().unwrap().field_ref.unwrap();
+        assert_eq!(field.field_path, "metadata.name");
+        assert_eq!(env_of(Component::Outbox), None);
     }
 
     #[test]

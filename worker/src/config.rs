@@ -6,7 +6,7 @@
 //! exits with code 2 on it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,11 +97,11 @@ pub struct ConsumeArgs {
     /// `event_type` is accepted.
     #[arg(long, env = "PIPEWRIGHT_CONSUMER_EVENT_TYPES", value_delimiter = ',')]
     pub event_types: Vec<String>,
-    /// A JSON file mapping event types to the JSON Schema their events must match
-    /// (`{"order.created": {...schema...}, ...}`; `events.types[].schema`, rendered by the
-    /// operator into a ConfigMap). Each type in it is declared too.
-    #[arg(long, env = "PIPEWRIGHT_CONSUMER_EVENT_SCHEMAS_FILE")]
-    pub event_schemas_file: Option<PathBuf>,
+    /// JSON Schemas of event types (`events.types[].schema`), as the operator renders them: a
+    /// JSON object mapping each type to `{"inline": <schema>}` or `{"file": "<path>"}` (a
+    /// mounted ConfigMap key holding the schema as JSON). Each type in it is declared too.
+    #[arg(long, env = "PIPEWRIGHT_CONSUMER_EVENT_SCHEMAS")]
+    pub event_schemas: Option<String>,
     /// What happens to a record that is not a valid event: no value, not JSON, no string
     /// `event_type`, an undeclared type, a schema mismatch, a value over --max-record-bytes
     /// (`events.onUnknownType`; dead-letter needs --dead-letter-topic).
@@ -183,24 +183,40 @@ pub struct ConsumeArgs {
 }
 
 /// The declared event types: the names, plus those of the schemas file, with their schemas.
-fn declared_types(names: &[String], schemas: Option<&Path>) -> Result<DeclaredTypes, Error> {
+fn declared_types(names: &[String], schemas: Option<&str>) -> Result<DeclaredTypes, Error> {
     let field = "events.types[].schema";
-    let schemas: serde_json::Map<String, serde_json::Value> = match schemas {
-        None => serde_json::Map::new(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidConfig {
-                field,
-                reason: format!("cannot read {}: {e}", path.display()),
-            })?;
-            serde_json::from_str(&text).map_err(|e| Error::InvalidConfig {
-                field,
-                reason: format!(
-                    "{} is not a JSON object of event type -> schema: {e}",
-                    path.display()
-                ),
-            })?
-        }
+    let invalid = |reason: String| Error::InvalidConfig { field, reason };
+    let sources: serde_json::Map<String, serde_json::Value> = match schemas {
+        None | Some("") => serde_json::Map::new(),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            invalid(format!(
+                "not a JSON object of event type -> {{\"inline\": schema}} or {{\"file\": path}}: {e}"
+            ))
+        })?,
     };
+    let mut schemas = serde_json::Map::new();
+    for (name, source) in sources {
+        let schema = match (
+            source.get("inline"),
+            source.get("file").and_then(|f| f.as_str()),
+        ) {
+            (Some(inline), None) => inline.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(format!("the schema of {name:?}: cannot read {path}: {e}"))
+                })?;
+                serde_json::from_str(&text).map_err(|e| {
+                    invalid(format!("the schema of {name:?} in {path} is not JSON: {e}"))
+                })?
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "the schema of {name:?} must be {{\"inline\": schema}} or {{\"file\": path}}"
+                )));
+            }
+        };
+        schemas.insert(name, schema);
+    }
     if names.is_empty() && schemas.is_empty() {
         return Ok(DeclaredTypes::any());
     }
@@ -492,7 +508,7 @@ impl SinkArgs {
 impl ConsumeArgs {
     /// Validates everything and builds the consumer's configuration.
     pub fn into_config(self) -> Result<(ConsumeConfig, SinkArgs, DeclaredTypes), Error> {
-        let types = declared_types(&self.event_types, self.event_schemas_file.as_deref())?;
+        let types = declared_types(&self.event_types, self.event_schemas.as_deref())?;
         let config = ConsumeConfig {
             consumer: ConsumerConfig {
                 kafka: self.kafka.settings()?,

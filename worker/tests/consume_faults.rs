@@ -191,13 +191,19 @@ async fn consume_generic_binary_dead_letters_undeclared_types_and_schema_failure
     let topic = create_topic("ec-schema", 1).await;
     let dlq = create_topic("ec-schema-dlq", 1).await;
     let group = unique_name("ec-schema");
-    let schemas = std::env::temp_dir().join(format!("{}.json", unique_name("pw-schemas")));
+    // As the operator renders them: one schema inline, one from a (mounted ConfigMap) file.
+    let schema_file = std::env::temp_dir().join(format!("{}.json", unique_name("pw-schema")));
     std::fs::write(
-        &schemas,
-        r#"{"step": {"type": "object", "required": ["n"],
-                     "properties": {"n": {"type": "integer", "minimum": 0}}}}"#,
+        &schema_file,
+        r#"{"type": "object", "required": ["n"],
+            "properties": {"n": {"type": "integer", "minimum": 0}}}"#,
     )
     .unwrap();
+    let schemas = serde_json::json!({
+        "step": {"file": schema_file.display().to_string()},
+        "noop": {"inline": {"type": "object"}},
+    })
+    .to_string();
     let records = vec![
         (Some("a".to_string()), Some(step("a", 0).into_bytes())),
         (
@@ -212,16 +218,10 @@ async fn consume_generic_binary_dead_letters_undeclared_types_and_schema_failure
     ];
     produce(&topic, records).await;
     let dead = TopicReader::start(&dlq, "read_committed");
-    let schemas_arg = schemas.display().to_string();
     let worker = ConsumeWorker::start(
         &topic,
         &group,
-        &[
-            "--dead-letter-topic",
-            &dlq,
-            "--event-schemas-file",
-            &schemas_arg,
-        ],
+        &["--dead-letter-topic", &dlq, "--event-schemas", &schemas],
     );
     let letters = eventually("two dead letters", Duration::from_secs(120), || {
         let s = dead.snapshot();
@@ -256,5 +256,5 @@ async fn consume_generic_binary_dead_letters_undeclared_types_and_schema_failure
     );
     let ns: Vec<Option<u64>> = worker.delivered().iter().map(|e| e.n).collect();
     assert_eq!(ns, vec![Some(0), Some(3)]);
-    std::fs::remove_file(schemas).unwrap();
+    std::fs::remove_file(&schema_file).unwrap();
 }
