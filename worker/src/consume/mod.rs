@@ -35,9 +35,8 @@
 //!   member). A restart after a completed drain delivers nothing twice.
 //! - **Rebalance.** Cooperative-sticky assignment: a revoked partition's finished offsets are
 //!   committed synchronously in the revoke callback; its records still in flight are delivered
-//!   again by its next owner (bounded by `concurrency`). *Not yet proven by a test with two
-//!   live workers; the unit test `finishing_a_record_of_a_revoked_assignment_is_ignored`
-//!   covers the tracker's part only.*
+//!   again by its next owner (bounded by `concurrency`):
+//!   `consume_rebalance_to_a_second_worker_loses_nothing_and_redelivers_at_most_the_in_flight_records`.
 //!
 //! - **Sinks.** `postgres`: effectively once (the offset is stored with the row in one
 //!   transaction; a replay is a no-op, [`sinks::postgres`]). `kafka` with `transactional`:
