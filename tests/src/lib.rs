@@ -189,6 +189,40 @@ impl TestNamespace {
     }
 }
 
+/// Applies pipewright's CRDs (server-side, forced: the tests own them; idempotent, so
+/// parallel tests may all call it) and waits until the apiserver serves them.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in pipewright_crds::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("pipewright-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+    }
+    for crd in pipewright_crds::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        eventually(
+            &format!("CRD {name} to be Established"),
+            Duration::from_secs(120),
+            || async {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 /// librdkafka settings pointing at the test broker; add the role-specific ones.
 pub fn kafka_config() -> ClientConfig {
     let mut config = ClientConfig::new();

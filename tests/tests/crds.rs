@@ -20,40 +20,12 @@ use pipewright_crds::event_consumer::{
 };
 use pipewright_crds::outbox::{Cleanup, Poll};
 use pipewright_crds::{EventConsumer, EventConsumerStatus, Outbox, OutboxStatus, conditions};
-use pipewright_testenv::{HOW_TO_START, TestNamespace, eventually, kube_client, unique_name};
+use pipewright_testenv::{
+    HOW_TO_START, TestNamespace, eventually, install_crds, kube_client, unique_name,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-const FIELD_MANAGER: &str = "pipewright-tests";
-
-/// Applies both CRDs (server-side, forced: the tests own them) and waits until the apiserver
-/// serves them.
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in pipewright_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
-    }
-    for crd in pipewright_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        eventually(&format!("CRD {name} to be Established"), WAIT, || async {
-            let crd = api.get(&name).await.unwrap();
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
-        .await;
-    }
-}
 
 /// Runs the test environment's kubectl (`$KUBECTL`, against `$KUBECONFIG`).
 fn kubectl(args: &[&str]) -> Output {

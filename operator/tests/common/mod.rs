@@ -9,42 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use pipewright_testenv::{eventually, unique_name};
 
 /// Generous: a loaded 2-core machine runs the control plane, Kafka, PostgreSQL and the build.
 pub const WAIT: Duration = Duration::from_secs(120);
-const FIELD_MANAGER: &str = "pipewright-tests";
 
-/// Applies both CRDs (server-side, forced, idempotent) and waits until they are served.
-pub async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in pipewright_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
-    }
-    for crd in pipewright_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        eventually(&format!("CRD {name} to be Established"), WAIT, || async {
-            let crd = api.get(&name).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-    }
-}
+pub use pipewright_testenv::install_crds;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
