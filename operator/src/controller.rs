@@ -22,11 +22,11 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -363,6 +363,14 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
         },
     }
 
+    // A worker that stopped on a poison message says so in its termination message.
+    if problem.is_none() && deployment.is_some() {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let selector = selector_string(&name, K::COMPONENT);
+        let list = pods.list(&ListParams::default().labels(&selector)).await?;
+        problem = status::poison_of(&list.items);
+    }
+
     let previous = obj.stored_status();
     let previous_conditions = previous.map(K::conditions_of).unwrap_or_default();
     let rollout = Rollout::of(deployment.as_ref());
@@ -531,6 +539,7 @@ pub async fn run<K: Pipeline>(
             Default::default(),
         );
     let children = watcher::Config::default().labels(&component_selector(K::COMPONENT));
+    let pods = children.clone();
     let store = reader.clone();
     let secrets = watcher(
         api::<PartialObjectMeta<Secret>>(&client, &namespace),
@@ -578,6 +587,17 @@ pub async fn run<K: Pipeline>(
             )
             .default_backoff()
             .touched_objects(),
+        )
+        // Worker pods (metadata only): a container stopping, e.g. on a poison message, brings
+        // its resource back to read the pods' termination messages.
+        .watches_stream(
+            watcher(api::<PartialObjectMeta<Pod>>(&client, &namespace), pods)
+                .default_backoff()
+                .touched_objects(),
+            |pod| {
+                let name = pod.labels().get("app.kubernetes.io/instance")?;
+                Some(ObjectRef::<K>::new(name).within(&pod.namespace()?))
+            },
         )
         .watches_stream(secrets, move |secret| {
             let ns = secret.namespace();

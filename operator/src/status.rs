@@ -3,9 +3,12 @@
 //! with nothing new compares equal to the one stored and is not written.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use pipewright_crds::conditions::{DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, PROGRESSING, READY};
+use pipewright_crds::conditions::{
+    DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, POISON_MESSAGE, PROGRESSING, READY,
+};
 
 /// Reasons the operator gives besides the API's own (`pipewright_crds::conditions`).
 pub mod reasons {
@@ -39,6 +42,32 @@ impl Problem {
             message: message.into(),
         }
     }
+}
+
+/// The prefix of the termination message a worker writes when it stops for a poison message
+/// (`pipewright_worker::app::POISON_MESSAGE_PREFIX`).
+pub const POISON_MESSAGE_PREFIX: &str = "PoisonMessage: ";
+
+/// A poison message reported by one of the worker pods: the kubelet copies the worker's
+/// termination message into the container status (current state, or the last one once the
+/// container restarted). The report names the record and the error, never its payload.
+pub fn poison_of(pods: &[Pod]) -> Option<Problem> {
+    pods.iter()
+        .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .flat_map(|c| {
+            [c.state.as_ref(), c.last_state.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.terminated.as_ref()?.message.as_deref())
+        })
+        .find_map(|message| message.strip_prefix(POISON_MESSAGE_PREFIX))
+        .map(|report| {
+            Problem::new(
+                POISON_MESSAGE,
+                format!("a worker stopped on a poison message: {}", report.trim()),
+            )
+        })
 }
 
 /// The figures of a worker Deployment that the conditions are computed from.
@@ -300,5 +329,27 @@ mod tests {
         assert_eq!(t.0, at(30));
         let degraded = &find(&ready, DEGRADED).unwrap().last_transition_time;
         assert_eq!(degraded.0, at(10));
+    }
+
+    #[test]
+    fn a_poison_message_in_a_workers_termination_message_is_a_problem() {
+        let pod = |message: &str, last: bool| -> Pod {
+            let terminated = serde_json::json!({"terminated": {"exitCode": 1, "message": message}});
+            let status = if last {
+                serde_json::json!({"name": "worker", "ready": false, "restartCount": 1, "image": "i", "imageID": "",
+                                   "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": terminated})
+            } else {
+                serde_json::json!({"name": "worker", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                                   "state": terminated})
+            };
+            serde_json::from_value(serde_json::json!({"status": {"containerStatuses": [status]}}))
+                .unwrap()
+        };
+        let p = poison_of(&[pod("PoisonMessage: orders/2/17 (invalid): not JSON", true)]).unwrap();
+        assert_eq!(p.reason, POISON_MESSAGE);
+        assert!(p.message.contains("orders/2/17"), "{}", p.message);
+        assert!(poison_of(&[pod("PoisonMessage: t/0/1 (sink): 500", false)]).is_some());
+        assert_eq!(poison_of(&[pod("OOMKilled", true)]), None);
+        assert_eq!(poison_of(&[Pod::default()]), None);
     }
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use pipewright_crds::conditions::{
-    DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, PROGRESSING, READY, SECRET_NOT_FOUND,
+    DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, POISON_MESSAGE, PROGRESSING, READY, SECRET_NOT_FOUND,
 };
 use pipewright_crds::event_consumer::PartitionStatus;
 use pipewright_crds::{EventConsumer, Outbox};
@@ -549,5 +549,71 @@ async fn a_paused_resource_is_left_alone_and_unpausing_applies_the_pending_chang
             .then_some(())
     })
     .await;
+    ns.delete().await;
+}
+
+/// The kubelet reports a worker's termination message in the pod status; without a node in
+/// the test environment, the test writes that status itself (pods/status, as the kubelet
+/// does) on a pod carrying the worker's labels.
+#[tokio::test]
+async fn a_worker_stopped_by_a_poison_message_makes_the_resource_degraded_with_reason_poison_message()
+ {
+    let (client, ns, _operator) = setup("op-poison").await;
+    let topic = create_topic("op-poison", 1).await;
+    let ec = create(
+        &client,
+        &ns.name,
+        &event_consumer("audit", &topic, json!({})),
+    )
+    .await;
+    let consumers: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the worker Deployment", WAIT, || async {
+        Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get_opt("audit-consumer")
+            .await
+            .unwrap()
+    })
+    .await;
+
+    // Owned by the resource (a controller reference), so no ReplicaSet adopts it.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "audit-consumer-poisoned",
+            "labels": pipewright_operator::workload::labels(
+                "audit", pipewright_operator::workload::Component::EventConsumer),
+            "ownerReferences": [{
+                "apiVersion": "pipewright.io/v1alpha1", "kind": "EventConsumer",
+                "name": "audit", "uid": uid(&ec), "controller": true,
+            }],
+        },
+        "spec": {"containers": [{"name": "worker", "image": "pipewright-worker:test"}]},
+    }))
+    .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let report = format!("PoisonMessage: {topic}/0/41 (invalid event): expected value at line 1");
+    pods.patch_status(
+        "audit-consumer-poisoned",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"containerStatuses": [{
+            "name": "worker", "ready": false, "restartCount": 1, "image": "pipewright-worker:test",
+            "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": report}},
+        }]}})),
+    )
+    .await
+    .unwrap();
+
+    let degraded = eventually("Degraded/PoisonMessage", WAIT, || async {
+        let s = consumers.get("audit").await.ok()?.status?;
+        let d = condition(&s.conditions, DEGRADED)?.clone();
+        (d.status == "True" && d.reason == POISON_MESSAGE).then_some(d)
+    })
+    .await;
+    assert!(
+        degraded.message.contains(&format!("{topic}/0/41")),
+        "{}",
+        degraded.message
+    );
     ns.delete().await;
 }

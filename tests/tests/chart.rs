@@ -205,6 +205,7 @@ async fn chart_rbac_grants_the_operator_only_what_it_needs() {
         ("patch", "configmaps"),
         ("patch", "poddisruptionbudgets.policy"),
         ("get", "secrets"),
+        ("watch", "pods"),
         ("create", "events.events.k8s.io"),
         ("update", lease.as_str()),
     ];

@@ -16,6 +16,42 @@ use crate::{Chain, Error, Health, http, shutdown};
 /// Exit code of an invalid configuration.
 pub const EXIT_CONFIG: u8 = 2;
 
+/// Environment variable naming the file a poison message is reported in when the worker
+/// stops for one; default `/dev/termination-log`, which the kubelet copies into the pod's
+/// container status (`terminated.message`), where the operator reads it and sets the
+/// resource's `Degraded` condition with reason `PoisonMessage`.
+pub const TERMINATION_LOG_ENV: &str = "PIPEWRIGHT_TERMINATION_LOG";
+
+/// The prefix of the termination message that reports a poison message.
+pub const POISON_MESSAGE_PREFIX: &str = "PoisonMessage: ";
+
+/// Reports a poison message where Kubernetes picks it up: its coordinates, the kind of
+/// failure and the error (capped at 1 KiB; never the record's payload). Best effort: a
+/// missing or read-only file only loses the report, not the exit code.
+fn report_poison(e: &Error) {
+    let Error::PoisonMessage {
+        record,
+        kind,
+        message,
+    } = e
+    else {
+        return;
+    };
+    let path =
+        std::env::var(TERMINATION_LOG_ENV).unwrap_or_else(|_| "/dev/termination-log".to_string());
+    let mut text = format!("{POISON_MESSAGE_PREFIX}{record} ({kind}): {message}");
+    if text.len() > 1024 {
+        let mut end = 1024;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    if let Err(write) = std::fs::write(&path, text) {
+        error!(%path, error = %write, "cannot write the termination message");
+    }
+}
+
 /// The process exit code for the outcome of a mode: 0, 2 for invalid configuration (flags,
 /// environment, database URL), 1 for anything else (logged and printed on stderr).
 pub fn exit_code(result: Result<(), Error>) -> ExitCode {
@@ -24,6 +60,7 @@ pub fn exit_code(result: Result<(), Error>) -> ExitCode {
         Err(e) => {
             error!(error = %Chain(&e), "pipewright-worker stopped");
             eprintln!("pipewright-worker: {}", Chain(&e));
+            report_poison(&e);
             if matches!(
                 e,
                 Error::InvalidConfig { .. }

@@ -258,3 +258,45 @@ async fn consume_generic_binary_dead_letters_undeclared_types_and_schema_failure
     assert_eq!(ns, vec![Some(0), Some(3)]);
     std::fs::remove_file(&schema_file).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_a_poison_record_without_a_dead_letter_topic_stops_uncommitted_and_is_reported_to_kubernetes()
+ {
+    let topic = create_topic("ec-poison-exit", 1).await;
+    let group = unique_name("ec-poison-exit");
+    produce(
+        &topic,
+        vec![
+            (Some("a".into()), Some(step("a", 0).into_bytes())),
+            (Some("a".into()), Some(b"{not json".to_vec())),
+            (Some("a".into()), Some(step("a", 2).into_bytes())),
+        ],
+    )
+    .await;
+    let report = std::env::temp_dir().join(unique_name("pw-termination-log"));
+    let report_path = report.display().to_string();
+    let mut worker = ConsumeWorker::start_with(
+        &topic,
+        &group,
+        &["--sink", "log"],
+        &["--on-unknown-type", "fail", "--commit-interval", "100ms"],
+        &[("PIPEWRIGHT_TERMINATION_LOG", report_path.as_str())],
+    );
+    let code = worker.wait_exit(Duration::from_secs(90)).await;
+    assert_eq!(code, 1, "{}", worker.log_text());
+
+    let message = std::fs::read_to_string(&report).expect("a termination message");
+    assert!(
+        message.starts_with(&format!("PoisonMessage: {topic}/0/1 ")),
+        "{message}"
+    );
+    assert!(
+        !message.contains("{not json"),
+        "no payload in the report: {message}"
+    );
+    // The record before it is delivered and committed; the poison record is not.
+    let delivered: Vec<u64> = worker.delivered().iter().filter_map(|e| e.n).collect();
+    assert_eq!(delivered, vec![0]);
+    assert_eq!(committed(&group, &topic, 1).get(&0).copied(), Some(1));
+    std::fs::remove_file(report).unwrap();
+}
