@@ -27,6 +27,14 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The header and first row of `kubectl get` table output, split into columns.
+fn header_and_first_row(table: &str) -> (Vec<&str>, Vec<&str>) {
+    let mut lines = table.lines().map(|l| l.split_whitespace().collect());
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    (header, row)
+}
+
 /// Runs the test environment's kubectl (`$KUBECTL`, against `$KUBECONFIG`).
 fn kubectl(args: &[&str]) -> Output {
     let kubectl =
@@ -690,23 +698,12 @@ async fn status_round_trips_through_patch_status_and_shows_in_printer_columns() 
     assert_eq!(ignored.spec.replicas, 1);
 
     let ec_table = kubectl_ok(&["get", "ec", "-n", &ns.name]);
-    let header: Vec<&str> = ec_table
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let (header, row) = header_and_first_row(&ec_table);
     assert_eq!(
         header,
         ["NAME", "READY", "REASON", "LAG", "REPLICAS", "AGE"],
         "{ec_table}"
     );
-    let row: Vec<&str> = ec_table
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .collect();
     assert_eq!(
         &row[..5],
         [name.as_str(), "True", "Consuming", "42", "1"],
@@ -714,23 +711,12 @@ async fn status_round_trips_through_patch_status_and_shows_in_printer_columns() 
     );
 
     let obx_table = kubectl_ok(&["get", "obx", "-n", &ns.name]);
-    let header: Vec<&str> = obx_table
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let (header, row) = header_and_first_row(&obx_table);
     assert_eq!(
         header,
         ["NAME", "READY", "REASON", "BACKLOG", "REPLICAS", "AGE"],
         "{obx_table}"
     );
-    let row: Vec<&str> = obx_table
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .collect();
     assert_eq!(
         &row[..5],
         [name.as_str(), "False", "DatabaseUnreachable", "7", "2"],

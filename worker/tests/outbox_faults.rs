@@ -142,21 +142,8 @@ async fn outbox_at_least_once_survives_sigkill_mid_batch() {
         &bootstrap(),
         &["--max-in-flight", &max_in_flight, "--batch-size", "10"],
     );
-    eventually(
-        "every row is published after the restart",
-        Duration::from_secs(180),
-        || async {
-            let got = recorder.ids();
-            ids.iter().all(|id| got.contains(id)).then_some(())
-        },
-    )
-    .await;
-    eventually(
-        "the outbox table is empty",
-        Duration::from_secs(60),
-        || async { (fx.pending().await == 0).then_some(()) },
-    )
-    .await;
+    fx.published_and_drained(&recorder, &ids, "every row is published after the restart")
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let redelivered = assert_per_key_order_allowing_redelivery(&recorder);
@@ -274,21 +261,8 @@ async fn outbox_one_replica_publishes_at_a_time_and_a_standby_takes_over_when_it
     tokio::time::sleep(Duration::from_secs(2)).await;
     writing.cancel();
     let ids = writer.await.unwrap();
-    eventually(
-        "every row is published",
-        Duration::from_secs(180),
-        || async {
-            let got = recorder.ids();
-            ids.iter().all(|id| got.contains(id)).then_some(())
-        },
-    )
-    .await;
-    eventually(
-        "the outbox table is empty",
-        Duration::from_secs(60),
-        || async { (fx.pending().await == 0).then_some(()) },
-    )
-    .await;
+    fx.published_and_drained(&recorder, &ids, "every row is published")
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let redelivered = assert_per_key_order_allowing_redelivery(&recorder);
     assert!(redelivered <= MAX_IN_FLIGHT, "{redelivered} redelivered");
@@ -347,21 +321,8 @@ async fn outbox_rows_stay_pending_while_kafka_is_unreachable_then_drain() {
     assert!(recorder.snapshot().is_empty());
 
     let relay = proxy(unreachable, bootstrap()).await;
-    eventually(
-        "every row drains once Kafka is reachable",
-        Duration::from_secs(120),
-        || async {
-            let got = recorder.ids();
-            ids.iter().all(|id| got.contains(id)).then_some(())
-        },
-    )
-    .await;
-    eventually(
-        "the outbox table is empty",
-        Duration::from_secs(60),
-        || async { (fx.pending().await == 0).then_some(()) },
-    )
-    .await;
+    fx.published_and_drained(&recorder, &ids, "every row drains once Kafka is reachable")
+        .await;
     assert_eq!(assert_per_key_order_allowing_redelivery(&recorder), 0);
     assert_eq!(
         scrape(worker.addr, "pipewright_outbox_errors_total").await,

@@ -100,15 +100,8 @@ async fn outbox_rows_stay_pending_while_the_broker_is_frozen_mid_run_then_drain_
 
     // Running normally: the first rows are published and the table empties.
     let before = fx.enqueue_many(200, 10).await;
-    eventually(
-        "the first rows are published",
-        Duration::from_secs(60),
-        || async {
-            let got = recorder.ids();
-            (before.iter().all(|id| got.contains(id)) && fx.pending().await == 0).then_some(())
-        },
-    )
-    .await;
+    fx.published_and_drained(&recorder, &before, "the first rows are published")
+        .await;
     assert_eq!(
         http_get(worker.addr, "/readyz").await.map(|r| r.0),
         Some(200)
@@ -135,13 +128,10 @@ async fn outbox_rows_stay_pending_while_the_broker_is_frozen_mid_run_then_drain_
 
     // Kafka is back: everything drains, in order per aggregate.
     drop(frozen);
-    eventually(
+    fx.published_and_drained(
+        &recorder,
+        &during,
         "the rows written during the outage drain",
-        Duration::from_secs(180),
-        || async {
-            let got = recorder.ids();
-            (during.iter().all(|id| got.contains(id)) && fx.pending().await == 0).then_some(())
-        },
     )
     .await;
     assert_eq!(assert_per_key_order_allowing_redelivery(&recorder), 0);

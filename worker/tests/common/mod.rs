@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pipewright_testenv::{TestEnv, TestSchema, create_topic, kafka_config, unique_name};
+use pipewright_testenv::{
+    TestEnv, TestSchema, create_topic, eventually, kafka_config, unique_name,
+};
 use pipewright_worker::outbox::{self, OutboxEvent};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -84,6 +86,22 @@ impl OutboxFixture {
             .connect_with(connect_options().options([("search_path", self.schema.name.as_str())]))
             .await
             .expect("writer pool")
+    }
+
+    /// Waits until the recorder has seen every row of `ids` and the table is empty (delete
+    /// policy); `what` names the wait in the failure message.
+    pub async fn published_and_drained(&self, recorder: &Recorder, ids: &[Uuid], what: &str) {
+        eventually(what, Duration::from_secs(180), || async {
+            let got = recorder.ids();
+            ids.iter().all(|id| got.contains(id)).then_some(())
+        })
+        .await;
+        eventually(
+            "the outbox table is empty",
+            Duration::from_secs(60),
+            || async { (self.pending().await == 0).then_some(()) },
+        )
+        .await;
     }
 
     /// Rows still in the outbox table.
