@@ -3,7 +3,9 @@
 # Layout:
 #   $PIPEWRIGHT_CACHE (default ~/.cache/pipewright): everything downloaded or built, by version:
 #     go/mod, go/build      Go module and build caches used for the builds below
-#     k8s/<version>/bin     etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+#     k8s/<version>/bin     etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+#                           kubelet, kubectl
+#     containerd/<version>/bin, runc/<version>/bin, pause/   the node's container runtime
 #     helm/<version>/bin    helm
 #     m2, kafka/<version>   Maven repository and the Kafka broker + tools jars
 #   $PIPEWRIGHT_STATE (default target/testenv): the running environment (data, certificates,
@@ -18,11 +20,33 @@ STATE=${PIPEWRIGHT_STATE:-$ROOT/target/testenv}
 
 K8S_VERSION=$(awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "k8s.io/kubernetes" { print $2 }' "$ENV_DIR/k8s/go.mod")
 HELM_VERSION=$(awk '$1 == "helm.sh/helm/v4" { print $2 }' "$ENV_DIR/helm/go.mod")
+CONTAINERD_VERSION=$(awk '$1 == "github.com/containerd/containerd/v2" { print $2 }' "$ENV_DIR/containerd/go.mod")
+RUNC_VERSION=$(awk '$1 == "github.com/opencontainers/runc" { print $2 }' "$ENV_DIR/runc/go.mod")
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ENV_DIR/kafka/pom.xml")
 
 K8S_BIN=$CACHE/k8s/$K8S_VERSION/bin
 HELM_BIN=$CACHE/helm/$HELM_VERSION/bin
 KAFKA_LIBS=$CACHE/kafka/$KAFKA_VERSION/libs
+CONTAINERD_BIN=$CACHE/containerd/$CONTAINERD_VERSION/bin
+RUNC_BIN=$CACHE/runc/$RUNC_VERSION/bin
+PAUSE_DIR=$CACHE/pause
+# The sandbox image the node runs; the name is what containerd pins, nothing is pulled.
+PAUSE_IMAGE=registry.k8s.io/pause:3.10-pipewright
+
+# Debian's containernetworking-plugins.
+CNI_BIN=${PIPEWRIGHT_CNI_BIN:-/usr/lib/cni}
+
+# The node's names and addresses for bridge index $1 (see tests/env/up).
+node_vars() {
+  NODE_BRIDGE=pw$1
+  NODE_IP=10.244.$1.1
+  NODE_CIDR=10.244.$1.0/24
+  NODE_NAME=pipewright-node
+  NODE_DIR=$STATE/node
+  # The node's cgroups live under this parent in every hierarchy, so down can find every
+  # process of every pod.
+  NODE_CGROUP=pipewright-$1
+}
 
 export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 

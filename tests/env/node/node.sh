@@ -1,0 +1,189 @@
+# The test environment's node: containerd + runc + kubelet with CNI bridge networking.
+# Sourced by tests/env/up (start_node) and tests/env/down (stop_node); needs lib.sh and, for
+# start_node, up's helpers (start, kubeconfig, wait_for) and node_vars already called.
+#
+# Everything the node makes is scoped to this environment so two can run side by side and
+# down can remove all of it:
+#   $NODE_DIR                containerd root/state, runc state, kubelet root, CNI config and IPAM,
+#                            pod logs; the network namespaces are mounted under containerd's state
+#   bridge $NODE_BRIDGE      the node address $NODE_IP (pods get the rest of $NODE_CIDR)
+#   cgroups /$NODE_CGROUP    kubelet's cgroupRoot in every hierarchy: every pod process is there
+#   one NAT rule             10.96.0.1:443 (the `kubernetes` Service) -> the apiserver, for
+#                            packets from $NODE_CIDR only. There is no kube-proxy: this is the
+#                            one rule it would write that the pods here need.
+
+start_node() {
+  local d=$NODE_DIR
+  node_nat_rule
+  mkdir -p "$d"/{containerd/root,containerd/state,runc,kubelet,pod-logs,cni/net.d,cni/ipam}
+  # Unix socket paths are limited to 107 bytes.
+  [ ${#d} -le 80 ] || die "the state directory path is too long for containerd's socket ($d); set PIPEWRIGHT_STATE to a shorter path"
+
+  cat >"$d/cni/net.d/10-pipewright.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "pipewright-$NODE_INDEX",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$NODE_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$NODE_CIDR", "gateway": "$NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": "$d/cni/ipam"
+      }
+    }
+  ]
+}
+JSON
+
+  cat >"$d/containerd/config.toml" <<TOML
+version = 3
+root = "$d/containerd/root"
+state = "$d/containerd/state"
+
+[grpc]
+  address = "$d/containerd.sock"
+[ttrpc]
+  address = "$d/containerd.sock.ttrpc"
+
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$d/containerd/opt"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '$PAUSE_IMAGE'
+  [plugins.'io.containerd.cri.v1.runtime']
+    # This sandbox may not lower oom_score_adj; without this every pod sandbox fails.
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = 'io.containerd.runc.v2'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = "$RUNC_BIN/runc"
+          Root = "$d/runc"
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["$CNI_BIN"]
+      conf_dir = "$d/cni/net.d"
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+TOML
+
+  # The shim is found on containerd's PATH.
+  start containerd env PATH="$CONTAINERD_BIN:$PATH" \
+    "$CONTAINERD_BIN/containerd" --config "$d/containerd/config.toml" --log-level warn
+  wait_for containerd 60 "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" version
+  "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" -n k8s.io images import \
+    "$PAUSE_DIR/pause.tar" >"$STATE/logs/pause-import.log" 2>&1 || {
+    cat "$STATE/logs/pause-import.log" >&2
+    die "importing the pause image failed"
+  }
+
+  # kubelet's cgroupRoot must exist in every hierarchy.
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    [ -f "$h/cgroup.procs" ] && mkdir -p "$h$NODE_CGROUP"
+  done
+  [ -f /sys/fs/cgroup/cgroup.controllers ] && mkdir -p "/sys/fs/cgroup/$NODE_CGROUP"
+
+  iptables -t nat -A PREROUTING "${NODE_NAT_RULE[@]}" --to-destination "$NODE_IP:$APISERVER_PORT"
+  echo "$NODE_IP:$APISERVER_PORT" >"$d/nat-destination"
+
+  local p=$STATE/pki
+  kubeconfig kubelet kubelet-client
+  cat >"$d/kubelet/config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# These machines use cgroup v1 (hybrid); kubelet >= 1.35 refuses it unless told.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /$NODE_CGROUP
+containerRuntimeEndpoint: unix://$d/containerd.sock
+address: $NODE_IP
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: $p/kubelet.crt
+tlsPrivateKeyFile: $p/kubelet.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $p/ca.crt}
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+resolvConf: /etc/resolv.conf
+failSwapOn: false
+# The filesystem here is shared and often mostly full: evict only when really out of space,
+# and never collect images (the imported ones cannot be pulled again).
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+localStorageCapacityIsolation: false
+podLogsDir: $d/pod-logs
+serializeImagePulls: false
+maxPods: 110
+# Status reaches the apiserver quickly (the tests wait on it).
+nodeStatusUpdateFrequency: 5s
+syncFrequency: 10s
+YAML
+
+  start kubelet "$K8S_BIN/kubelet" --config="$d/kubelet/config.yaml" \
+    --kubeconfig="$STATE/kubelet.kubeconfig" --root-dir="$d/kubelet" \
+    --cert-dir="$d/kubelet/pki" --node-ip="$NODE_IP" --hostname-override="$NODE_NAME" --v=1
+  wait_for kubelet 60 curl -fs "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
+  wait_for kubelet 120 "$K8S_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" \
+    wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s
+}
+
+# The NAT rule for the `kubernetes` Service, without its destination.
+NODE_NAT_RULE=()
+node_nat_rule() {
+  NODE_NAT_RULE=(-s "$NODE_CIDR" -d 10.96.0.1/32 -p tcp --dport 443
+    -m comment --comment "pipewright-testenv $NODE_BRIDGE" -j DNAT)
+}
+
+# Removes every container, mount, network namespace, cgroup, link and rule the node made.
+# The kubelet must already be stopped (it would restart containers).
+stop_node() {
+  local d=$NODE_DIR h f
+  node_nat_rule
+  # Every pod process: kill them by cgroup, then the shims and containerd.
+  for _ in 1 2 3; do
+    for f in $(find /sys/fs/cgroup/*/"$NODE_CGROUP" -name cgroup.procs 2>/dev/null); do
+      # shellcheck disable=SC2046
+      kill -KILL $(cat "$f") 2>/dev/null || true
+    done
+    sleep 0.2
+  done
+  local leftovers
+  leftovers=$(pgrep -f -- "$d/" || true)
+  # shellcheck disable=SC2086
+  [ -z "$leftovers" ] || kill -KILL $leftovers 2>/dev/null || true
+  # Mounts (rootfs overlays, shm, secret/projected tmpfs, network namespaces), deepest first.
+  local m
+  for _ in 1 2 3; do
+    for m in $(awk -v d="$d/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
+      umount -l "$m" 2>/dev/null || true
+    done
+  done
+  # cgroups, deepest first (empty now).
+  for h in /sys/fs/cgroup/*/"$NODE_CGROUP" /sys/fs/cgroup/"$NODE_CGROUP"; do
+    [ -d "$h" ] || continue
+    find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  if [ -f "$d/nat-destination" ]; then
+    iptables -t nat -D PREROUTING "${NODE_NAT_RULE[@]}" --to-destination "$(cat "$d/nat-destination")" 2>/dev/null || true
+  fi
+  ip link del "$NODE_BRIDGE" 2>/dev/null || true
+}
