@@ -74,8 +74,10 @@ use crate::common::{
     validation = Rule::new("!has(self.sink.kafka) || !(self.sink.kafka.topic in self.topics)")
         .message("sink.kafka.topic must not be one of the consumed topics (the consumer would read its own output)")
         .field_path(".sink.kafka.topic"),
-    validation = Rule::new("!has(self.events) || self.events.onUnknownType != 'deadLetter' || has(self.processing.deadLetterTopic)")
-        .message("processing.deadLetterTopic is required when events.onUnknownType is deadLetter (the default): set it, or set events.onUnknownType to skip or fail")
+    // The policy applies to every record that cannot be handled (malformed, oversized, unknown
+    // type), declared events or not; its default, deadLetter, needs somewhere to put them.
+    validation = Rule::new("has(self.processing.deadLetterTopic) || (has(self.events) && self.events.onUnknownType != 'deadLetter')")
+        .message("processing.deadLetterTopic is required when events.onUnknownType is deadLetter (the default, also without events): set it, or set events.onUnknownType to skip or fail")
         .field_path(".processing.deadLetterTopic"),
 )]
 pub struct EventConsumerSpec {

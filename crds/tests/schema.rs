@@ -46,6 +46,7 @@ fn event_consumer(spec_patch: Value) -> Value {
         "spec": {
             "kafka": {"bootstrapServers": ["kafka:9092"]},
             "topics": ["orders"],
+            "processing": {"deadLetterTopic": "orders.dlq"},
             "sink": {"log": {}},
         },
     });
@@ -380,7 +381,13 @@ fn invalid_event_consumers() -> Vec<Case> {
         ),
         (
             "dead-lettering unknown types without a dead-letter topic",
-            event_consumer(json!({"events": {"types": [{"name": "order.created"}]}})),
+            event_consumer(json!({"events": {"types": [{"name": "order.created"}]},
+                "processing": {"deadLetterTopic": null}})),
+            "processing.deadLetterTopic is required when events.onUnknownType is deadLetter",
+        ),
+        (
+            "no dead-letter topic and no events (bad records are dead-lettered by default)",
+            event_consumer(json!({"processing": {"deadLetterTopic": null}})),
             "processing.deadLetterTopic is required when events.onUnknownType is deadLetter",
         ),
         (

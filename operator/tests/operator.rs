@@ -44,6 +44,7 @@ fn event_consumer(name: &str, topic: &str, extra: Value) -> EventConsumer {
     let mut spec = json!({
         "kafka": {"bootstrapServers": [TestEnv::get().kafka_bootstrap_servers]},
         "topics": [topic],
+        "processing": {"deadLetterTopic": format!("{topic}.dlq")},
         "sink": {"log": {}},
     });
     for (k, v) in extra.as_object().unwrap() {
@@ -586,7 +587,12 @@ async fn a_worker_stopped_by_a_poison_message_makes_the_resource_degraded_with_r
                 "name": "audit", "uid": uid(&ec), "controller": true,
             }],
         },
-        "spec": {"containers": [{"name": "worker", "image": "pipewright-worker:test"}]},
+        // Gated: never scheduled, so no kubelet of the test environment's node touches it and
+        // the status below stays what this test writes.
+        "spec": {
+            "schedulingGates": [{"name": "pipewright.io/test-no-kubelet"}],
+            "containers": [{"name": "worker", "image": "pipewright-worker:test"}],
+        },
     }))
     .unwrap();
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);

@@ -19,6 +19,7 @@ fn consumer(name: &str, topic: &str) -> EventConsumer {
         "spec": {
             "kafka": {"bootstrapServers": [TestEnv::get().kafka_bootstrap_servers]},
             "topics": [topic],
+            "processing": {"deadLetterTopic": format!("{topic}.dlq")},
             "sink": {"log": {}},
         },
     }))

@@ -103,6 +103,7 @@ async fn the_operator_does_its_whole_job_with_only_the_charts_rbac() {
         "spec": {
             "kafka": {"bootstrapServers": [TestEnv::get().kafka_bootstrap_servers]},
             "topics": [topic],
+            "processing": {"deadLetterTopic": format!("{topic}.dlq")},
             "sink": {"log": {}},
         },
     }))

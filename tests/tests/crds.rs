@@ -89,6 +89,7 @@ fn event_consumer(name: &str, spec_patch: Value) -> Value {
         "spec": {
             "kafka": {"bootstrapServers": ["kafka:9092"]},
             "topics": ["orders"],
+            "processing": {"deadLetterTopic": "orders.dlq"},
             "sink": {"log": {}},
         },
     });
@@ -324,7 +325,13 @@ fn invalid_event_consumers() -> Vec<Case> {
         ),
         (
             "dead-lettering unknown types without a dead-letter topic",
-            ec(json!({"events": {"types": [{"name": "order.created"}]}})),
+            ec(json!({"events": {"types": [{"name": "order.created"}]},
+                "processing": {"deadLetterTopic": null}})),
+            "spec.processing.deadLetterTopic",
+        ),
+        (
+            "no dead-letter topic and no events (bad records are dead-lettered by default)",
+            ec(json!({"processing": {"deadLetterTopic": null}})),
             "spec.processing.deadLetterTopic",
         ),
         (
