@@ -58,6 +58,8 @@ state = "$d/containerd/state"
     snapshotter = 'overlayfs'
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = '$PAUSE_IMAGE'
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = "$d/containerd/certs.d"
   [plugins.'io.containerd.cri.v1.runtime']
     # This sandbox may not lower oom_score_adj; without this every pod sandbox fails.
     restrict_oom_score_adj = true
@@ -77,6 +79,12 @@ state = "$d/containerd/state"
     stream_server_address = '127.0.0.1'
     stream_server_port = '0'
 TOML
+
+  # Nothing is ever pulled: images are imported (tests/env/images). Every registry resolves
+  # to a closed local port, so a missing image fails fast with ErrImagePull and no traffic
+  # leaves the machine.
+  mkdir -p "$d/containerd/certs.d/_default"
+  printf 'server = "http://127.0.0.1:9"\n' >"$d/containerd/certs.d/_default/hosts.toml"
 
   # The shim is found on containerd's PATH.
   start containerd env PATH="$CONTAINERD_BIN:$PATH" \
