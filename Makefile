@@ -12,9 +12,11 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: ## Start the local test environment (building it on first use), run every test
+test: ## Start the local test environment and node (building them on first use), build, import the images, run every test
 	@eval "$$($(ENV_UP))"; \
-	  echo "[make] control plane $$($$KUBECTL version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1), Kafka $$KAFKA_BOOTSTRAP_SERVERS, PostgreSQL $${DATABASE_URL##*@}"; \
+	  echo "[make] control plane $$($$KUBECTL version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1), node $$PIPEWRIGHT_NODE_NAME ($$PIPEWRIGHT_NODE_IP), Kafka $$KAFKA_BOOTSTRAP_SERVERS, PostgreSQL $${DATABASE_URL##*@}"; \
+	  echo "[make] building the workspace and its tests, assembling the operator and worker images for the node"; \
+	  tests/env/images >/dev/null; \
 	  $(CARGO) test --workspace --locked -- --include-ignored
 	@echo "[make] tests passed; the environment keeps running for the next run (make env-down stops it)"
 
@@ -38,8 +40,8 @@ clean-cache: env-down ## Delete the cache of built binaries and jars ($PIPEWRIGH
 	  chmod -R u+w "$$cache" 2>/dev/null || true; rm -rf "$$cache"; echo "removed $$cache"
 
 .PHONY: demo
-demo: ## Run everything locally: operator, examples, events flowing (issue #8)
-	@echo "make demo waits for issue #8 (end to end: a local node, make demo)" >&2; exit 2
+demo: ## Run it all locally: node, operator pod, an Outbox and an EventConsumer, a demo app, a live view (Ctrl-C ends)
+	examples/demo/run $(DEMO_ARGS)
 
 .PHONY: generate
 generate: ## Regenerate the CRD YAML into charts/pipewright/crds (issue #3)

@@ -583,7 +583,13 @@ async fn omitted_fields_get_their_documented_defaults() {
         .await
         .unwrap();
     assert_eq!(ec.spec.initial_offset, InitialOffset::Earliest);
-    assert_eq!(ec.spec.processing, Processing::default());
+    assert_eq!(
+        ec.spec.processing,
+        Processing {
+            dead_letter_topic: Some("orders.dlq".into()),
+            ..Processing::default()
+        }
+    );
     assert_eq!(ec.spec.replicas, 1);
     assert_eq!(ec.spec.group_id, None);
     assert!(ec.spec.sink.log.unwrap().payload);
