@@ -170,7 +170,7 @@ stop_node() {
   for _ in 1 2 3; do
     for f in $(find /sys/fs/cgroup/*/"$NODE_CGROUP" -name cgroup.procs 2>/dev/null); do
       # shellcheck disable=SC2046
-      kill -KILL $(cat "$f") 2>/dev/null || true
+      kill -KILL $(cat "$f" 2>/dev/null) 2>/dev/null || true
     done
     sleep 0.2
   done
