@@ -2,9 +2,11 @@
 //! PostgreSQL of the test environment. Each test runs its own operator process scoped to a
 //! namespace of its own.
 //!
-//! The environment has no node: pods stay Pending and Deployments never become Available, so
-//! these tests observe Ready=False/DeploymentUnavailable with Progressing=True; the
-//! Ready=True transition is covered by the unit tests of `status::conditions`.
+//! The operator runs as a host process here, with a worker image that exists nowhere
+//! (`pipewright-worker:test`): the node's kubelet cannot pull it, so Deployments never become
+//! Available and these tests observe Ready=False/DeploymentUnavailable with Progressing=True
+//! deterministically. Ready=True with real worker pods is proven end to end by
+//! `tests/tests/e2e.rs` (the operator as a pod, the chart's images).
 
 mod common;
 
@@ -147,7 +149,7 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
         .unwrap();
     assert!(owned_by_ec(sa.owner_references()));
 
-    // Status: observed, not ready (no node runs the pods), rolling out.
+    // Status: observed, not ready (the worker image cannot be pulled), rolling out.
     let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
     let status = eventually("status of the first generation", WAIT, || async {
         let ec = ecs.get("orders").await.ok()?;
@@ -553,9 +555,9 @@ async fn a_paused_resource_is_left_alone_and_unpausing_applies_the_pending_chang
     ns.delete().await;
 }
 
-/// The kubelet reports a worker's termination message in the pod status; without a node in
-/// the test environment, the test writes that status itself (pods/status, as the kubelet
-/// does) on a pod carrying the worker's labels.
+/// The kubelet reports a worker's termination message in the pod status; here the test writes
+/// that status itself (pods/status, as the kubelet does) on a pod carrying the worker's labels,
+/// gated so that the node's kubelet never takes it over.
 #[tokio::test]
 async fn a_worker_stopped_by_a_poison_message_makes_the_resource_degraded_with_reason_poison_message()
  {
