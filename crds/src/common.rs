@@ -37,6 +37,10 @@ pub mod conditions {
     pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
     /// A record failed every retry and there is no dead-letter topic to park it in.
     pub const POISON_MESSAGE: &str = "PoisonMessage";
+    /// A worker refused the configuration it was given and stopped (exit code 2): the
+    /// resource passed the schema but something only the worker checks does not hold (a
+    /// referenced schema that is not valid JSON Schema, a database URL it cannot parse, ...).
+    pub const WORKER_CONFIG_REJECTED: &str = "WorkerConfigRejected";
     /// The resource carries the annotation `pipewright.io/paused: "true"`: the operator
     /// leaves its workers as they are until the annotation goes.
     pub const PAUSED: &str = "Paused";

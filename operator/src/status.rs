@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use pipewright_crds::conditions::{
     DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, POISON_MESSAGE, PROGRESSING, READY,
+    WORKER_CONFIG_REJECTED,
 };
 
 /// Reasons the operator gives besides the API's own (`pipewright_crds::conditions`).
@@ -48,11 +49,17 @@ impl Problem {
 /// (`pipewright_worker::app::POISON_MESSAGE_PREFIX`).
 pub const POISON_MESSAGE_PREFIX: &str = "PoisonMessage: ";
 
-/// A poison message reported by one of the worker pods: the kubelet copies the worker's
-/// termination message into the container status (current state, or the last one once the
-/// container restarted). The report names the record and the error, never its payload.
+/// The prefix of the termination message a worker writes when it refuses its configuration
+/// (`pipewright_worker::app::CONFIG_REJECTED_PREFIX`).
+pub const CONFIG_REJECTED_PREFIX: &str = "WorkerConfigRejected: ";
+
+/// Why a worker pod stopped, as it reported it: the kubelet copies the worker's termination
+/// message into the container status (current state, or the last one once the container
+/// restarted). A poison message names the record and the error, never its payload; a refused
+/// configuration names what the worker refused.
 pub fn poison_of(pods: &[Pod]) -> Option<Problem> {
-    pods.iter()
+    let messages: Vec<&str> = pods
+        .iter()
         .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
         .flatten()
         .flat_map(|c| {
@@ -61,11 +68,23 @@ pub fn poison_of(pods: &[Pod]) -> Option<Problem> {
                 .flatten()
                 .filter_map(|s| s.terminated.as_ref()?.message.as_deref())
         })
-        .find_map(|message| message.strip_prefix(POISON_MESSAGE_PREFIX))
+        .collect();
+    let poison = messages
+        .iter()
+        .find_map(|m| m.strip_prefix(POISON_MESSAGE_PREFIX));
+    if let Some(report) = poison {
+        return Some(Problem::new(
+            POISON_MESSAGE,
+            format!("a worker stopped on a poison message: {}", report.trim()),
+        ));
+    }
+    messages
+        .iter()
+        .find_map(|m| m.strip_prefix(CONFIG_REJECTED_PREFIX))
         .map(|report| {
             Problem::new(
-                POISON_MESSAGE,
-                format!("a worker stopped on a poison message: {}", report.trim()),
+                WORKER_CONFIG_REJECTED,
+                format!("a worker refused its configuration: {}", report.trim()),
             )
         })
 }
@@ -350,6 +369,17 @@ mod tests {
         assert!(p.message.contains("orders/2/17"), "{}", p.message);
         assert!(poison_of(&[pod("PoisonMessage: t/0/1 (sink): 500", false)]).is_some());
         assert_eq!(poison_of(&[pod("OOMKilled", true)]), None);
+        let rejected = poison_of(&[pod(
+            "WorkerConfigRejected: invalid configuration: events.types[0].schema: not a JSON Schema",
+            true,
+        )])
+        .unwrap();
+        assert_eq!(rejected.reason, WORKER_CONFIG_REJECTED);
+        assert!(
+            rejected.message.contains("not a JSON Schema"),
+            "{}",
+            rejected.message
+        );
         assert_eq!(poison_of(&[Pod::default()]), None);
     }
 }

@@ -25,21 +25,31 @@ pub const TERMINATION_LOG_ENV: &str = "PIPEWRIGHT_TERMINATION_LOG";
 /// The prefix of the termination message that reports a poison message.
 pub const POISON_MESSAGE_PREFIX: &str = "PoisonMessage: ";
 
-/// Reports a poison message where Kubernetes picks it up: its coordinates, the kind of
-/// failure and the error (capped at 1 KiB; never the record's payload). Best effort: a
-/// missing or read-only file only loses the report, not the exit code.
-fn report_poison(e: &Error) {
-    let Error::PoisonMessage {
-        record,
-        kind,
-        message,
-    } = e
-    else {
-        return;
+/// The prefix of the termination message that reports a configuration the worker refused
+/// (exit code 2).
+pub const CONFIG_REJECTED_PREFIX: &str = "WorkerConfigRejected: ";
+
+/// Reports why the worker stopped where Kubernetes picks it up: a poison message (its
+/// coordinates, the kind of failure and the error; never the record's payload) or a refused
+/// configuration (the error as logged, which never holds a secret value), capped at 1 KiB.
+/// Best effort: a missing or read-only file only loses the report, not the exit code.
+fn report_stop(e: &Error, config: bool) {
+    let text = match e {
+        Error::PoisonMessage {
+            record,
+            kind,
+            message,
+        } => format!("{POISON_MESSAGE_PREFIX}{record} ({kind}): {message}"),
+        _ if config => format!("{CONFIG_REJECTED_PREFIX}{}", Chain(e)),
+        _ => return,
     };
-    let path =
-        std::env::var(TERMINATION_LOG_ENV).unwrap_or_else(|_| "/dev/termination-log".to_string());
-    let mut text = format!("{POISON_MESSAGE_PREFIX}{record} ({kind}): {message}");
+    // The default file exists only in a container (the kubelet mounts it): never create it
+    // on a host.
+    let (path, create) = match std::env::var(TERMINATION_LOG_ENV) {
+        Ok(path) => (path, true),
+        Err(_) => ("/dev/termination-log".to_string(), false),
+    };
+    let mut text = text;
     if text.len() > 1024 {
         let mut end = 1024;
         while !text.is_char_boundary(end) {
@@ -47,7 +57,13 @@ fn report_poison(e: &Error) {
         }
         text.truncate(end);
     }
-    if let Err(write) = std::fs::write(&path, text) {
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .create(create)
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+    if let Err(write) = written {
         error!(%path, error = %write, "cannot write the termination message");
     }
 }
@@ -60,15 +76,16 @@ pub fn exit_code(result: Result<(), Error>) -> ExitCode {
         Err(e) => {
             error!(error = %Chain(&e), "pipewright-worker stopped");
             eprintln!("pipewright-worker: {}", Chain(&e));
-            report_poison(&e);
-            if matches!(
+            let config = matches!(
                 e,
                 Error::InvalidConfig { .. }
                     | Error::InvalidTableName { .. }
                     | Error::DatabaseUrlFile { .. }
                     | Error::DatabaseUrlMissing
                     | Error::DatabaseUrlInvalid(_)
-            ) {
+            );
+            report_stop(&e, config);
+            if config {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE

@@ -159,6 +159,26 @@ async fn consume_refuses_invalid_configuration_with_exit_code_2() {
     let (code, err) = run(&["--topics", "a", "--group-id", "g"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("deadLetterTopic"), "{err}");
+    // ... reported to Kubernetes as well (the operator sets Degraded/WorkerConfigRejected).
+    let report = std::env::temp_dir().join(unique_name("pw-config-rejected"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipewright-worker"))
+        .args([
+            "--listen",
+            &common::consume::free_addr().to_string(),
+            "consume",
+        ])
+        .args(["--kafka-bootstrap-servers", "127.0.0.1:1", "--sink", "log"])
+        .args(["--topics", "a", "--group-id", "g"])
+        .env("PIPEWRIGHT_TERMINATION_LOG", &report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let message = std::fs::read_to_string(&report).expect("a termination message");
+    std::fs::remove_file(&report).unwrap();
+    assert!(
+        message.starts_with("WorkerConfigRejected: ") && message.contains("deadLetterTopic"),
+        "{message}"
+    );
     let (code, err) = run(&[
         "--topics",
         "a",
