@@ -816,3 +816,150 @@ async fn e2e_a_burst_raises_lag_autoscaling_adds_workers_lag_drains_then_scales_
     assert!(peak_lag > 200, "peak lag {peak_lag}");
     stack.down().await;
 }
+
+/// A record the worker may neither process nor dead-letter (`onUnknownType: fail`, no DLQ):
+/// the worker pod stops with exit 1 and a termination message, the kubelet reports it, and
+/// the operator (a pod) marks the resource Degraded with reason PoisonMessage naming the
+/// record's topic/partition/offset. The record is not committed: nothing is lost.
+#[tokio::test]
+async fn e2e_a_poison_record_stops_the_worker_pod_and_the_resource_reports_degraded_poison_message()
+{
+    let _node = NODE.lock().await;
+    let stack = Stack::up("e2e-poison").await;
+    let topic = create_topic("e2e-poison", 1).await;
+    let group = unique_name("e2e-poison");
+    let _: EventConsumer = stack
+        .apply(event_consumer(
+            "strict",
+            json!({
+                "kafka": {"bootstrapServers": bootstrap()},
+                "topics": [topic],
+                "groupId": group,
+                "events": {"types": [{"name": "Tick"}], "onUnknownType": "fail"},
+                "sink": {"log": {}},
+            }),
+        ))
+        .await;
+    stack.wait_workers_ready("strict", 1).await;
+    let producer: FutureProducer = kafka_config().create().expect("producer");
+    for value in [
+        r#"{"event_type":"Tick","id":0}"#,
+        r#"{"event_type":"Bogus","id":1}"#,
+    ] {
+        producer
+            .send(
+                FutureRecord::<str, str>::to(&topic).key("k").payload(value),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("acknowledged");
+    }
+    let consumers: Api<EventConsumer> = stack.api();
+    let degraded = eventually("Degraded=True/PoisonMessage", WAIT, || async {
+        let status = consumers.get("strict").await.ok()?.status?;
+        let d = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")?
+            .clone();
+        (d.status == "True" && d.reason == "PoisonMessage").then_some(d)
+    })
+    .await;
+    assert!(
+        degraded.message.contains(&format!("{topic}/0/1")),
+        "the condition names the record: {}",
+        degraded.message
+    );
+    // The worker's own exit, as the kubelet saw it.
+    let pods = stack.worker_pods("strict").await;
+    let terminated = pods
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .find_map(|c| c.last_state.as_ref()?.terminated.clone())
+        .expect("a terminated worker container");
+    assert_eq!(terminated.exit_code, 1);
+    // Not committed: a fixed worker would read it again. The good record before it is.
+    let committed = eventually("the group's committed offset", WAIT, || async {
+        let consumer: StreamConsumer = kafka_config()
+            .set("group.id", group.as_str())
+            .create()
+            .ok()?;
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition(&topic, 0);
+        let offsets = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .ok()?;
+        match offsets.find_partition(&topic, 0)?.offset() {
+            rdkafka::Offset::Offset(n) => Some(n),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(
+        committed, 1,
+        "committed up to the poison record, not past it"
+    );
+    stack.down().await;
+}
+
+/// A resource the schema accepts but the worker refuses (here an inline event schema that is
+/// no JSON Schema, which only the worker compiles): the worker pod exits 2 with its reason,
+/// and the operator pod marks the resource Degraded/WorkerConfigRejected with that reason
+/// instead of leaving a bare crash loop.
+#[tokio::test]
+async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_worker_config_rejected() {
+    let _node = NODE.lock().await;
+    let stack = Stack::up("e2e-refused").await;
+    let topic = create_topic("e2e-refused", 1).await;
+    let dlq = create_topic("e2e-refused-dlq", 1).await;
+    let _: EventConsumer = stack
+        .apply(event_consumer(
+            "bad-schema",
+            json!({
+                "kafka": {"bootstrapServers": bootstrap()},
+                "topics": [topic],
+                "events": {"types": [{"name": "Tick", "schema": {"inline": {"type": 12}}}]},
+                "processing": {"deadLetterTopic": dlq},
+                "sink": {"log": {}},
+            }),
+        ))
+        .await;
+    let consumers: Api<EventConsumer> = stack.api();
+    let degraded = eventually("Degraded=True/WorkerConfigRejected", WAIT, || async {
+        let status = consumers.get("bad-schema").await.ok()?.status?;
+        let d = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")?
+            .clone();
+        (d.status == "True" && d.reason == "WorkerConfigRejected").then_some(d)
+    })
+    .await;
+    assert!(
+        degraded.message.contains("\"Tick\" is invalid"),
+        "the condition says what was refused: {}",
+        degraded.message
+    );
+    let pods = stack.worker_pods("bad-schema").await;
+    let exit = pods
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .find_map(|c| {
+            let state = c.last_state.as_ref().or(c.state.as_ref())?;
+            Some(state.terminated.as_ref()?.exit_code)
+        });
+    assert_eq!(
+        exit,
+        Some(2),
+        "the worker exits 2 on a refused configuration"
+    );
+    stack.down().await;
+}
