@@ -83,6 +83,41 @@ struct Stack {
     ns: TestNamespace,
     release: String,
     schema: TestSchema,
+    /// Uninstalls the release and deletes the namespace if the test panics before `down`, so
+    /// a failed test leaves no operator or workers running on the node for the next one.
+    cleanup: Cleanup,
+}
+
+struct Cleanup {
+    release: String,
+    namespace: String,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (Ok(helm), Ok(kubectl)) = (std::env::var("HELM"), std::env::var("KUBECTL")) else {
+            return;
+        };
+        let quiet = |program: &str, args: &[&str]| {
+            let _ = Command::new(program)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        quiet(
+            &helm,
+            &["uninstall", &self.release, "--namespace", &self.namespace],
+        );
+        quiet(
+            &kubectl,
+            &["delete", "namespace", &self.namespace, "--wait=false"],
+        );
+    }
 }
 
 impl Stack {
@@ -100,6 +135,11 @@ impl Stack {
             .await
             .unwrap();
         let release = unique_name("pw");
+        let cleanup = Cleanup {
+            release: release.clone(),
+            namespace: ns.name.clone(),
+            armed: true,
+        };
         let chart = repo().join("charts/pipewright");
         run(
             &var("HELM"),
@@ -140,6 +180,7 @@ impl Stack {
             ns,
             release,
             schema,
+            cleanup,
         }
     }
 
@@ -193,7 +234,8 @@ impl Stack {
         .await
     }
 
-    async fn down(self) {
+    async fn down(mut self) {
+        self.cleanup.armed = false;
         run(
             &var("HELM"),
             &[
