@@ -16,6 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -206,6 +207,51 @@ impl Stack {
             .unwrap_or_else(|e| panic!("create {}: {e}", object.name_any()))
     }
 
+    /// Objects of kind `K` labelled as belonging to a worker (children of the resources).
+    async fn count_workers<K>(&self) -> usize
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let selector = ListParams::default().labels("app.kubernetes.io/name=pipewright-worker");
+        self.api::<K>().list(&selector).await.unwrap().items.len()
+    }
+
+    /// Waits until the EventConsumer `name` is Degraded=True with `reason`; returns the
+    /// condition.
+    async fn wait_degraded(&self, name: &str, reason: &str) -> Condition {
+        let consumers: Api<EventConsumer> = self.api();
+        eventually(&format!("Degraded=True/{reason}"), WAIT, || async {
+            let status = consumers.get(name).await.ok()?.status?;
+            let d = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded")?
+                .clone();
+            (d.status == "True" && d.reason == reason).then_some(d)
+        })
+        .await
+    }
+
+    /// The exit code of the last terminated worker container of `instance`, as the kubelet
+    /// reported it.
+    async fn worker_exit_code(&self, instance: &str) -> Option<i32> {
+        self.worker_pods(instance)
+            .await
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .find_map(|c| {
+                let state = c.last_state.as_ref().or(c.state.as_ref())?;
+                Some(state.terminated.as_ref()?.exit_code)
+            })
+    }
+
     /// Worker pods of one resource (the operator's own pod excluded).
     async fn worker_pods(&self, instance: &str) -> Vec<Pod> {
         self.api::<Pod>()
@@ -263,10 +309,7 @@ fn running_and_ready(pod: &Pod) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-fn condition(
-    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    type_: &str,
-) -> Option<String> {
+fn condition(conditions: &[Condition], type_: &str) -> Option<String> {
     conditions
         .iter()
         .find(|c| c.type_ == type_)
@@ -540,49 +583,12 @@ async fn e2e_outbox_and_consumer_pods_deliver_every_event_in_order_then_report_r
         .await
         .unwrap();
     eventually("every child garbage-collected", WAIT, || async {
-        let selector = ListParams::default().labels("app.kubernetes.io/name=pipewright-worker");
-        let left = stack
-            .api::<Deployment>()
-            .list(&selector)
-            .await
-            .unwrap()
-            .items
-            .len()
-            + stack
-                .api::<ConfigMap>()
-                .list(&selector)
-                .await
-                .unwrap()
-                .items
-                .len()
-            + stack
-                .api::<Service>()
-                .list(&selector)
-                .await
-                .unwrap()
-                .items
-                .len()
-            + stack
-                .api::<PodDisruptionBudget>()
-                .list(&selector)
-                .await
-                .unwrap()
-                .items
-                .len()
-            + stack
-                .api::<ServiceAccount>()
-                .list(&selector)
-                .await
-                .unwrap()
-                .items
-                .len()
-            + stack
-                .api::<Pod>()
-                .list(&selector)
-                .await
-                .unwrap()
-                .items
-                .len();
+        let left = stack.count_workers::<Deployment>().await
+            + stack.count_workers::<ConfigMap>().await
+            + stack.count_workers::<Service>().await
+            + stack.count_workers::<PodDisruptionBudget>().await
+            + stack.count_workers::<ServiceAccount>().await
+            + stack.count_workers::<Pod>().await;
         (left == 0).then_some(())
     })
     .await;
@@ -896,34 +902,14 @@ async fn e2e_a_poison_record_stops_the_worker_pod_and_the_resource_reports_degra
             .await
             .expect("acknowledged");
     }
-    let consumers: Api<EventConsumer> = stack.api();
-    let degraded = eventually("Degraded=True/PoisonMessage", WAIT, || async {
-        let status = consumers.get("strict").await.ok()?.status?;
-        let d = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")?
-            .clone();
-        (d.status == "True" && d.reason == "PoisonMessage").then_some(d)
-    })
-    .await;
+    let degraded = stack.wait_degraded("strict", "PoisonMessage").await;
     assert!(
         degraded.message.contains(&format!("{topic}/0/1")),
         "the condition names the record: {}",
         degraded.message
     );
     // The worker's own exit, as the kubelet saw it.
-    let pods = stack.worker_pods("strict").await;
-    let terminated = pods
-        .iter()
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .find_map(|c| c.last_state.as_ref()?.terminated.clone())
-        .expect("a terminated worker container");
-    assert_eq!(terminated.exit_code, 1);
+    assert_eq!(stack.worker_exit_code("strict").await, Some(1));
     // Not committed: a fixed worker would read it again. The good record before it is.
     let committed = eventually("the group's committed offset", WAIT, || async {
         let consumer: StreamConsumer = kafka_config()
@@ -970,34 +956,15 @@ async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_worker_con
             }),
         ))
         .await;
-    let consumers: Api<EventConsumer> = stack.api();
-    let degraded = eventually("Degraded=True/WorkerConfigRejected", WAIT, || async {
-        let status = consumers.get("bad-schema").await.ok()?.status?;
-        let d = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")?
-            .clone();
-        (d.status == "True" && d.reason == "WorkerConfigRejected").then_some(d)
-    })
-    .await;
+    let degraded = stack
+        .wait_degraded("bad-schema", "WorkerConfigRejected")
+        .await;
     assert!(
         degraded.message.contains("\"Tick\" is invalid"),
         "the condition says what was refused: {}",
         degraded.message
     );
-    let pods = stack.worker_pods("bad-schema").await;
-    let exit = pods
-        .iter()
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .find_map(|c| {
-            let state = c.last_state.as_ref().or(c.state.as_ref())?;
-            Some(state.terminated.as_ref()?.exit_code)
-        });
+    let exit = stack.worker_exit_code("bad-schema").await;
     assert_eq!(
         exit,
         Some(2),
