@@ -2,8 +2,8 @@
 # Sourced by tests/env/up (start_node) and tests/env/down (stop_node); needs lib.sh and, for
 # start_node, up's helpers (start, kubeconfig, wait_for) and node_vars already called.
 #
-# Everything the node makes is scoped to this environment (so that two could run side by side;
-# not tested yet) and down can remove all of it:
+# Everything the node makes is scoped to this environment so two can run side by side and
+# down can remove all of it:
 #   $NODE_DIR                containerd root/state, runc state, kubelet root, CNI config and IPAM,
 #                            pod logs; the network namespaces are mounted under containerd's state
 #   bridge $NODE_BRIDGE      the node address $NODE_IP (pods get the rest of $NODE_CIDR)
