@@ -139,7 +139,9 @@ async fn consume_graceful_sigterm_commits_everything_processed_and_a_restart_red
 
 #[tokio::test]
 async fn consume_refuses_invalid_configuration_with_exit_code_2() {
-    let run = |args: &[&str]| {
+    // Each run reports to a termination log of its own (the operator reads it from the pod).
+    let run_reporting = |args: &[&str]| {
+        let report = std::env::temp_dir().join(unique_name("pw-config-rejected"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipewright-worker"))
             .args([
                 "--listen",
@@ -148,33 +150,26 @@ async fn consume_refuses_invalid_configuration_with_exit_code_2() {
             ])
             .args(["--kafka-bootstrap-servers", "127.0.0.1:1", "--sink", "log"])
             .args(args)
+            .env("PIPEWRIGHT_TERMINATION_LOG", &report)
             .output()
             .unwrap();
+        let message = std::fs::read_to_string(&report).unwrap_or_default();
+        let _ = std::fs::remove_file(&report);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
+            message,
         )
     };
-    // Dead-letter policy (the default) without a dead-letter topic.
-    let (code, err) = run(&["--topics", "a", "--group-id", "g"]);
+    let run = |args: &[&str]| {
+        let (code, err, _) = run_reporting(args);
+        (code, err)
+    };
+    // Dead-letter policy (the default) without a dead-letter topic ...
+    let (code, err, message) = run_reporting(&["--topics", "a", "--group-id", "g"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("deadLetterTopic"), "{err}");
     // ... reported to Kubernetes as well (the operator sets Degraded/WorkerConfigRejected).
-    let report = std::env::temp_dir().join(unique_name("pw-config-rejected"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipewright-worker"))
-        .args([
-            "--listen",
-            &common::consume::free_addr().to_string(),
-            "consume",
-        ])
-        .args(["--kafka-bootstrap-servers", "127.0.0.1:1", "--sink", "log"])
-        .args(["--topics", "a", "--group-id", "g"])
-        .env("PIPEWRIGHT_TERMINATION_LOG", &report)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let message = std::fs::read_to_string(&report).expect("a termination message");
-    std::fs::remove_file(&report).unwrap();
     assert!(
         message.starts_with("WorkerConfigRejected: ") && message.contains("deadLetterTopic"),
         "{message}"
