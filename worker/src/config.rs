@@ -21,8 +21,9 @@ use crate::consume::sinks::kafka::{KafkaSink, Transaction};
 use crate::consume::sinks::log::LogSink;
 use crate::consume::sinks::postgres::{PostgresSink, PostgresSinkConfig};
 use crate::consume::{
-    Compression, ConsumeConfig, ConsumerConfig, DeclaredTypes, InitialOffset, InvalidPolicy,
-    Ordering, PipelineConfig, RetryPolicy,
+    Compression, ConsumeConfig, ConsumerConfig, DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION,
+    DEFAULT_MAX_UNCOMMITTED_PER_PARTITION, DeclaredTypes, InitialOffset, InvalidPolicy, Ordering,
+    PipelineConfig, RetryPolicy,
 };
 use crate::kafka::KafkaSettings;
 use crate::outbox::{Cleanup, Destination, PollerConfig, Table};
@@ -112,9 +113,9 @@ pub struct ConsumeArgs {
         default_value = "dead-letter"
     )]
     pub on_unknown_type: InvalidPolicy,
-    /// Records taken from Kafka and not yet committed, at most (1..1024): running, retrying,
-    /// waiting behind their key, or finished but not committed. Fetching pauses when it is
-    /// reached; a crash delivers at most this many records again.
+    /// Records running at most (1..1024): the sink called for them, or waiting to retry.
+    /// Records waiting behind their key or for a free slot are bounded per partition by
+    /// --max-uncommitted-per-partition and --max-buffered-bytes-per-partition.
     #[arg(long, env = "PIPEWRIGHT_CONSUMER_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// Which records are delivered in order.
@@ -153,14 +154,40 @@ pub struct ConsumeArgs {
     /// How long a shutdown waits for the records in flight before committing.
     #[arg(long, env = "PIPEWRIGHT_CONSUMER_DRAIN_TIMEOUT", default_value = "30s")]
     pub drain_timeout: humantime::Duration,
-    /// How often finished offsets are committed (also whenever the concurrency bound is
-    /// reached); with a transactional kafka sink, how often its transaction is committed.
+    /// How often finished offsets are committed, asynchronously (also early, when a quarter
+    /// of a partition's window is finished and unsent); with a transactional kafka sink, how
+    /// often its transaction is committed.
     #[arg(
         long,
         env = "PIPEWRIGHT_CONSUMER_COMMIT_INTERVAL",
         default_value = "1s"
     )]
     pub commit_interval: humantime::Duration,
+    /// Per partition: offsets taken and not covered by an acknowledged commit, at most; the
+    /// partition pauses at this bound while the others flow. A crash delivers at most this
+    /// many records of a partition again.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_MAX_UNCOMMITTED_PER_PARTITION",
+        default_value_t = DEFAULT_MAX_UNCOMMITTED_PER_PARTITION
+    )]
+    pub max_uncommitted_per_partition: u64,
+    /// Per partition: bytes (key + value) of the records taken and not finished, at most; the
+    /// partition pauses at this bound.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_MAX_BUFFERED_BYTES_PER_PARTITION",
+        default_value_t = DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION
+    )]
+    pub max_buffered_bytes_per_partition: usize,
+    /// How long a partition revocation waits for its running records before cancelling them
+    /// (uncommitted: the partition's next owner delivers them).
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CONSUMER_REVOKE_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub revoke_timeout: humantime::Duration,
     /// Largest record value accepted, bytes; larger ones are invalid events.
     #[arg(
         long,
@@ -282,6 +309,9 @@ pub enum SinkKind {
     Kafka,
     /// One row per event in a PostgreSQL table, offsets in the same transaction.
     Postgres,
+    /// Accept and drop each event (decoded and checked like any other): for benchmarks and
+    /// dry runs of a topic. Not offered by the EventConsumer API.
+    Discard,
 }
 
 /// The sink (`sink.*`): `--sink` selects one; only its settings apply.
@@ -370,7 +400,7 @@ impl SinkArgs {
     /// Checks the settings of the selected sink (before connecting anywhere).
     pub fn validate(&self) -> Result<(), Error> {
         match self.kind {
-            SinkKind::Log => Ok(()),
+            SinkKind::Log | SinkKind::Discard => Ok(()),
             SinkKind::Http => self.http_config().map(|_| ()),
             SinkKind::Kafka => match self.kafka_topic.as_deref() {
                 Some(t) if !t.is_empty() => Ok(()),
@@ -458,6 +488,7 @@ impl SinkArgs {
                 }),
                 None,
             )),
+            SinkKind::Discard => Ok((Sink::Discard, None)),
             SinkKind::Http => Ok((Sink::Http(HttpSink::new(self.http_config()?)?), None)),
             SinkKind::Kafka => {
                 let topic = self.kafka_topic.as_deref().unwrap_or_default();
@@ -470,14 +501,8 @@ impl SinkArgs {
                 let kafka = &config.consumer.kafka;
                 if self.kafka_transactional {
                     let id = self.transactional_id(config)?;
-                    let sink = KafkaSink::transactional(
-                        kafka,
-                        topic,
-                        config.compression,
-                        &id,
-                        config.consumer.drain_timeout,
-                    )
-                    .await?;
+                    let sink =
+                        KafkaSink::transactional(kafka, topic, config.compression, &id).await?;
                     let tx = sink.transaction();
                     Ok((Sink::Kafka(sink), tx))
                 } else {
@@ -518,6 +543,7 @@ impl ConsumeArgs {
                 initial_offset: self.initial_offset,
                 commit_interval: self.commit_interval.into(),
                 drain_timeout: self.drain_timeout.into(),
+                revoke_timeout: self.revoke_timeout.into(),
             },
             pipeline: PipelineConfig {
                 concurrency: self.concurrency,
@@ -529,6 +555,8 @@ impl ConsumeArgs {
                 },
                 on_invalid: self.on_unknown_type,
                 max_record_bytes: self.max_record_bytes,
+                max_uncommitted_per_partition: self.max_uncommitted_per_partition,
+                max_buffered_bytes_per_partition: self.max_buffered_bytes_per_partition,
             },
             dead_letter_topic: self.dead_letter_topic.filter(|s| !s.is_empty()),
             compression: self.compression,

@@ -88,6 +88,7 @@ fn config(topic: &str, group: &str, dead_letter_topic: Option<&str>) -> ConsumeC
             initial_offset: InitialOffset::Earliest,
             commit_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
+            revoke_timeout: Duration::from_secs(10),
         },
         pipeline: PipelineConfig {
             concurrency: 16,
@@ -99,6 +100,7 @@ fn config(topic: &str, group: &str, dead_letter_topic: Option<&str>) -> ConsumeC
             },
             on_invalid: InvalidPolicy::DeadLetter,
             max_record_bytes: 1000,
+            ..PipelineConfig::default()
         },
         dead_letter_topic: dead_letter_topic.map(str::to_string),
         compression: Compression::Zstd,

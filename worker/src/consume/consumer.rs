@@ -1,18 +1,33 @@
 //! The Kafka side: a [`StreamConsumer`] in a consumer group (cooperative-sticky assignment,
 //! static membership when an instance id is set, no auto-commit), the rebalance callbacks that
-//! keep the [`Window`] (offsets tracker and bound) in step with the assignment, and the fetch
-//! loop that feeds the [`Pipeline`] and commits what the tracker allows.
+//! keep the [`Pipeline`] in step with the assignment, and the fetch loop that feeds it, pauses
+//! and resumes partitions by their windows, and commits.
 //!
-//! `StreamConsumer` rather than `BaseConsumer`: the fetch loop is async anyway (it awaits the
-//! window, the commit tick and the shutdown token in one `select!`), and `recv()` serves the
-//! rebalance callbacks on the same task, so the tracker never races with an assignment change.
-//! Measured on the 2-core test machine (debug build, log sink without output, 100k records on
-//! 4 partitions, 1000 keys, group join included): 4.3 s at concurrency 16, 2.4 s at 256; the
-//! consumer is not the bottleneck, so no `BaseConsumer` variant was built to compare.
+//! - **The loop never waits for the pipeline.** It keeps polling (so a slow record never makes
+//!   the consumer miss `max.poll.interval.ms` and leave the group); a partition whose window is
+//!   full is paused in librdkafka (its fetch queue purged, fetched again from the consumed
+//!   position on resume) while the others keep flowing.
+//! - **Commits.** Asynchronous, every `commit_interval` and early when a quarter of a
+//!   partition's window is finished and unsent; the window moves when the broker acknowledges
+//!   (the commit callback). Synchronous only on revoke and shutdown. With a transactional sink,
+//!   offsets go into its transaction instead (see [`super::sinks::kafka`]).
+//! - **Revoke.** The callback runs [`Pipeline::revoke_blocking`] (nothing of the partition
+//!   starts any more; running records get `revoke_timeout`, then are cancelled and stopped),
+//!   asks the handler to hand on what it sent ([`Handler::before_revoke`]: the Kafka sink
+//!   flushes), then commits the finished prefix synchronously. Only then does librdkafka give
+//!   the partition up, so its next owner never overlaps with this worker's deliveries of it.
+//!   A *lost* assignment (session timeout: another member may own it already) is cancelled at
+//!   once and not committed.
+//!
+//! `StreamConsumer` rather than `BaseConsumer`: the loop is async (it awaits the ends of
+//! records, the commit tick and the shutdown token in one `select!`), and polling its message
+//! stream serves the rebalance and commit callbacks on the same task, so the pipeline's state
+//! never races with an assignment change.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -22,14 +37,15 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::events::{Handler, Record};
 use super::metrics::{ConsumerMetrics, PartitionLabels};
 use super::offsets::Tp;
-use super::pipeline::{Committer, Pipeline, Window};
-use super::sinks::kafka::Transaction;
+use super::pipeline::{Flow, Pipeline};
+use super::sinks::kafka::{TX_QUIESCE_MAX, Transaction};
 use crate::kafka::KafkaSettings;
 use crate::{Error, Health};
 
@@ -40,6 +56,12 @@ pub enum InitialOffset {
     Earliest,
     Latest,
 }
+
+/// Default of [`ConsumerConfig::revoke_timeout`].
+pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Records taken per wake-up of the fetch loop, at most, before it looks at other work.
+const FETCH_BATCH: usize = 1024;
 
 /// Settings of the Kafka consumer.
 #[derive(Debug, Clone)]
@@ -53,8 +75,11 @@ pub struct ConsumerConfig {
     pub initial_offset: InitialOffset,
     /// How often the committable offsets are committed.
     pub commit_interval: Duration,
-    /// How long a shutdown waits for the records in flight.
+    /// How long a shutdown waits for the records taken.
     pub drain_timeout: Duration,
+    /// How long a revocation waits for the revoked partitions' running records before it
+    /// cancels them.
+    pub revoke_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -74,8 +99,8 @@ impl ConsumerConfig {
                 },
             )
             .set_log_level(RDKafkaLogLevel::Warning);
-        // Defaults the allow-listed tuning keys may override. Bounded prefetch: the pipeline's
-        // bound is the real one, this caps librdkafka's own queue.
+        // Defaults the allow-listed tuning keys may override. Bounded prefetch: the windows
+        // are the real bound, this caps librdkafka's own queue.
         for (key, value) in [
             ("queued.max.messages.kbytes", "16384"),
             ("statistics.interval.ms", "5000"),
@@ -91,26 +116,61 @@ impl ConsumerConfig {
     }
 }
 
-/// Rebalance and statistics callbacks.
+/// Runs `f`, which blocks, without starving the runtime's other tasks.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn tpl_of(offsets: &[(Tp, i64)]) -> Result<TopicPartitionList, Error> {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, o) in offsets {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o))
+            .map_err(Error::Kafka)?;
+    }
+    Ok(tpl)
+}
+
+fn offsets_of(tpl: &TopicPartitionList) -> Vec<(Tp, i64)> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((Tp::new(e.topic(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| Tp::new(e.topic(), e.partition()))
+        .collect()
+}
+
+/// Rebalance, commit and statistics callbacks.
 #[derive(Debug)]
-pub struct ConsumeContext {
-    window: Arc<Window>,
+pub struct ConsumeContext<H: Handler> {
+    pipeline: Arc<Pipeline<H>>,
     health: Health,
     metrics: ConsumerMetrics,
     transaction: Option<Arc<Transaction>>,
+    revoke_timeout: Duration,
+    drain_timeout: Duration,
 }
 
-impl ClientContext for ConsumeContext {
+impl<H: Handler> ClientContext for ConsumeContext<H> {
     fn stats(&self, statistics: Statistics) {
-        let tracker = self.window.tracker();
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 let tp = Tp::new(topic, *partition);
-                if *partition < 0 || !tracker.is_assigned(&tp) {
+                if *partition < 0 || !self.pipeline.is_assigned(&tp) {
                     continue;
                 }
                 // High watermark minus what this consumer would commit now.
-                let lag = match tracker.committable(&tp) {
+                let lag = match self.pipeline.committable(&tp) {
                     Some(c) if p.hi_offset >= 0 => (p.hi_offset - c).max(0),
                     _ => p.consumer_lag.max(0),
                 };
@@ -126,16 +186,54 @@ impl ClientContext for ConsumeContext {
     }
 }
 
-impl ConsumeContext {
+impl<H: Handler> ConsumeContext<H> {
+    fn forget_lag(&self, tps: &[Tp]) {
+        for tp in tps {
+            self.metrics.lag.remove(&PartitionLabels {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            });
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let lost = consumer.assignment_lost();
+        let tps = tps_of(tpl);
+        let offsets = blocking(|| {
+            let offsets = self
+                .pipeline
+                .revoke_blocking(&tps, lost, self.revoke_timeout);
+            self.pipeline.handler().before_revoke();
+            offsets
+        });
+        self.forget_lag(&tps);
+        if offsets.is_empty() {
+            return;
+        }
+        let result = tpl_of(&offsets).and_then(|tpl| {
+            blocking(|| consumer.commit(&tpl, CommitMode::Sync)).map_err(Error::Kafka)
+        });
+        if let Err(e) = result {
+            self.metrics.commit_errors.inc();
+            warn!(error = %crate::Chain(&e), "commit on revoke failed; the next owner delivers those records again");
+        }
+    }
+
     /// Transactional sink: wait until nothing is in flight, commit the transaction with every
     /// partition's offsets, then give the revoked partitions up. On failure the worker stops
     /// without committing (the new owners replay from the last committed transaction).
-    fn revoke_transactional(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let Some(tx) = &self.transaction else { return };
+    fn revoke_transactional(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+        tx: &Transaction,
+    ) {
         let lost = consumer.assignment_lost();
+        let tps = tps_of(tpl);
         if !lost && !tx.is_broken() {
-            let result = tokio::task::block_in_place(|| {
-                if !tx.quiesce_blocking(&self.window) {
+            let deadline = Instant::now() + self.drain_timeout.min(TX_QUIESCE_MAX);
+            let result = blocking(|| {
+                if !self.pipeline.quiesce_blocking(deadline) {
                     tx.abort();
                     return Err(Error::Sink {
                         sink: "kafka",
@@ -144,111 +242,74 @@ impl ConsumeContext {
                             .into(),
                     });
                 }
-                let offsets = self.window.tracker().to_commit();
+                let offsets = self.pipeline.to_commit();
                 if offsets.is_empty() {
                     return Ok(());
                 }
-                match tx.commit(consumer.group_metadata(), &offsets) {
-                    Ok(()) => {
-                        self.window.committed(&offsets);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
+                tx.commit(consumer.group_metadata(), &offsets)?;
+                self.pipeline.acked(&offsets);
+                Ok(())
             });
             if let Err(e) = result {
-                self.window.fail(e);
+                self.pipeline.fail(e);
             }
         } else if lost && !tx.is_broken() {
             // Another member owns these partitions now: what this transaction holds for them
             // must not be committed.
             tx.abort();
-            self.window.fail(Error::Sink {
+            self.pipeline.fail(Error::Sink {
                 sink: "kafka",
                 reason: "partitions lost (session timeout); transaction aborted".into(),
             });
         }
-        for e in tpl.elements() {
-            info!(
-                topic = e.topic(),
-                partition = e.partition(),
-                lost,
-                "partition revoked"
-            );
-            self.window.revoke(&Tp::new(e.topic(), e.partition()));
-        }
+        // Nothing of them is committed outside the transaction.
+        blocking(|| {
+            self.pipeline
+                .revoke_blocking(&tps, true, self.revoke_timeout)
+        });
+        self.forget_lag(&tps);
     }
 }
 
-impl ConsumerContext for ConsumeContext {
+impl<H: Handler> ConsumerContext for ConsumeContext<H> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                for e in tpl.elements() {
-                    info!(
-                        topic = e.topic(),
-                        partition = e.partition(),
-                        "partition assigned"
-                    );
-                    self.window.assign(Tp::new(e.topic(), e.partition()));
+                for tp in tps_of(tpl) {
+                    info!(topic = %tp.topic, partition = tp.partition, "partition assigned");
+                    self.pipeline.assign(tp);
                 }
             }
-            Rebalance::Revoke(tpl) if self.transaction.is_some() => {
-                self.revoke_transactional(consumer, tpl);
-            }
-            Rebalance::Revoke(tpl) => {
-                // Commit what is finished in the revoked partitions, then forget them: records
-                // still in flight there are delivered again by the partition's next owner.
-                let lost = consumer.assignment_lost();
-                let mut commit = TopicPartitionList::new();
-                {
-                    for e in tpl.elements() {
-                        let tp = Tp::new(e.topic(), e.partition());
-                        let offset = self.window.revoke(&tp);
-                        self.metrics.lag.remove(&PartitionLabels {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                        });
-                        info!(
-                            topic = e.topic(),
-                            partition = e.partition(),
-                            lost,
-                            commit = ?offset,
-                            "partition revoked"
-                        );
-                        if let (Some(o), false) = (offset, lost) {
-                            let _ = commit.add_partition_offset(
-                                e.topic(),
-                                e.partition(),
-                                Offset::Offset(o),
-                            );
-                        }
-                    }
-                }
-                if commit.count() > 0
-                    && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
-                {
-                    self.metrics.commit_errors.inc();
-                    warn!(error = %e, "commit on revoke failed");
-                }
-            }
+            Rebalance::Revoke(tpl) => match &self.transaction {
+                Some(tx) => self.revoke_transactional(consumer, tpl, tx),
+                None => self.revoke(consumer, tpl),
+            },
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(_) = rebalance {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // A partition this member paused under an earlier assignment starts unpaused.
+            if tpl.count() > 0
+                && let Err(e) = consumer.resume(tpl)
+            {
+                warn!(error = %e, "resuming newly assigned partitions failed");
+            }
             self.health.set_ready(true);
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        // Commits are synchronous; their errors are handled where they are made.
-        debug!(
-            ok = result.is_ok(),
-            count = offsets.count(),
-            "commit completed"
-        );
+        let offsets = offsets_of(offsets);
+        match result {
+            Ok(()) => self.pipeline.acked(&offsets),
+            Err(e) => {
+                self.metrics.commit_errors.inc();
+                warn!(error = %e, "offset commit failed; retried with the next one");
+                self.pipeline.commit_failed(&offsets);
+            }
+        }
     }
 }
 
@@ -272,38 +333,125 @@ pub fn to_record(m: &BorrowedMessage<'_>) -> Record {
     }
 }
 
-/// Commits to the consumer group, synchronously, or with the transaction of a transactional
-/// sink (`block_in_place`: needs the multi-threaded runtime).
-struct LoopCommitter<'a> {
-    consumer: &'a StreamConsumer<ConsumeContext>,
+/// The fetch loop's side of the consumer.
+struct Fetcher<'a, H: Handler> {
+    consumer: &'a StreamConsumer<ConsumeContext<H>>,
+    pipeline: &'a Pipeline<H>,
     metrics: &'a ConsumerMetrics,
     transaction: Option<&'a Transaction>,
+    drain_timeout: Duration,
 }
 
-impl Committer for LoopCommitter<'_> {
-    fn commit(&self, offsets: &[(Tp, i64)]) -> Result<(), Error> {
-        debug!(?offsets, "committing");
-        if let Some(tx) = self.transaction {
-            return tokio::task::block_in_place(|| {
-                tx.commit(self.consumer.group_metadata(), offsets)
-            })
-            .inspect_err(|_| {
-                self.metrics.commit_errors.inc();
-            });
+impl<H: Handler> Fetcher<'_, H> {
+    /// Pauses and resumes partitions as their windows ask.
+    fn apply(&self, flow: Flow) {
+        if flow.is_empty() {
+            return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (tp, o) in offsets {
-            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o))
-                .map_err(Error::Kafka)?;
+        let list = |tps: &[Tp]| {
+            let mut tpl = TopicPartitionList::new();
+            for tp in tps {
+                tpl.add_partition(&tp.topic, tp.partition);
+            }
+            tpl
+        };
+        if !flow.pause.is_empty() {
+            debug!(partitions = ?flow.pause, "window full: pausing");
+            if let Err(e) = self.consumer.pause(&list(&flow.pause)) {
+                warn!(error = %e, "pausing partitions failed");
+            }
         }
-        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync)).map_err(|e| {
-            self.metrics.commit_errors.inc();
-            Error::Kafka(e)
-        })
+        if !flow.resume.is_empty() {
+            debug!(partitions = ?flow.resume, "window has room: resuming");
+            if let Err(e) = self.consumer.resume(&list(&flow.resume)) {
+                warn!(error = %e, "resuming partitions failed");
+            }
+        }
     }
 
-    fn transactional(&self) -> bool {
-        self.transaction.is_some()
+    /// Sends the committable offsets: asynchronously to the group, or (transactional) in the
+    /// transaction once nothing is in flight.
+    async fn commit(&self) {
+        match self.transaction {
+            None => {
+                let offsets = self.pipeline.to_commit();
+                if offsets.is_empty() {
+                    return;
+                }
+                debug!(?offsets, "committing");
+                let result = tpl_of(&offsets).and_then(|tpl| {
+                    self.consumer
+                        .commit(&tpl, CommitMode::Async)
+                        .map_err(Error::Kafka)
+                });
+                if let Err(e) = result {
+                    self.metrics.commit_errors.inc();
+                    warn!(error = %crate::Chain(&e), "offset commit failed; retried with the next one");
+                    self.pipeline.commit_failed(&offsets);
+                }
+            }
+            Some(tx) => {
+                // Everything the transaction holds must belong to the committed offsets: no
+                // record may be unfinished. Nothing new is taken while waiting.
+                let bound = self.drain_timeout.min(TX_QUIESCE_MAX);
+                if !self
+                    .pipeline
+                    .quiesce(tokio::time::Instant::now() + bound)
+                    .await
+                {
+                    if self.pipeline.has_failed() {
+                        return;
+                    }
+                    blocking(|| tx.abort());
+                    self.pipeline.fail(Error::Sink {
+                        sink: "kafka",
+                        reason: format!(
+                            "a record stayed unfinished for {bound:?} while the transaction \
+                             waited to commit; transaction aborted (its outputs are discarded), \
+                             the restart replays from the last committed transaction"
+                        ),
+                    });
+                    return;
+                }
+                self.commit_transaction(tx);
+            }
+        }
+    }
+
+    fn commit_transaction(&self, tx: &Transaction) {
+        let offsets = self.pipeline.to_commit();
+        if offsets.is_empty() {
+            return;
+        }
+        match blocking(|| tx.commit(self.consumer.group_metadata(), &offsets)) {
+            Ok(()) => self.pipeline.acked(&offsets),
+            Err(e) => {
+                self.metrics.commit_errors.inc();
+                self.pipeline.fail(e);
+            }
+        }
+    }
+
+    /// The last commit of a shutdown, synchronous.
+    fn commit_sync(&self) {
+        let offsets = self.pipeline.to_commit();
+        if offsets.is_empty() {
+            info!("nothing left to commit; leaving the group");
+            return;
+        }
+        let result = tpl_of(&offsets).and_then(|tpl| {
+            blocking(|| self.consumer.commit(&tpl, CommitMode::Sync)).map_err(Error::Kafka)
+        });
+        match result {
+            Ok(()) => {
+                self.pipeline.acked(&offsets);
+                info!(?offsets, "offsets committed; leaving the group");
+            }
+            Err(e) => {
+                self.metrics.commit_errors.inc();
+                warn!(error = %crate::Chain(&e), "final offset commit failed");
+            }
+        }
     }
 }
 
@@ -319,74 +467,89 @@ pub async fn run<H: Handler>(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let pipeline = Arc::new(pipeline);
     let context = ConsumeContext {
-        window: pipeline.window().clone(),
+        pipeline: pipeline.clone(),
         health: health.clone(),
         metrics: metrics.clone(),
         transaction: transaction.clone(),
+        revoke_timeout: config.revoke_timeout,
+        drain_timeout: config.drain_timeout,
     };
-    let consumer: StreamConsumer<ConsumeContext> = config
+    let consumer: StreamConsumer<ConsumeContext<H>> = config
         .client_config()
         .create_with_context(context)
         .map_err(Error::Kafka)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(Error::Kafka)?;
     info!(group = %config.group_id, topics = ?config.topics, "consuming");
-    let committer = LoopCommitter {
+    let fetcher = Fetcher {
         consumer: &consumer,
+        pipeline: &pipeline,
         metrics: &metrics,
         transaction: transaction.as_deref(),
+        drain_timeout: config.drain_timeout,
     };
 
     let failed = pipeline.failed();
     let mut tick = tokio::time::interval(config.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stream = consumer.stream();
     loop {
+        fetcher.apply(pipeline.take_flow());
+        if transaction.is_none() && pipeline.commit_soon() {
+            fetcher.commit().await;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = failed.cancelled() => break,
-            _ = tick.tick() => {
-                if let Err(e) = pipeline.commit(&committer).await {
-                    warn!(error = %crate::Chain(&e), "offset commit failed; retried with the next one");
-                }
-            }
-            message = consumer.recv() => match message {
-                Ok(m) => {
-                    let record = to_record(&m);
+            _ = pipeline.done_notified() => fetcher.apply(pipeline.drain_done()),
+            _ = tick.tick() => fetcher.commit().await,
+            message = stream.next() => match message {
+                Some(Ok(m)) => {
+                    pipeline.take(to_record(&m));
                     drop(m);
-                    // Waits while the window is full: the loop stops polling, so fetching
-                    // pauses (librdkafka's prefetch queue is bounded too).
-                    pipeline.submit(record, &shutdown, &committer).await;
+                    // Take what else is fetched already, without another trip through the
+                    // select (bounded, so ends of records and ticks are not starved).
+                    for _ in 1..FETCH_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(m))) => {
+                                pipeline.take(to_record(&m));
+                            }
+                            Some(Some(Err(e))) => {
+                                warn!(error = %e, "consumer error");
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     warn!(error = %e, "consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                None => break,
             },
         }
     }
+    drop(stream);
     health.set_ready(false);
-    info!(
-        in_flight = pipeline.window().tracker().in_flight(),
-        "draining"
-    );
+    info!(in_flight = pipeline.in_flight(), "draining");
     let drained = pipeline.drain(config.drain_timeout).await;
     match &transaction {
         // A transaction holds the outputs of every finished record: commit it only when
         // nothing is left unfinished (no gap below a finished record).
         Some(tx) if !drained || pipeline.has_failed() => {
             warn!("not committing the open transaction (records left unfinished): aborting it");
-            tokio::task::block_in_place(|| tx.abort());
+            blocking(|| tx.abort());
         }
-        _ => match pipeline.commit(&committer).await {
-            Ok(()) => info!("offsets committed; leaving the group"),
-            Err(e) => warn!(error = %crate::Chain(&e), "final offset commit failed"),
-        },
+        Some(tx) => fetcher.commit_transaction(tx),
+        None => fetcher.commit_sync(),
     }
     // Dropping the consumer closes it: its remaining partitions are revoked (nothing left to
     // commit) and, without static membership, it leaves the group.
-    tokio::task::block_in_place(move || drop(consumer));
+    blocking(move || drop(consumer));
     match pipeline.take_error() {
         Some(e) => Err(e),
         None => Ok(()),

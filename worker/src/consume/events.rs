@@ -165,6 +165,12 @@ pub trait Handler: Send + Sync + 'static {
         let _ = offsets;
         async {}
     }
+
+    /// Called (blocking, on the consumer's thread) when partitions are revoked, after their
+    /// records stopped and before their offsets are committed: hand everything sent so far on
+    /// to its destination, so nothing this worker sent for them arrives after their next
+    /// owner's deliveries (the Kafka sink flushes its producer). The default does nothing.
+    fn before_revoke(&self) {}
 }
 
 /// A shared handler is a handler (keep a handle to inspect it, e.g. in tests).
@@ -185,6 +191,10 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
 
     fn committed(&self, offsets: &[(Tp, i64)]) -> impl Future<Output = ()> + Send {
         (**self).committed(offsets)
+    }
+
+    fn before_revoke(&self) {
+        (**self).before_revoke()
     }
 }
 

@@ -59,6 +59,7 @@ pub mod events;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod process;
 pub mod retry;
 pub mod sinks;
 
@@ -67,15 +68,18 @@ use std::sync::Arc;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-pub use consumer::{ConsumerConfig, InitialOffset};
+pub use consumer::{ConsumerConfig, DEFAULT_REVOKE_TIMEOUT, InitialOffset};
 pub use dlq::DeadLetters;
 pub use events::{
     DeclaredTypes, GenericEvent, Handler, HandlerError, InvalidPolicy, Record, Rejection,
     RejectionKind,
 };
 pub use metrics::ConsumerMetrics;
-pub use offsets::OffsetTracker;
-pub use pipeline::{Committer, NoCommit, Ordering, Pipeline, PipelineConfig, Window};
+pub use offsets::{PartitionOffsets, Tp};
+pub use pipeline::{
+    DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION, DEFAULT_MAX_UNCOMMITTED_PER_PARTITION, Flow,
+    Ordering, Pipeline, PipelineConfig,
+};
 pub use retry::RetryPolicy;
 use sinks::kafka::Transaction;
 
@@ -132,6 +136,18 @@ impl ConsumeConfig {
         }
         if !(1..=1024).contains(&self.pipeline.concurrency) {
             return invalid("processing.concurrency", "must be between 1 and 1024");
+        }
+        if !(1..=1_000_000).contains(&self.pipeline.max_uncommitted_per_partition) {
+            return invalid(
+                "processing.maxUncommittedPerPartition",
+                "must be between 1 and 1000000",
+            );
+        }
+        if self.pipeline.max_buffered_bytes_per_partition < self.pipeline.max_record_bytes {
+            return invalid(
+                "processing.maxBufferedBytesPerPartition",
+                "must be at least the largest record accepted (maxRecordBytes)",
+            );
         }
         if !(1..=100).contains(&self.pipeline.retry.max_attempts) {
             return invalid("processing.retry.maxAttempts", "must be between 1 and 100");

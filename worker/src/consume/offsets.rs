@@ -1,16 +1,22 @@
-//! Per-partition offset tracking: which records of an assigned partition were taken from the
-//! consumer and are not finished yet, and so which offset is safe to commit.
+//! The offsets of one assigned partition: which records were taken from the consumer and are
+//! not finished yet, which offset is safe to commit, and how far the committed offset lags
+//! behind what was taken (the partition's window).
 //!
-//! The committable offset of a partition is the lowest offset still in flight, or one past the
-//! highest offset taken when nothing is in flight: every record below it is finished (delivered,
-//! skipped or dead-lettered). Records finish out of order (different keys run concurrently), so
-//! a finished record above an unfinished one is never committed: a gap is never committed.
+//! - **Committable.** The committable offset is the lowest offset still unfinished, or one past
+//!   the highest offset taken when everything is finished: every record below it is finished
+//!   (delivered, skipped or dead-lettered). Records finish out of order (different keys run
+//!   concurrently), so a finished record above an unfinished one is never committed: a gap is
+//!   never committed.
+//! - **Window.** `uncommitted()` counts the offsets from the last commit the broker
+//!   *acknowledged* up to the highest offset taken: the records a crash right now would deliver
+//!   again (at most; compacted or transaction-marker offsets count too). The consumer pauses a
+//!   partition whose window is full.
 //!
-//! Assignments carry an epoch. A record taken under one assignment of a partition and finished
-//! after the partition was revoked (and perhaps assigned again) is ignored: its partition's new
-//! owner, or the new assignment, starts from the committed offset and delivers it again.
+//! Records of one partition are taken in offset order (Kafka hands them out so within one
+//! assignment), so the state is a queue: finishing is a binary search, the committable offset
+//! moves by popping the finished front.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::VecDeque;
 
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,163 +34,102 @@ impl Tp {
     }
 }
 
-/// One record taken under one assignment; hand it back to [`OffsetTracker::finish`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ticket {
-    pub tp: Tp,
-    pub offset: i64,
-    epoch: u64,
-}
-
-#[derive(Debug, Default)]
-struct Partition {
-    epoch: u64,
-    in_flight: BTreeSet<i64>,
-    /// Finished, not yet known to be committed.
-    done: BTreeSet<i64>,
-    /// One past the highest offset taken under this assignment.
+/// The offsets of one partition under one assignment.
+#[derive(Debug, Default, Clone)]
+pub struct PartitionOffsets {
+    /// Taken and not yet below the committable offset, in offset order: (offset, finished).
+    taken: VecDeque<(i64, bool)>,
+    /// One past the highest offset taken.
     next: Option<i64>,
-    /// The last offset handed out by [`OffsetTracker::to_commit`] (or committed on revoke).
-    committed: Option<i64>,
+    /// Records taken and not finished.
+    unfinished: usize,
+    /// The offset of the last commit sent (not yet known to be acknowledged).
+    sent: Option<i64>,
+    /// The offset of the last commit the broker acknowledged, or the first offset taken.
+    acked: Option<i64>,
 }
 
-impl Partition {
-    fn committable(&self) -> Option<i64> {
-        self.in_flight.first().copied().or(self.next)
-    }
-}
-
-/// The offsets of every assigned partition.
-#[derive(Debug, Default)]
-pub struct OffsetTracker {
-    partitions: HashMap<Tp, Partition>,
-    epochs: u64,
-}
-
-impl OffsetTracker {
-    pub fn new() -> OffsetTracker {
-        OffsetTracker::default()
+impl PartitionOffsets {
+    pub fn new() -> PartitionOffsets {
+        PartitionOffsets::default()
     }
 
-    /// A partition was assigned (again): a fresh state under a new epoch.
-    pub fn assign(&mut self, tp: Tp) {
-        self.epochs += 1;
-        self.partitions.insert(
-            tp,
-            Partition {
-                epoch: self.epochs,
-                ..Partition::default()
-            },
+    /// Records that `offset` is taken (offsets must increase).
+    pub fn take(&mut self, offset: i64) {
+        debug_assert!(
+            self.next.is_none_or(|n| offset >= n),
+            "offsets go backwards"
         );
+        self.taken.push_back((offset, false));
+        self.next = Some(offset + 1);
+        self.unfinished += 1;
+        self.acked.get_or_insert(offset);
     }
 
-    /// A partition was revoked: returns the offset to commit for it (when it advanced since the
-    /// last commit) and the number of its finished records not known to be committed, and
-    /// forgets it, so later finishes of its records are ignored.
-    pub fn revoke(&mut self, tp: &Tp) -> (Option<i64>, usize) {
-        match self.partitions.remove(tp) {
-            Some(p) => (
-                p.committable().filter(|&o| Some(o) != p.committed),
-                p.done.len(),
-            ),
-            None => (None, 0),
-        }
-    }
-
-    /// Whether `tp` is currently assigned.
-    pub fn is_assigned(&self, tp: &Tp) -> bool {
-        self.partitions.contains_key(tp)
-    }
-
-    /// Records that `offset` of `tp` is taken and in flight; `None` when `tp` is not assigned
-    /// (a record fetched before its partition was revoked: drop it).
-    pub fn begin(&mut self, tp: &Tp, offset: i64) -> Option<Ticket> {
-        let p = self.partitions.get_mut(tp)?;
-        p.in_flight.insert(offset);
-        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
-        Some(Ticket {
-            tp: tp.clone(),
-            offset,
-            epoch: p.epoch,
-        })
-    }
-
-    /// Marks a record finished. Returns false when its assignment is gone (ignored).
-    pub fn finish(&mut self, ticket: &Ticket) -> bool {
-        match self.partitions.get_mut(&ticket.tp) {
-            Some(p) if p.epoch == ticket.epoch => {
-                let taken = p.in_flight.remove(&ticket.offset);
-                if taken {
-                    p.done.insert(ticket.offset);
-                }
-                taken
-            }
-            _ => false,
-        }
-    }
-
-    /// `offset` of `tp` is committed: forgets the finished records below it and returns how
-    /// many there were.
-    pub fn committed(&mut self, tp: &Tp, offset: i64) -> usize {
-        let Some(p) = self.partitions.get_mut(tp) else {
-            return 0;
+    /// Marks `offset` finished. Returns false when it was not taken (or already finished).
+    pub fn finish(&mut self, offset: i64) -> bool {
+        let Ok(i) = self.taken.binary_search_by_key(&offset, |&(o, _)| o) else {
+            return false;
         };
-        let above = p.done.split_off(&offset);
-        let released = p.done.len();
-        p.done = above;
-        released
-    }
-
-    /// The committable offset of `tp` (the next record to consume after a restart).
-    pub fn committable(&self, tp: &Tp) -> Option<i64> {
-        self.partitions.get(tp)?.committable()
-    }
-
-    /// Every partition whose committable offset moved since the last call, with that offset;
-    /// remembered as committed (call [`OffsetTracker::uncommit`] when the commit failed).
-    pub fn to_commit(&mut self) -> Vec<(Tp, i64)> {
-        let mut out = Vec::new();
-        for (tp, p) in &mut self.partitions {
-            if let Some(o) = p.committable()
-                && Some(o) != p.committed
-            {
-                p.committed = Some(o);
-                out.push((tp.clone(), o));
-            }
+        if std::mem::replace(&mut self.taken[i].1, true) {
+            return false;
         }
-        out.sort();
-        out
+        self.unfinished -= 1;
+        while self.taken.front().is_some_and(|&(_, done)| done) {
+            self.taken.pop_front();
+        }
+        true
     }
 
-    /// Forgets that these offsets were committed (a failed commit is retried next time).
-    pub fn uncommit(&mut self, offsets: &[(Tp, i64)]) {
-        for (tp, o) in offsets {
-            if let Some(p) = self.partitions.get_mut(tp)
-                && p.committed == Some(*o)
-            {
-                p.committed = None;
-            }
+    /// The next offset to consume after a restart, once something was taken.
+    pub fn committable(&self) -> Option<i64> {
+        self.taken.front().map(|&(o, _)| o).or(self.next)
+    }
+
+    /// Records taken and not finished.
+    pub fn unfinished(&self) -> usize {
+        self.unfinished
+    }
+
+    /// Offsets taken and not covered by an acknowledged commit (what a crash now would deliver
+    /// again, at most).
+    pub fn uncommitted(&self) -> u64 {
+        match (self.next, self.acked) {
+            (Some(next), Some(acked)) => (next - acked).max(0) as u64,
+            _ => 0,
         }
     }
 
-    /// Records taken and not finished, over all partitions.
-    pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.in_flight.len()).sum()
+    /// Offsets finished and committable but not yet sent in a commit.
+    pub fn unsent(&self) -> u64 {
+        match (self.committable(), self.sent.or(self.acked)) {
+            (Some(c), Some(s)) => (c - s).max(0) as u64,
+            _ => 0,
+        }
     }
 
-    /// Records taken and not known to be committed (finished or not), over all partitions.
-    pub fn uncommitted(&self) -> usize {
-        self.partitions
-            .values()
-            .map(|p| p.in_flight.len() + p.done.len())
-            .sum()
+    /// The committable offset when it moved past the last commit sent; remembered as sent.
+    pub fn to_commit(&mut self) -> Option<i64> {
+        let c = self.committable()?;
+        if Some(c) == self.sent || (self.sent.is_none() && Some(c) == self.acked) {
+            return None;
+        }
+        self.sent = Some(c);
+        Some(c)
     }
 
-    /// Assigned partitions.
-    pub fn assigned(&self) -> Vec<Tp> {
-        let mut v: Vec<Tp> = self.partitions.keys().cloned().collect();
-        v.sort();
-        v
+    /// The broker acknowledged a commit of `offset`.
+    pub fn acked(&mut self, offset: i64) {
+        if self.next.is_some_and(|n| offset <= n) {
+            self.acked = Some(self.acked.map_or(offset, |a| a.max(offset)));
+        }
+    }
+
+    /// A commit of `offset` failed: the next [`PartitionOffsets::to_commit`] sends it again.
+    pub fn commit_failed(&mut self, offset: i64) {
+        if self.sent == Some(offset) {
+            self.sent = None;
+        }
     }
 }
 
@@ -192,56 +137,62 @@ impl OffsetTracker {
 mod tests {
     use super::*;
 
-    fn tp() -> Tp {
-        Tp::new("t", 0)
-    }
-
     #[test]
     fn a_gap_is_never_committed() {
-        let mut t = OffsetTracker::new();
-        t.assign(tp());
-        let tickets: Vec<Ticket> = (10..15).map(|o| t.begin(&tp(), o).unwrap()).collect();
-        assert_eq!(t.committable(&tp()), Some(10));
-        // 11..15 finish, 10 is still in flight: nothing past 10 may be committed.
-        for ticket in &tickets[1..] {
-            assert!(t.finish(ticket));
+        let mut p = PartitionOffsets::new();
+        for o in 10..15 {
+            p.take(o);
         }
-        assert_eq!(t.committable(&tp()), Some(10));
-        assert!(t.finish(&tickets[0]));
-        assert_eq!(t.committable(&tp()), Some(15));
+        assert_eq!(p.committable(), Some(10));
+        // 11..15 finish, 10 is still in flight: nothing past 10 may be committed.
+        for o in 11..15 {
+            assert!(p.finish(o));
+        }
+        assert_eq!(p.committable(), Some(10));
+        assert_eq!(p.unfinished(), 1);
+        assert!(p.finish(10));
+        assert_eq!(p.committable(), Some(15));
+        assert!(!p.finish(10), "finished twice");
     }
 
     #[test]
-    fn to_commit_reports_only_moved_offsets_and_uncommit_retries_them() {
-        let mut t = OffsetTracker::new();
-        t.assign(tp());
-        assert!(t.to_commit().is_empty(), "nothing taken, nothing to commit");
-        let a = t.begin(&tp(), 0).unwrap();
-        assert_eq!(t.to_commit(), vec![(tp(), 0)]);
-        assert!(t.to_commit().is_empty());
-        t.finish(&a);
-        assert_eq!(t.uncommitted(), 1);
-        let c = t.to_commit();
-        assert_eq!(c, vec![(tp(), 1)]);
-        t.uncommit(&c);
-        assert_eq!(t.to_commit(), vec![(tp(), 1)]);
-        assert_eq!(t.committed(&tp(), 1), 1, "one finished record released");
-        assert_eq!(t.uncommitted(), 0);
+    fn to_commit_reports_only_moved_offsets_and_a_failed_commit_is_sent_again() {
+        let mut p = PartitionOffsets::new();
+        assert_eq!(p.to_commit(), None, "nothing taken, nothing to commit");
+        p.take(0);
+        assert_eq!(p.to_commit(), None, "the starting position needs no commit");
+        p.finish(0);
+        assert_eq!(p.uncommitted(), 1);
+        assert_eq!(p.to_commit(), Some(1));
+        assert_eq!(p.to_commit(), None);
+        p.commit_failed(1);
+        assert_eq!(p.to_commit(), Some(1));
+        p.acked(1);
+        assert_eq!(p.uncommitted(), 0);
     }
 
     #[test]
-    fn finishing_a_record_of_a_revoked_assignment_is_ignored() {
-        let mut t = OffsetTracker::new();
-        t.assign(tp());
-        let old = t.begin(&tp(), 5).unwrap();
-        assert_eq!(t.revoke(&tp()), (Some(5), 0));
-        assert!(t.begin(&tp(), 6).is_none(), "not assigned: dropped");
-        t.assign(tp());
-        let new = t.begin(&tp(), 5).unwrap();
-        assert!(!t.finish(&old), "stale epoch");
-        assert_eq!(t.committable(&tp()), Some(5));
-        assert!(t.finish(&new));
-        assert_eq!(t.committable(&tp()), Some(6));
+    fn the_window_counts_from_the_acknowledged_commit_not_the_sent_one() {
+        let mut p = PartitionOffsets::new();
+        for o in 100..200 {
+            p.take(o);
+            p.finish(o);
+        }
+        assert_eq!(p.uncommitted(), 100);
+        assert_eq!(p.unsent(), 100);
+        assert_eq!(p.to_commit(), Some(200));
+        assert_eq!(p.unsent(), 0);
+        assert_eq!(p.uncommitted(), 100, "sent, not acknowledged");
+        p.acked(150);
+        assert_eq!(p.uncommitted(), 50);
+        p.acked(120);
+        assert_eq!(
+            p.uncommitted(),
+            50,
+            "an older acknowledgement does not move it back"
+        );
+        p.acked(200);
+        assert_eq!(p.uncommitted(), 0);
     }
 
     /// Property-style: for many random interleavings of finishes, the committable offset is
@@ -257,29 +208,28 @@ mod tests {
             (seed % n as u64) as usize
         };
         for _round in 0..300 {
-            let mut t = OffsetTracker::new();
-            t.assign(tp());
+            let mut p = PartitionOffsets::new();
             let start = rand(1000) as i64;
-            let mut open: Vec<Ticket> = Vec::new();
-            let mut finished = BTreeSet::new();
+            let mut open: Vec<i64> = Vec::new();
             let mut next = start;
             let mut last = None;
             for _ in 0..200 {
                 if open.is_empty() || rand(3) > 0 {
                     // Offsets may skip (compaction, transaction markers).
                     next += 1 + (rand(4) == 0) as i64;
-                    open.push(t.begin(&tp(), next).unwrap());
+                    p.take(next);
+                    open.push(next);
                 } else {
                     let i = rand(open.len());
-                    let ticket = open.swap_remove(i);
-                    finished.insert(ticket.offset);
-                    assert!(t.finish(&ticket));
+                    let offset = open.swap_remove(i);
+                    assert!(p.finish(offset));
                 }
-                let expected = open.iter().map(|x| x.offset).min().unwrap_or(next + 1);
-                let got = t.committable(&tp()).unwrap();
+                let expected = open.iter().copied().min().unwrap_or(next + 1);
+                let got = p.committable().unwrap();
                 assert_eq!(got, expected);
+                assert_eq!(p.unfinished(), open.len());
                 assert!(
-                    open.iter().all(|x| x.offset >= got),
+                    open.iter().all(|&x| x >= got),
                     "an unfinished record below the committable offset"
                 );
                 if let Some(l) = last {

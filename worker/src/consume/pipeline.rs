@@ -1,38 +1,54 @@
-//! The bounded pipeline: records go in one at a time ([`Pipeline::submit`]), are processed
-//! concurrently up to `concurrency` records, in order where the [`Ordering`] demands it, and are
-//! marked finished in the [`OffsetTracker`] once delivered, skipped or dead-lettered.
+//! The bounded pipeline: records go in one at a time ([`Pipeline::take`]), run concurrently up
+//! to `concurrency` at once, in order where the [`Ordering`] demands it, and become committable
+//! in their partition's [`PartitionOffsets`] once delivered, skipped or dead-lettered.
 //!
-//! - Bound: a record takes a semaphore permit when it is taken into the pipeline and gives it
-//!   back only once its offset is *committed* (not merely finished): records running,
-//!   retrying, waiting behind an earlier record of their key, or finished but not yet
-//!   committed all count. So at most `concurrency` records are ever taken and uncommitted,
-//!   which bounds what a crash delivers again. When the bound is reached,
-//!   [`Pipeline::submit`] commits what is finished (through the [`Committer`]) and otherwise
-//!   waits for progress: the fetch loop stops polling, nothing is buffered past the bound.
-//! - Order: every record of one lane (its key within its partition for [`Ordering::Key`],
-//!   its partition for [`Ordering::Partition`]; no lane for [`Ordering::None`]) waits for the
-//!   previous record of its lane to finish. Different lanes run concurrently, even within one
-//!   partition. Records without a key share one lane per partition.
-//! - Failure: a record that cannot be delivered or dead-lettered stops the pipeline
-//!   ([`Pipeline::failed`]); it is not finished (so not committed), and the records queued
-//!   behind it in its lane are not processed, so a restart delivers them in order.
+//! - **Two bounds.** `concurrency` bounds the records *running* (the handler called, or a
+//!   retry's backoff). Every other record taken is bounded per partition by its window
+//!   (`max_uncommitted_per_partition` offsets from the last acknowledged commit, and
+//!   `max_buffered_bytes_per_partition` bytes of records held): waiting for a free slot,
+//!   waiting behind an earlier record of its key, or finished above an unfinished one. A
+//!   partition whose window is full is paused ([`Flow::pause`]) until commits catch up; the
+//!   other partitions and keys keep flowing. One record retrying for minutes holds back its
+//!   own key and, once its window fills, its own partition: nothing else.
+//! - **Order.** Every record of one lane (its key within its partition for [`Ordering::Key`],
+//!   its partition for [`Ordering::Partition`]; no lane for [`Ordering::None`]) starts after
+//!   the previous record of its lane ended. Different lanes run concurrently, even within one
+//!   partition. Records without a key share one lane per partition. Keys are told apart by a
+//!   64-bit hash: a collision only serialises two keys.
+//! - **Revocation.** [`Pipeline::revoke_blocking`]: no record of a revoked partition starts
+//!   any more (those waiting are dropped, unfinished); the running ones get a bounded time to
+//!   finish, then are cancelled, and the call returns only once none of them runs: a revoked
+//!   partition is never delivered by this pipeline afterwards.
+//! - **Failure.** A record that cannot be delivered or dead-lettered stops the pipeline
+//!   ([`Pipeline::failed`]); it is not finished (so not committed), and no record starts after
+//!   it, so a restart delivers its key's records in order.
 //!
-//! The pipeline needs no Kafka: a benchmark can drive it with records and a no-op handler.
+//! Cost: a record whose processing completes at its first poll (a log or no-op sink, a
+//! rejected record) runs inline on the caller's task: no task, no wake-up. Any other record's
+//! processing continues as a task, which reports its end through a queue the caller drains
+//! ([`Pipeline::drain_done`]). All bookkeeping happens on the caller's side, so it needs no
+//! synchronisation beyond one uncontended lock.
+//!
+//! The pipeline needs no Kafka: a benchmark or test drives it with records and a handler.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use super::dlq::{DeadLetters, Failure};
-use super::events::{Handler, InvalidPolicy, Record, Rejection, RejectionKind};
-use super::metrics::{ConsumerMetrics, KindLabels};
-use super::offsets::{OffsetTracker, Tp};
+use super::dlq::DeadLetters;
+use super::events::{Handler, InvalidPolicy, Record};
+use super::metrics::ConsumerMetrics;
+use super::offsets::{PartitionOffsets, Tp};
+use super::process::{Failed, Outcome, Processor};
 use super::retry::RetryPolicy;
 use crate::Error;
 
@@ -48,17 +64,29 @@ pub enum Ordering {
     None,
 }
 
+/// Default of [`PipelineConfig::max_uncommitted_per_partition`].
+pub const DEFAULT_MAX_UNCOMMITTED_PER_PARTITION: u64 = 10_000;
+/// Default of [`PipelineConfig::max_buffered_bytes_per_partition`].
+pub const DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION: usize = 16 * 1024 * 1024;
+
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    /// Records in flight at most (taken and not finished).
+    /// Records running at most (handler called or waiting for a retry).
     pub concurrency: usize,
     pub ordering: Ordering,
     pub retry: RetryPolicy,
     /// What happens to a record that is not a valid event.
     pub on_invalid: InvalidPolicy,
-    /// Larger payloads are rejected as [`RejectionKind::Oversized`].
+    /// Larger payloads are rejected as [`super::RejectionKind::Oversized`].
     pub max_record_bytes: usize,
+    /// Per partition: offsets taken and not covered by an acknowledged commit, at most (the
+    /// partition is paused at this bound). A crash delivers at most this many records of a
+    /// partition again.
+    pub max_uncommitted_per_partition: u64,
+    /// Per partition: bytes (key + value) of the records taken and not finished, at most (the
+    /// partition is paused at this bound).
+    pub max_buffered_bytes_per_partition: usize,
 }
 
 impl Default for PipelineConfig {
@@ -69,181 +97,168 @@ impl Default for PipelineConfig {
             retry: RetryPolicy::default(),
             on_invalid: InvalidPolicy::DeadLetter,
             max_record_bytes: 1024 * 1024,
+            max_uncommitted_per_partition: DEFAULT_MAX_UNCOMMITTED_PER_PARTITION,
+            max_buffered_bytes_per_partition: DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Lane {
-    Key(String, i32, Vec<u8>),
-    Partition(String, i32),
+/// What the consumer must do with librdkafka after a pipeline step (never under the
+/// pipeline's lock): partitions whose window filled, and partitions whose window has room
+/// again.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub pause: Vec<Tp>,
+    pub resume: Vec<Tp>,
 }
 
-type Lanes = HashMap<Lane, (u64, oneshot::Receiver<()>)>;
-
-/// Commits offsets, synchronously (the consumer's group, a database, a transaction).
-pub trait Committer: Sync {
-    /// Commits `offsets` (the next offset to consume per partition).
-    fn commit(&self, offsets: &[(Tp, i64)]) -> Result<(), Error>;
-
-    /// Transactional: a commit must wait until no record is in flight (so that everything the
-    /// transaction holds belongs to the committed offsets), and a failed commit stops the
-    /// pipeline.
-    fn transactional(&self) -> bool {
-        false
+impl Flow {
+    pub fn is_empty(&self) -> bool {
+        self.pause.is_empty() && self.resume.is_empty()
     }
 }
 
-/// Commits nothing and reports success (benchmarks, tests, a pipeline without Kafka).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoCommit;
-
-impl Committer for NoCommit {
-    fn commit(&self, _: &[(Tp, i64)]) -> Result<(), Error> {
-        Ok(())
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LaneKey {
+    slot: usize,
+    /// The key's hash; `None`: the partition's lane (no key, or partition ordering).
+    key: Option<u64>,
 }
 
-/// The records taken and not committed: the offsets tracker and the bound on them. Shared by
-/// the pipeline and the consumer's rebalance callbacks.
+/// One assigned partition.
 #[derive(Debug)]
-pub struct Window {
-    tracker: Mutex<OffsetTracker>,
-    semaphore: Arc<Semaphore>,
-    progress: Notify,
-    error: Mutex<Option<Error>>,
-    /// Cancelled when a record could not be handled at all, or a commit that must not fail
-    /// failed.
-    failed: CancellationToken,
+struct Slot {
+    tp: Tp,
+    epoch: u64,
+    offsets: PartitionOffsets,
+    /// Cancels this assignment's running records (revocation, drain deadline).
+    cancel: CancellationToken,
+    /// Bytes of the records taken and not finished.
+    bytes: usize,
+    running: usize,
+    paused: bool,
+    revoking: bool,
 }
 
-impl Window {
-    pub fn new(concurrency: usize) -> Window {
-        Window {
-            tracker: Mutex::new(OffsetTracker::new()),
-            semaphore: Arc::new(Semaphore::new(concurrency.max(1))),
-            progress: Notify::new(),
-            error: Mutex::new(None),
-            failed: CancellationToken::new(),
-        }
-    }
-
-    /// Stops the pipeline with `e` (the first error wins).
-    pub fn fail(&self, e: Error) {
-        error!(error = %crate::Chain(&e), "stopping the consumer");
-        self.error.lock().unwrap().get_or_insert(e);
-        self.failed.cancel();
-    }
-
-    /// Cancelled once the pipeline failed.
-    pub fn failed(&self) -> CancellationToken {
-        self.failed.clone()
-    }
-
-    /// Waits until no record is in flight (or the pipeline failed). Returns whether it is
-    /// quiet.
-    pub async fn quiesce(&self) -> bool {
-        loop {
-            if self.tracker().in_flight() == 0 {
-                return true;
-            }
-            if self.failed.is_cancelled() {
-                return false;
-            }
-            tokio::select! {
-                _ = self.progress.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = self.failed.cancelled() => return false,
-            }
-        }
-    }
-
-    /// The offsets tracker.
-    pub fn tracker(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
-        self.tracker.lock().unwrap()
-    }
-
-    /// A partition was assigned.
-    pub fn assign(&self, tp: Tp) {
-        self.tracker().assign(tp);
-    }
-
-    /// A partition was revoked: its finished records leave the window; returns the offset to
-    /// commit for it, if it moved.
-    pub fn revoke(&self, tp: &Tp) -> Option<i64> {
-        let (offset, released) = self.tracker().revoke(tp);
-        self.semaphore.add_permits(released);
-        self.progress.notify_one();
-        offset
-    }
-
-    /// Commits every offset that moved through `committer` and returns them; on success the
-    /// committed records leave the window. A failed commit is retried by the next call.
-    pub fn commit(&self, committer: &dyn Committer) -> Result<Vec<(Tp, i64)>, Error> {
-        let offsets = self.tracker().to_commit();
-        if offsets.is_empty() {
-            return Ok(offsets);
-        }
-        match committer.commit(&offsets) {
-            Ok(()) => {
-                self.committed(&offsets);
-                Ok(offsets)
-            }
-            Err(e) => {
-                self.tracker().uncommit(&offsets);
-                Err(e)
-            }
-        }
-    }
-
-    /// These offsets were committed (by whatever means): their records leave the window.
-    pub fn committed(&self, offsets: &[(Tp, i64)]) {
-        let released: usize = {
-            let mut tracker = self.tracker();
-            offsets
-                .iter()
-                .map(|(tp, o)| tracker.committed(tp, *o))
-                .sum()
-        };
-        self.semaphore.add_permits(released);
-    }
-}
-
-struct Inner<H> {
-    handler: H,
-    config: PipelineConfig,
-    window: Arc<Window>,
-    dead_letters: Option<DeadLetters>,
-    metrics: ConsumerMetrics,
-    /// Cancelled when the drain deadline passed: unfinished records stay unfinished.
-    abort: CancellationToken,
-    /// A [`Handler::committed`] call is running.
-    notifying: std::sync::atomic::AtomicBool,
-}
-
-/// Why processing a record ended without finishing it.
 #[derive(Debug)]
-enum Unfinished {
-    Aborted,
-    Failed,
+struct Job {
+    slot: usize,
+    epoch: u64,
+    lane: Option<LaneKey>,
+    bytes: usize,
+    record: Record,
+}
+
+#[derive(Debug)]
+struct Done {
+    slot: usize,
+    epoch: u64,
+    offset: i64,
+    lane: Option<LaneKey>,
+    bytes: usize,
+    outcome: Outcome,
+}
+
+/// The ends of records that ran as tasks, for the caller to take.
+#[derive(Debug, Default)]
+struct DoneQueue {
+    items: Mutex<Vec<Done>>,
+    /// For callers that block (rebalance callbacks).
+    cond: Condvar,
+    /// For callers that await (the fetch loop).
+    notify: Notify,
+}
+
+impl DoneQueue {
+    fn push(&self, done: Done) {
+        self.items.lock().unwrap().push(done);
+        self.cond.notify_all();
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<Done> {
+        std::mem::take(&mut *self.items.lock().unwrap())
+    }
+
+    /// Blocks until something is queued or `until` passes.
+    fn wait_blocking(&self, until: Instant) {
+        let items = self.items.lock().unwrap();
+        let now = Instant::now();
+        if items.is_empty() && until > now {
+            let _ = self.cond.wait_timeout(items, until - now).unwrap();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: Vec<Option<Slot>>,
+    /// topic -> partition -> slot.
+    index: HashMap<String, Vec<Option<usize>>>,
+    epochs: u64,
+    /// Busy lanes (a record of the lane is ready, running, or waiting behind another) with the
+    /// records waiting behind the one that holds the lane.
+    lanes: HashMap<LaneKey, VecDeque<Job>>,
+    /// Records that hold their lane and wait for a free slot of `concurrency`.
+    ready: VecDeque<Job>,
+    running: usize,
+    flow: Flow,
+    commit_soon: bool,
+    closed: bool,
+}
+
+impl State {
+    fn slot_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        let p = usize::try_from(partition).ok()?;
+        *self.index.get(topic)?.get(p)?
+    }
+
+    fn slot(&mut self, slot: usize, epoch: u64) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(slot)?
+            .as_mut()
+            .filter(|s| s.epoch == epoch)
+    }
+
+    fn unfinished(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| s.offsets.unfinished())
+            .sum()
+    }
 }
 
 /// The bounded, ordered pipeline over a [`Handler`].
 pub struct Pipeline<H: Handler> {
-    inner: Arc<Inner<H>>,
-    lanes: Arc<Mutex<Lanes>>,
-    next_id: std::sync::atomic::AtomicU64,
+    processor: Arc<Processor<H>>,
+    done: Arc<DoneQueue>,
     tasks: TaskTracker,
+    /// Cancels every running record (drain deadline).
+    abort: CancellationToken,
+    state: Mutex<State>,
 }
 
 impl<H: Handler> std::fmt::Debug for Pipeline<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("config", &self.inner.config)
-            .field("window", &self.inner.window)
+            .field("config", &self.processor.config)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
+
+fn key_hash(key: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+fn record_bytes(record: &Record) -> usize {
+    record.payload.as_ref().map_or(0, Vec::len) + record.key.as_ref().map_or(0, Vec::len)
+}
+
+type Processing = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 impl<H: Handler> Pipeline<H> {
     /// A pipeline delivering to `handler`; `dead_letters` is required by the dead-letter
@@ -254,333 +269,561 @@ impl<H: Handler> Pipeline<H> {
         dead_letters: Option<DeadLetters>,
         metrics: ConsumerMetrics,
     ) -> Pipeline<H> {
-        let window = Arc::new(Window::new(config.concurrency));
         Pipeline {
-            inner: Arc::new(Inner {
+            processor: Arc::new(Processor {
                 handler,
                 config,
-                window,
                 dead_letters,
                 metrics,
-                abort: CancellationToken::new(),
-                notifying: std::sync::atomic::AtomicBool::new(false),
+                failed: Failed::default(),
             }),
-            lanes: Arc::new(Mutex::new(HashMap::new())),
-            next_id: std::sync::atomic::AtomicU64::new(0),
+            done: Arc::new(DoneQueue::default()),
             tasks: TaskTracker::new(),
+            abort: CancellationToken::new(),
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// The records taken and not committed.
-    pub fn window(&self) -> &Arc<Window> {
-        &self.inner.window
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    fn config(&self) -> &PipelineConfig {
+        &self.processor.config
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.processor.handler
     }
 
     /// Cancelled when a record could neither be delivered nor dead-lettered (or the policy is
-    /// `fail`); [`Pipeline::take_error`] says why.
+    /// `fail`), or a commit that must not fail failed; [`Pipeline::take_error`] says why.
     pub fn failed(&self) -> CancellationToken {
-        self.inner.window.failed()
+        self.processor.failed.token()
+    }
+
+    /// Stops the pipeline with `e` (the first error wins).
+    pub fn fail(&self, e: Error) {
+        self.processor.failed.fail(e);
     }
 
     /// The error that stopped the pipeline.
     pub fn take_error(&self) -> Option<Error> {
-        self.inner.window.error.lock().unwrap().take()
+        self.processor.failed.take_error()
     }
 
     /// Whether the pipeline failed.
     pub fn has_failed(&self) -> bool {
-        self.inner.window.failed.is_cancelled()
+        self.processor.failed.is_failed()
     }
 
-    /// Takes `record` into the pipeline, waiting while the window is full: then it commits
-    /// what is finished through `committer` and waits for progress. Returns false without
-    /// taking it when `stop` is cancelled or the pipeline failed meanwhile.
-    pub async fn submit(
-        &self,
-        mut record: Record,
-        stop: &CancellationToken,
-        committer: &dyn Committer,
-    ) -> bool {
-        loop {
-            match self.try_submit(record) {
-                Ok(()) => return true,
-                Err(r) => record = *r,
-            }
-            if let Err(e) = self.commit(committer).await {
-                warn!(error = %crate::Chain(&e), "offset commit failed; retrying");
-            }
-            match self.try_submit(record) {
-                Ok(()) => return true,
-                Err(r) => record = *r,
-            }
-            tokio::select! {
-                _ = self.inner.window.progress.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = self.inner.window.failed.cancelled() => return false,
-                _ = stop.cancelled() => return false,
-            }
+    /// A partition was assigned (again): a fresh window.
+    pub fn assign(&self, tp: Tp) {
+        let mut st = self.state();
+        st.epochs += 1;
+        let epoch = st.epochs;
+        let slot = Slot {
+            tp: tp.clone(),
+            epoch,
+            offsets: PartitionOffsets::new(),
+            cancel: self.abort.child_token(),
+            bytes: 0,
+            running: 0,
+            paused: false,
+            revoking: false,
+        };
+        let index = match st.slot_of(&tp.topic, tp.partition) {
+            Some(i) => i,
+            None => match st.slots.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    st.slots.push(None);
+                    st.slots.len() - 1
+                }
+            },
+        };
+        st.slots[index] = Some(slot);
+        let Ok(p) = usize::try_from(tp.partition) else {
+            return;
+        };
+        let parts = st.index.entry(tp.topic).or_default();
+        if parts.len() <= p {
+            parts.resize(p + 1, None);
         }
+        parts[p] = Some(index);
     }
 
-    /// Commits what is finished through `committer`, then tells the handler
-    /// ([`Handler::committed`], in the background, one call at a time).
-    /// A transactional committer first waits until no record is in flight (call this only
-    /// from the task that submits, so nothing new starts meanwhile), and its failure stops the
-    /// pipeline.
-    pub async fn commit(&self, committer: &dyn Committer) -> Result<(), Error> {
-        let window = &self.inner.window;
-        if committer.transactional() && !window.quiesce().await {
-            return Ok(());
-        }
-        let offsets = match window.commit(committer) {
-            Ok(offsets) => offsets,
-            Err(e) if committer.transactional() => {
-                window.fail(e);
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        if !offsets.is_empty()
-            && !self
-                .inner
-                .notifying
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                inner.handler.committed(&offsets).await;
-                inner
-                    .notifying
-                    .store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-        Ok(())
+    /// Whether `tp` is assigned (and not being revoked).
+    pub fn is_assigned(&self, tp: &Tp) -> bool {
+        let st = self.state();
+        st.slot_of(&tp.topic, tp.partition)
+            .and_then(|i| st.slots[i].as_ref())
+            .is_some_and(|s| !s.revoking)
     }
 
-    /// Takes `record` into the pipeline when the window has room (`Err(record)` when it is
-    /// full). A record of a partition that is not assigned is dropped.
-    pub fn try_submit(&self, record: Record) -> Result<(), Box<Record>> {
-        let Ok(permit) = self.inner.window.semaphore.clone().try_acquire_owned() else {
-            return Err(Box::new(record));
+    /// Takes `record` into the pipeline. Returns false (dropping it) when its partition is not
+    /// assigned, is being revoked, or the pipeline is closed.
+    pub fn take(&self, record: Record) -> bool {
+        let mut st = self.state();
+        if st.closed {
+            return false;
+        }
+        let Some(index) = st.slot_of(&record.topic, record.partition) else {
+            return false;
         };
-        let tp = Tp::new(&record.topic, record.partition);
-        let Some(ticket) = self.inner.window.tracker().begin(&tp, record.offset) else {
-            return Ok(());
+        let bytes = record_bytes(&record);
+        let Some(slot) = st.slots[index].as_mut().filter(|s| !s.revoking) else {
+            return false;
         };
-        self.inner.metrics.in_flight.inc();
-        let lane = match self.inner.config.ordering {
+        slot.offsets.take(record.offset);
+        slot.bytes += bytes;
+        let epoch = slot.epoch;
+        self.processor.metrics.in_flight.inc();
+        let lane = match self.config().ordering {
             Ordering::None => None,
-            Ordering::Partition => Some(Lane::Partition(record.topic.clone(), record.partition)),
-            Ordering::Key => Some(match &record.key {
-                Some(key) => Lane::Key(record.topic.clone(), record.partition, key.clone()),
-                None => Lane::Partition(record.topic.clone(), record.partition),
+            Ordering::Partition => Some(LaneKey {
+                slot: index,
+                key: None,
+            }),
+            Ordering::Key => Some(LaneKey {
+                slot: index,
+                key: record.key.as_deref().map(key_hash),
             }),
         };
-        let (previous, this) = match lane {
-            None => (None, None),
-            Some(lane) => {
-                let id = self
-                    .next_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (done, waiter) = oneshot::channel();
-                let previous = self
-                    .lanes
-                    .lock()
-                    .unwrap()
-                    .insert(lane.clone(), (id, waiter))
-                    .map(|(_, w)| w);
-                (previous, Some((lane, id, done)))
-            }
+        let job = Job {
+            slot: index,
+            epoch,
+            lane,
+            bytes,
+            record,
         };
-        let inner = self.inner.clone();
-        let lanes = self.lanes.clone();
-        self.tasks.spawn(async move {
-            if let Some(previous) = previous {
-                // Resolves when the previous record of the lane is done (sent or dropped).
-                let _ = previous.await;
-            }
-            let outcome = if inner.window.failed.is_cancelled() {
-                Err(Unfinished::Failed)
-            } else if inner.abort.is_cancelled() {
-                Err(Unfinished::Aborted)
-            } else {
-                inner.process(&record).await
-            };
-            if outcome.is_ok() && inner.window.tracker().finish(&ticket) {
-                // The permit now belongs to the window until the offset is committed.
-                permit.forget();
-            } else {
-                drop(permit);
-            }
-            inner.window.progress.notify_one();
-            inner.metrics.in_flight.dec();
-            if let Some((lane, id, done)) = this {
-                let mut lanes = lanes.lock().unwrap();
-                if lanes.get(&lane).is_some_and(|(tail, _)| *tail == id) {
-                    lanes.remove(&lane);
+        match lane {
+            Some(lane) => match st.lanes.get_mut(&lane) {
+                Some(waiting) => waiting.push_back(job),
+                None => {
+                    st.lanes.insert(lane, VecDeque::new());
+                    st.ready.push_back(job);
                 }
-                drop(lanes);
-                let _ = done.send(());
-            }
-        });
-        Ok(())
-    }
-
-    /// Stops taking records and waits for those in flight, at most `timeout`; then abandons
-    /// the rest unfinished. Returns whether everything finished in time.
-    pub async fn drain(&self, timeout: Duration) -> bool {
-        self.tasks.close();
-        let in_time = tokio::time::timeout(timeout, self.tasks.wait())
-            .await
-            .is_ok();
-        if !in_time {
-            warn!(
-                timeout = ?timeout,
-                "drain deadline passed: the records still in flight are not committed"
-            );
-            self.inner.abort.cancel();
-            self.tasks.wait().await;
+            },
+            None => st.ready.push_back(job),
         }
-        in_time
+        self.check_window(&mut st, index);
+        self.pump(&mut st);
+        true
     }
-}
 
-impl<H: Handler> Inner<H> {
-    async fn process(&self, record: &Record) -> Result<(), Unfinished> {
-        let size = record.payload.as_ref().map_or(0, Vec::len);
-        let decoded = if size > self.config.max_record_bytes {
-            Err(Rejection {
-                kind: RejectionKind::Oversized,
-                message: format!(
-                    "the value has {size} bytes, more than the maximum of {}",
-                    self.config.max_record_bytes
-                ),
-                event_type: None,
-            })
-        } else {
-            self.handler.decode(record)
-        };
-        let event = match decoded {
-            Ok(event) => event,
-            Err(rejection) => return self.reject(record, rejection).await,
-        };
-        let mut delays = self.config.retry.delays();
-        let mut attempts = 0u32;
-        let mut first_failure = None;
-        loop {
-            attempts += 1;
-            let started = Instant::now();
-            let result = tokio::select! {
-                result = self.handler.handle(&event, record) => result,
-                _ = self.abort.cancelled() => return Err(Unfinished::Aborted),
+    /// Takes the ends of records that ran as tasks, starts what may start now, and returns
+    /// what the consumer must pause or resume.
+    pub fn drain_done(&self) -> Flow {
+        let done = self.done.take();
+        let mut st = self.state();
+        for d in done {
+            self.complete(&mut st, d);
+        }
+        self.pump(&mut st);
+        std::mem::take(&mut st.flow)
+    }
+
+    /// What the consumer must pause or resume since the last call.
+    pub fn take_flow(&self) -> Flow {
+        std::mem::take(&mut self.state().flow)
+    }
+
+    /// Waits (async) until a record that ran as a task ended, or `until` passes.
+    pub async fn done_or(&self, until: tokio::time::Instant) {
+        tokio::select! {
+            _ = self.done.notify.notified() => {}
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+
+    /// Resolves when a record that ran as a task ended (cancel-safe).
+    pub async fn done_notified(&self) {
+        self.done.notify.notified().await
+    }
+
+    /// Starts ready records while there is a free slot.
+    fn pump(&self, st: &mut State) {
+        while st.running < self.config().concurrency && !self.has_failed() {
+            let Some(job) = st.ready.pop_front() else {
+                break;
             };
-            self.metrics
-                .handler_latency_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let err = match result {
-                Ok(()) => {
-                    self.metrics.processed.inc();
-                    return Ok(());
+            if let Some(done) = self.start(st, job) {
+                self.complete(st, done);
+            }
+        }
+    }
+
+    /// Starts a record: polls its processing once inline; returns its end when that already
+    /// finished it, else hands it to a task.
+    fn start(&self, st: &mut State, job: Job) -> Option<Done> {
+        let Job {
+            slot: index,
+            epoch,
+            lane,
+            bytes,
+            record,
+        } = job;
+        let Some(slot) = st.slot(index, epoch) else {
+            // Its assignment is gone: the partition's next owner delivers it.
+            self.processor.metrics.in_flight.dec();
+            return None;
+        };
+        slot.running += 1;
+        let cancel = slot.cancel.clone();
+        st.running += 1;
+        let offset = record.offset;
+        let processor = self.processor.clone();
+        let mut processing: Processing =
+            Box::pin(async move { processor.process(&record, &cancel).await });
+        let done = move |outcome| Done {
+            slot: index,
+            epoch,
+            offset,
+            lane,
+            bytes,
+            outcome,
+        };
+        // A noop waker: when the processing is not finished, the task polls it again with its
+        // own waker, which every well-behaved future registers anew on each poll.
+        match processing
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(outcome) => Some(done(outcome)),
+            Poll::Pending => {
+                let queue = self.done.clone();
+                self.tasks.spawn(async move {
+                    let outcome = processing.await;
+                    queue.push(done(outcome));
+                });
+                None
+            }
+        }
+    }
+
+    /// Books the end of a record: its offset, its slot of `concurrency`, its lane's next
+    /// record (to the ready queue).
+    fn complete(&self, st: &mut State, d: Done) {
+        st.running -= 1;
+        self.processor.metrics.in_flight.dec();
+        let Some(slot) = st.slot(d.slot, d.epoch) else {
+            // Its assignment is gone: the partition's next owner delivers it.
+            return;
+        };
+        slot.running -= 1;
+        slot.bytes -= d.bytes;
+        if d.outcome == Outcome::Finished {
+            slot.offsets.finish(d.offset);
+        }
+        let revoking = slot.revoking;
+        if let Some(lane) = d.lane
+            && !revoking
+            && d.outcome != Outcome::Failed
+        {
+            match st.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                Some(next) => st.ready.push_back(next),
+                None => {
+                    st.lanes.remove(&lane);
                 }
-                Err(err) => err,
-            };
-            let first_failure = *first_failure.get_or_insert_with(Utc::now);
-            match err.retryable.then(|| delays.next()).flatten() {
-                Some(delay) => {
-                    self.metrics.retried.inc();
-                    warn!(
-                        topic = %record.topic, partition = record.partition, offset = record.offset,
-                        attempt = attempts, error.kind = %err.kind, error = %err.message,
-                        retry_in = ?delay, "delivery failed; retrying"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.abort.cancelled() => return Err(Unfinished::Aborted),
+            }
+        }
+        if !revoking {
+            self.check_window(st, d.slot);
+        }
+    }
+
+    /// Pauses or resumes a partition by its window; asks for an early commit when a quarter
+    /// of the window is finished and not yet sent.
+    fn check_window(&self, st: &mut State, index: usize) {
+        let config = self.config();
+        let Some(slot) = st.slots[index].as_mut() else {
+            return;
+        };
+        let full = slot.offsets.uncommitted() >= config.max_uncommitted_per_partition
+            || slot.bytes >= config.max_buffered_bytes_per_partition;
+        let early = slot.offsets.unsent() >= (config.max_uncommitted_per_partition / 4).max(1);
+        if full != slot.paused {
+            slot.paused = full;
+            let tp = slot.tp.clone();
+            if full {
+                st.flow.pause.push(tp);
+            } else {
+                st.flow.resume.push(tp);
+            }
+        }
+        st.commit_soon |= early;
+    }
+
+    /// Whether a partition's window asks for a commit before the next interval.
+    pub fn commit_soon(&self) -> bool {
+        self.state().commit_soon
+    }
+
+    /// Every partition whose committable offset moved since the last commit sent, with that
+    /// offset; remembered as sent.
+    pub fn to_commit(&self) -> Vec<(Tp, i64)> {
+        let mut st = self.state();
+        st.commit_soon = false;
+        let mut out: Vec<(Tp, i64)> = st
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter(|s| !s.revoking)
+            .filter_map(|s| s.offsets.to_commit().map(|o| (s.tp.clone(), o)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The broker acknowledged these commits: the windows move.
+    pub fn acked(&self, offsets: &[(Tp, i64)]) {
+        let mut st = self.state();
+        for (tp, o) in offsets {
+            if let Some(i) = st.slot_of(&tp.topic, tp.partition)
+                && let Some(slot) = st.slots[i].as_mut()
+            {
+                slot.offsets.acked(*o);
+                if !slot.revoking {
+                    self.check_window(&mut st, i);
+                }
+            }
+        }
+    }
+
+    /// These commits failed: the next [`Pipeline::to_commit`] sends them again.
+    pub fn commit_failed(&self, offsets: &[(Tp, i64)]) {
+        let mut st = self.state();
+        for (tp, o) in offsets {
+            if let Some(i) = st.slot_of(&tp.topic, tp.partition)
+                && let Some(slot) = st.slots[i].as_mut()
+            {
+                slot.offsets.commit_failed(*o);
+            }
+        }
+    }
+
+    /// The committable offset of `tp` (the next record to consume after a restart).
+    pub fn committable(&self, tp: &Tp) -> Option<i64> {
+        let st = self.state();
+        let i = st.slot_of(&tp.topic, tp.partition)?;
+        st.slots[i].as_ref()?.offsets.committable()
+    }
+
+    /// Records taken and not finished, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.state().unfinished()
+    }
+
+    /// Records running now.
+    pub fn running(&self) -> usize {
+        self.state().running
+    }
+
+    /// Revokes `tps` (a rebalance; blocking, for the rebalance callback): drops their records
+    /// that did not start; waits up to `timeout` for their running records (all of them are
+    /// cancelled at once when `lost`, the assignment already belonging to another member);
+    /// cancels those still running then and waits until they stopped. Returns the offsets to
+    /// commit for them (their committable offsets, when not `lost` and they moved) and forgets
+    /// them: nothing of theirs is delivered afterwards.
+    pub fn revoke_blocking(&self, tps: &[Tp], lost: bool, timeout: Duration) -> Vec<(Tp, i64)> {
+        let deadline = Instant::now() + timeout;
+        let revoked: Vec<usize> = {
+            let mut st = self.state();
+            let revoked: Vec<usize> = tps
+                .iter()
+                .filter_map(|tp| st.slot_of(&tp.topic, tp.partition))
+                .collect();
+            for &i in &revoked {
+                if let Some(slot) = st.slots[i].as_mut() {
+                    slot.revoking = true;
+                    if lost {
+                        slot.cancel.cancel();
                     }
                 }
-                None => {
-                    let failure = Failure {
-                        kind: err.kind,
-                        message: err.message,
-                        attempts,
-                        first_failure,
-                    };
-                    return self.dead_letter(record, failure).await;
+            }
+            self.drop_waiting(&mut st, &revoked);
+            revoked
+        };
+        let running = |st: &State| -> usize {
+            revoked
+                .iter()
+                .filter_map(|&i| st.slots[i].as_ref())
+                .map(|s| s.running)
+                .sum()
+        };
+        let mut cancelled = lost;
+        let mut stop_deadline = deadline;
+        loop {
+            let flow = self.drain_done();
+            {
+                let mut st = self.state();
+                st.flow.pause.extend(flow.pause);
+                st.flow.resume.extend(flow.resume);
+                if running(&st) == 0 {
+                    break;
+                }
+                if Instant::now() >= stop_deadline {
+                    if cancelled {
+                        error!(
+                            running = running(&st),
+                            "records of revoked partitions did not stop when cancelled"
+                        );
+                        break;
+                    }
+                    warn!(
+                        running = running(&st),
+                        timeout = ?timeout,
+                        "revoked partitions' records still running at the revoke timeout: cancelling them (uncommitted; their next owner delivers them)"
+                    );
+                    for &i in &revoked {
+                        if let Some(slot) = st.slots[i].as_ref() {
+                            slot.cancel.cancel();
+                        }
+                    }
+                    cancelled = true;
+                    stop_deadline = Instant::now() + Duration::from_secs(5);
                 }
             }
+            self.done.wait_blocking(stop_deadline);
+        }
+        let mut st = self.state();
+        let mut offsets = Vec::new();
+        for &i in &revoked {
+            let Some(slot) = st.slots[i].take() else {
+                continue;
+            };
+            if let Some(parts) = st.index.get_mut(&slot.tp.topic)
+                && let Some(entry) = usize::try_from(slot.tp.partition)
+                    .ok()
+                    .and_then(|p| parts.get_mut(p))
+            {
+                *entry = None;
+            }
+            let committable = slot.offsets.committable();
+            info!(
+                topic = %slot.tp.topic, partition = slot.tp.partition, lost,
+                commit = ?committable, unfinished = slot.offsets.unfinished(),
+                "partition revoked"
+            );
+            if !lost
+                && let Some(c) = committable
+                && slot.offsets.uncommitted() > 0
+            {
+                offsets.push((slot.tp.clone(), c));
+            }
+            st.flow.pause.retain(|tp| tp != &slot.tp);
+            st.flow.resume.retain(|tp| tp != &slot.tp);
+        }
+        st.lanes.retain(|lane, _| !revoked.contains(&lane.slot));
+        offsets
+    }
+
+    /// Drops the records of `slots` that did not start (ready or waiting behind their key).
+    fn drop_waiting(&self, st: &mut State, slots: &[usize]) {
+        let mut dropped: Vec<Job> = Vec::new();
+        let mut i = 0;
+        while i < st.ready.len() {
+            if slots.contains(&st.ready[i].slot) {
+                dropped.extend(st.ready.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for (lane, waiting) in st.lanes.iter_mut() {
+            if slots.contains(&lane.slot) {
+                dropped.extend(waiting.drain(..));
+            }
+        }
+        for job in dropped {
+            self.processor.metrics.in_flight.dec();
+            if let Some(slot) = st.slot(job.slot, job.epoch) {
+                slot.bytes -= job.bytes;
+            }
         }
     }
 
-    async fn reject(&self, record: &Record, rejection: Rejection) -> Result<(), Unfinished> {
-        self.metrics
-            .rejected
-            .get_or_create(&KindLabels {
-                kind: rejection.kind.as_str().to_string(),
-            })
-            .inc();
-        if rejection.kind == RejectionKind::UnknownType {
-            self.metrics.unknown_type.inc();
-        }
-        match self.config.on_invalid {
-            InvalidPolicy::Skip => {
-                info!(
-                    topic = %record.topic, partition = record.partition, offset = record.offset,
-                    kind = rejection.kind.as_str(), reason = %rejection.message,
-                    "skipping a record that is not a valid event"
-                );
-                self.metrics.skipped.inc();
-                Ok(())
+    /// Waits (blocking) until no record taken is unfinished, at most until `deadline`;
+    /// returns whether it is quiet. Nothing new is taken meanwhile (the caller does not take).
+    pub fn quiesce_blocking(&self, deadline: Instant) -> bool {
+        loop {
+            let flow = self.drain_done();
+            let mut st = self.state();
+            st.flow.pause.extend(flow.pause);
+            st.flow.resume.extend(flow.resume);
+            if st.unfinished() == 0 {
+                return true;
             }
-            InvalidPolicy::DeadLetter => {
-                let failure = Failure {
-                    kind: rejection.kind.as_str().to_string(),
-                    message: rejection.message,
-                    attempts: 0,
-                    first_failure: Utc::now(),
-                };
-                self.dead_letter(record, failure).await
+            if self.has_failed() || Instant::now() >= deadline {
+                return false;
             }
-            InvalidPolicy::Fail => self.fail(
-                record,
-                rejection.kind.as_str().to_string(),
-                rejection.message,
-            ),
+            drop(st);
+            self.done.wait_blocking(deadline);
         }
     }
 
-    async fn dead_letter(&self, record: &Record, failure: Failure) -> Result<(), Unfinished> {
-        let Some(dead_letters) = &self.dead_letters else {
-            return self.fail(record, failure.kind, failure.message);
-        };
-        match dead_letters.send(record, &failure).await {
-            Ok(()) => {
+    /// As [`Pipeline::quiesce_blocking`], awaiting.
+    pub async fn quiesce(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let flow = self.drain_done();
+            let waiting = {
+                let mut st = self.state();
+                st.flow.pause.extend(flow.pause);
+                st.flow.resume.extend(flow.resume);
+                // A failed pipeline starts nothing more: only the running records can end.
+                if self.has_failed() {
+                    st.running
+                } else {
+                    st.unfinished()
+                }
+            };
+            if waiting == 0 {
+                return !self.has_failed();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            self.done_or(deadline).await;
+        }
+    }
+
+    /// Stops taking records and waits until every record taken ended, at most `timeout`;
+    /// then cancels those still running (unfinished, so uncommitted) and waits for them to
+    /// stop. Returns whether everything finished in time.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.state().closed = true;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let in_time = self.quiesce(deadline).await;
+        if !in_time {
+            let (running, unfinished) = {
+                let st = self.state();
+                (st.running, st.unfinished())
+            };
+            if running > 0 || !self.has_failed() {
                 warn!(
-                    topic = %record.topic, partition = record.partition, offset = record.offset,
-                    dead_letter_topic = dead_letters.topic(), error.kind = %failure.kind,
-                    error = %failure.message, attempts = failure.attempts,
-                    "record dead-lettered"
+                    timeout = ?timeout, running, unfinished,
+                    "drain deadline passed: the records still unfinished are not committed"
                 );
-                self.metrics.dead_lettered.inc();
-                Ok(())
             }
-            Err(e) => {
-                self.stop(e);
-                Err(Unfinished::Failed)
+            self.abort.cancel();
+            {
+                let mut st = self.state();
+                let all: Vec<usize> = (0..st.slots.len()).collect();
+                self.drop_waiting(&mut st, &all);
+            }
+            loop {
+                self.drain_done();
+                if self.state().running == 0 {
+                    break;
+                }
+                self.done_or(tokio::time::Instant::now() + Duration::from_millis(100))
+                    .await;
             }
         }
-    }
-
-    fn fail(&self, record: &Record, kind: String, message: String) -> Result<(), Unfinished> {
-        self.stop(Error::PoisonMessage {
-            record: record.id(),
-            kind,
-            message,
-        });
-        Err(Unfinished::Failed)
-    }
-
-    fn stop(&self, e: Error) {
-        self.window.fail(e);
+        self.tasks.close();
+        self.tasks.wait().await;
+        in_time
     }
 }
 
@@ -605,6 +848,9 @@ mod tests {
         peak: AtomicUsize,
         seen: Mutex<HashMap<Vec<u8>, Vec<u64>>>,
         fail_n: Option<u64>,
+        /// Keys whose deliveries fail (retryably) until the flag is cleared.
+        stuck: Mutex<Option<Vec<u8>>>,
+        delay: Duration,
     }
 
     impl Handler for Probe {
@@ -614,9 +860,14 @@ mod tests {
             if Some(*n) == self.fail_n {
                 return Err(HandlerError::permanent("test", "poison"));
             }
+            if self.stuck.lock().unwrap().as_deref() == record.key.as_deref() {
+                return Err(HandlerError::retryable("test", "stuck"));
+            }
             let now = self.running.fetch_add(1, AtomicOrdering::SeqCst) + 1;
             self.peak.fetch_max(now, AtomicOrdering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
             self.seen
                 .lock()
                 .unwrap()
@@ -628,10 +879,10 @@ mod tests {
         }
     }
 
-    fn record(offset: i64, key: &str) -> Record {
+    fn record(partition: i32, offset: i64, key: &str) -> Record {
         Record {
             topic: "t".into(),
-            partition: 0,
+            partition,
             offset,
             key: Some(key.as_bytes().to_vec()),
             payload: Some(format!(r#"{{"event_type":"Step","n":{offset}}}"#).into_bytes()),
@@ -640,44 +891,51 @@ mod tests {
         }
     }
 
-    fn pipeline(
-        probe: &Arc<Probe>,
-        concurrency: usize,
-        ordering: Ordering,
-    ) -> Pipeline<Arc<Probe>> {
+    fn pipeline(probe: &Arc<Probe>, config: PipelineConfig) -> Pipeline<Arc<Probe>> {
         let p = Pipeline::new(
             probe.clone(),
             PipelineConfig {
-                concurrency,
-                ordering,
                 on_invalid: InvalidPolicy::Skip,
                 retry: RetryPolicy {
                     max_attempts: 1,
                     ..RetryPolicy::default()
                 },
-                ..PipelineConfig::default()
+                ..config
             },
             None,
             ConsumerMetrics::unregistered(),
         );
-        p.window().assign(Tp::new("t", 0));
+        p.assign(Tp::new("t", 0));
+        p.assign(Tp::new("t", 1));
         p
+    }
+
+    fn config(concurrency: usize, ordering: Ordering) -> PipelineConfig {
+        PipelineConfig {
+            concurrency,
+            ordering,
+            ..PipelineConfig::default()
+        }
+    }
+
+    /// Takes records as a fetch loop would: draining ends in between.
+    async fn feed(p: &Pipeline<Arc<Probe>>, records: impl IntoIterator<Item = Record>) {
+        for r in records {
+            p.drain_done();
+            assert!(p.take(r));
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn same_key_records_run_in_order_while_different_keys_run_concurrently_in_one_partition()
     {
-        let probe = Arc::new(Probe::default());
-        let p = pipeline(&probe, 32, Ordering::Key);
-        let stop = CancellationToken::new();
-        for offset in 0..2000 {
-            p.submit(
-                record(offset, &format!("k{}", offset % 50)),
-                &stop,
-                &NoCommit,
-            )
-            .await;
-        }
+        let probe = Arc::new(Probe {
+            delay: Duration::from_millis(2),
+            ..Probe::default()
+        });
+        let p = pipeline(&probe, config(32, Ordering::Key));
+        feed(&p, (0..2000).map(|o| record(0, o, &format!("k{}", o % 50)))).await;
         assert!(p.drain(Duration::from_secs(60)).await);
         let seen = probe.seen.lock().unwrap();
         assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 2000);
@@ -690,25 +948,17 @@ mod tests {
         let peak = probe.peak.load(AtomicOrdering::SeqCst);
         assert!(peak > 1, "never more than one delivery at a time");
         assert!(peak <= 32, "peak {peak} above the bound");
-        assert_eq!(
-            p.window().tracker().committable(&Tp::new("t", 0)),
-            Some(2000)
-        );
+        assert_eq!(p.committable(&Tp::new("t", 0)), Some(2000));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partition_ordering_delivers_one_record_at_a_time() {
-        let probe = Arc::new(Probe::default());
-        let p = pipeline(&probe, 16, Ordering::Partition);
-        let stop = CancellationToken::new();
-        for offset in 0..200 {
-            p.submit(
-                record(offset, &format!("k{}", offset % 7)),
-                &stop,
-                &NoCommit,
-            )
-            .await;
-        }
+        let probe = Arc::new(Probe {
+            delay: Duration::from_millis(1),
+            ..Probe::default()
+        });
+        let p = pipeline(&probe, config(16, Ordering::Partition));
+        feed(&p, (0..200).map(|o| record(0, o, &format!("k{}", o % 7)))).await;
         assert!(p.drain(Duration::from_secs(60)).await);
         assert_eq!(probe.peak.load(AtomicOrdering::SeqCst), 1);
     }
@@ -719,19 +969,131 @@ mod tests {
             fail_n: Some(10),
             ..Probe::default()
         });
-        let p = pipeline(&probe, 4, Ordering::Key);
-        let stop = CancellationToken::new();
+        let p = pipeline(&probe, config(4, Ordering::Key));
         for offset in 0..100 {
-            if p.failed().is_cancelled() {
+            if p.has_failed() {
                 break;
             }
-            p.submit(record(offset, "same"), &stop, &NoCommit).await;
+            feed(&p, [record(0, offset, "same")]).await;
         }
         p.drain(Duration::from_secs(10)).await;
-        assert!(p.failed().is_cancelled());
+        assert!(p.has_failed());
         assert!(matches!(p.take_error(), Some(Error::PoisonMessage { .. })));
-        assert_eq!(p.window().tracker().committable(&Tp::new("t", 0)), Some(10));
+        assert_eq!(p.committable(&Tp::new("t", 0)), Some(10));
         let seen = probe.seen.lock().unwrap();
         assert_eq!(seen[b"same".as_slice()], (0..10).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retrying_key_holds_back_its_own_key_and_pauses_only_its_partition_at_the_window() {
+        let probe = Arc::new(Probe {
+            stuck: Mutex::new(Some(b"stuck".to_vec())),
+            ..Probe::default()
+        });
+        let p = Pipeline::new(
+            probe.clone(),
+            PipelineConfig {
+                concurrency: 4,
+                max_uncommitted_per_partition: 100,
+                retry: RetryPolicy {
+                    max_attempts: 100,
+                    initial: Duration::from_millis(5),
+                    max: Duration::from_millis(20),
+                },
+                on_invalid: InvalidPolicy::Skip,
+                ..PipelineConfig::default()
+            },
+            None,
+            ConsumerMetrics::unregistered(),
+        );
+        p.assign(Tp::new("t", 0));
+        p.assign(Tp::new("t", 1));
+        // Partition 0 starts with the stuck key, then other keys; partition 1 has other keys.
+        assert!(p.take(record(0, 0, "stuck")));
+        let mut flow = Flow::default();
+        for o in 1..100 {
+            assert!(p.take(record(0, o, &format!("a{}", o % 10))));
+            assert!(p.take(record(1, o, &format!("b{}", o % 10))));
+            let f = p.take_flow();
+            flow.pause.extend(f.pause);
+        }
+        assert_eq!(
+            flow.pause,
+            vec![Tp::new("t", 0)],
+            "only partition 0 is paused"
+        );
+        // Everything but the stuck record is delivered while it keeps retrying.
+        let delivered = || {
+            probe
+                .seen
+                .lock()
+                .unwrap()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+        };
+        let start = Instant::now();
+        while delivered() < 198 {
+            assert!(start.elapsed() < Duration::from_secs(30), "stalled");
+            p.drain_done();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            p.committable(&Tp::new("t", 0)),
+            Some(0),
+            "a gap is not committed"
+        );
+        assert_eq!(p.committable(&Tp::new("t", 1)), Some(100));
+        assert_eq!(p.running(), 1, "only the stuck record runs");
+        *probe.stuck.lock().unwrap() = None;
+        assert!(p.drain(Duration::from_secs(10)).await);
+        assert_eq!(p.committable(&Tp::new("t", 0)), Some(100));
+        assert_eq!(probe.seen.lock().unwrap()[b"stuck".as_slice()], vec![0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_partition_starts_nothing_more_and_its_running_records_stop_before_revoke_returns()
+     {
+        let probe = Arc::new(Probe {
+            stuck: Mutex::new(Some(b"stuck".to_vec())),
+            ..Probe::default()
+        });
+        let p = Pipeline::new(
+            probe.clone(),
+            PipelineConfig {
+                concurrency: 8,
+                retry: RetryPolicy {
+                    max_attempts: 100,
+                    initial: Duration::from_millis(5),
+                    max: Duration::from_millis(20),
+                },
+                on_invalid: InvalidPolicy::Skip,
+                ..PipelineConfig::default()
+            },
+            None,
+            ConsumerMetrics::unregistered(),
+        );
+        p.assign(Tp::new("t", 0));
+        assert!(p.take(record(0, 0, "a")));
+        assert!(p.take(record(0, 1, "stuck")));
+        for o in 2..20 {
+            assert!(p.take(record(0, o, "stuck")));
+        }
+        let p = Arc::new(p);
+        let revoking = p.clone();
+        let offsets = tokio::task::spawn_blocking(move || {
+            revoking.revoke_blocking(&[Tp::new("t", 0)], false, Duration::from_millis(200))
+        })
+        .await
+        .unwrap();
+        assert_eq!(offsets, vec![(Tp::new("t", 0), 1)], "the finished prefix");
+        assert_eq!(p.running(), 0, "the retrying record was cancelled");
+        assert!(!p.take(record(0, 20, "a")), "not assigned any more");
+        // Unstick: nothing of the revoked partition may be delivered now.
+        *probe.stuck.lock().unwrap() = None;
+        assert!(p.drain(Duration::from_secs(5)).await);
+        let seen = probe.seen.lock().unwrap();
+        assert_eq!(seen.get(b"stuck".as_slice()), None);
+        assert_eq!(seen[b"a".as_slice()], vec![0]);
     }
 }

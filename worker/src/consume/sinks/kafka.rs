@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -31,7 +31,6 @@ use tracing::{error, info};
 use crate::Error;
 use crate::consume::events::{GenericEvent, HandlerError, Record};
 use crate::consume::offsets::Tp;
-use crate::consume::pipeline::Window;
 use crate::consume::{Compression, producer};
 use crate::kafka::KafkaSettings;
 
@@ -39,6 +38,15 @@ use crate::kafka::KafkaSettings;
 pub const H_SOURCE: &str = "pipewright.source";
 
 const TX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The producer's `transaction.timeout.ms`: the broker aborts a transaction open longer.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a commit of the transaction waits for the records in flight at most (half the
+/// transaction timeout, so the commit itself still fits). A record unfinished for longer (a
+/// retry loop, a slow target) makes the worker abort the transaction and stop: its outputs are
+/// discarded and the restart replays from the last committed transaction.
+pub const TX_QUIESCE_MAX: Duration = Duration::from_secs(30);
 
 /// Produces each event to `topic`.
 #[derive(Clone)]
@@ -79,7 +87,6 @@ impl KafkaSink {
         topic: &str,
         compression: Compression,
         transactional_id: &str,
-        drain_timeout: Duration,
     ) -> Result<KafkaSink, Error> {
         let producer: FutureProducer = kafka
             .client_config()
@@ -87,7 +94,10 @@ impl KafkaSink {
             .set("acks", "all")
             .set("compression.type", compression.as_str())
             .set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "60000")
+            .set(
+                "transaction.timeout.ms",
+                TRANSACTION_TIMEOUT.as_millis().to_string(),
+            )
             .set("message.timeout.ms", "30000")
             .create()
             .map_err(Error::Kafka)?;
@@ -107,11 +117,22 @@ impl KafkaSink {
             transaction: Some(Arc::new(Transaction {
                 producer: producer.clone(),
                 broken: AtomicBool::new(false),
-                drain_timeout,
             })),
             producer,
             topic: topic.to_string(),
         })
+    }
+
+    /// Waits until every record produced so far is acknowledged or failed (bounded): called
+    /// before a revoked partition is given up, so nothing this worker produced for it lands
+    /// after its next owner's outputs. A transactional sink has nothing to flush: its outputs
+    /// become visible with the transaction's commit.
+    pub fn flush(&self) {
+        if self.transaction.is_none()
+            && let Err(e) = self.producer.flush(Duration::from_secs(30))
+        {
+            tracing::warn!(error = %e, "flushing the kafka sink's producer failed");
+        }
     }
 
     /// The transaction state, for the consumer's committer (transactional sinks only).
@@ -155,7 +176,6 @@ impl KafkaSink {
 pub struct Transaction {
     producer: FutureProducer,
     broken: AtomicBool,
-    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -214,17 +234,5 @@ impl Transaction {
 
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
-    }
-
-    /// Waits (blocking) until no record is in flight, at most the drain timeout.
-    pub fn quiesce_blocking(&self, window: &Window) -> bool {
-        let deadline = Instant::now() + self.drain_timeout;
-        while window.tracker().in_flight() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        true
     }
 }

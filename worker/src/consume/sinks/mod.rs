@@ -16,6 +16,8 @@ pub enum Sink {
     Http(http::HttpSink),
     Kafka(kafka::KafkaSink),
     Postgres(postgres::PostgresSink),
+    /// Drops every event (benchmarks, dry runs): the cost of the pipeline alone.
+    Discard,
 }
 
 impl Sink {
@@ -25,12 +27,19 @@ impl Sink {
             Sink::Http(s) => s.deliver(event, record).await,
             Sink::Kafka(s) => s.deliver(event, record).await,
             Sink::Postgres(s) => s.deliver(event, record).await,
+            Sink::Discard => Ok(()),
         }
     }
 
     async fn committed(&self, offsets: &[(Tp, i64)]) {
         if let Sink::Postgres(s) = self {
             s.prune(offsets).await;
+        }
+    }
+
+    fn before_revoke(&self) {
+        if let Sink::Kafka(s) = self {
+            s.flush();
         }
     }
 }
@@ -55,5 +64,9 @@ impl Handler for SinkHandler {
 
     async fn committed(&self, offsets: &[(Tp, i64)]) {
         self.sink.committed(offsets).await
+    }
+
+    fn before_revoke(&self) {
+        self.sink.before_revoke()
     }
 }

@@ -1,0 +1,228 @@
+//! What happens to one record, whatever its neighbours do: decoded into an event (or rejected
+//! as no valid event), delivered to the [`Handler`] with retries (exponential backoff), and
+//! dead-lettered, skipped or declared poison when it cannot be delivered. The [`Pipeline`]
+//! decides when a record runs; this module decides what running it means.
+//!
+//! Every wait (the handler's call, a backoff) ends when the record is cancelled (its
+//! partition was revoked, or the drain deadline passed): the record is then left unfinished,
+//! so it is not committed and its partition's next owner delivers it.
+//!
+//! [`Pipeline`]: super::pipeline::Pipeline
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::dlq::{DeadLetters, Failure};
+use super::events::{Handler, InvalidPolicy, Record, Rejection, RejectionKind};
+use super::metrics::{ConsumerMetrics, KindLabels};
+use super::pipeline::PipelineConfig;
+use crate::Error;
+
+/// How processing a record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered, skipped by policy, or acknowledged by the dead-letter topic: committable.
+    Finished,
+    /// Cancelled before it finished: left uncommitted.
+    Cancelled,
+    /// Could neither be delivered nor dead-lettered: the pipeline stops, left uncommitted.
+    Failed,
+}
+
+/// The first error that stopped the pipeline, and the token that says it stopped.
+#[derive(Debug, Default)]
+pub struct Failed {
+    error: Mutex<Option<Error>>,
+    token: CancellationToken,
+}
+
+impl Failed {
+    /// Stops the pipeline with `e` (the first error wins).
+    pub fn fail(&self, e: Error) {
+        error!(error = %crate::Chain(&e), "stopping the consumer");
+        self.error.lock().unwrap().get_or_insert(e);
+        self.token.cancel();
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub fn take_error(&self) -> Option<Error> {
+        self.error.lock().unwrap().take()
+    }
+}
+
+/// Processes records for a handler.
+#[derive(Debug)]
+pub struct Processor<H> {
+    pub handler: H,
+    pub config: PipelineConfig,
+    pub dead_letters: Option<DeadLetters>,
+    pub metrics: ConsumerMetrics,
+    pub failed: Failed,
+}
+
+impl<H: Handler> Processor<H> {
+    /// Decodes, delivers (with retries) or dead-letters `record`; stops early when `cancel`
+    /// is cancelled.
+    pub async fn process(&self, record: &Record, cancel: &CancellationToken) -> Outcome {
+        if cancel.is_cancelled() {
+            return Outcome::Cancelled;
+        }
+        let size = record.payload.as_ref().map_or(0, Vec::len);
+        let decoded = if size > self.config.max_record_bytes {
+            Err(Rejection {
+                kind: RejectionKind::Oversized,
+                message: format!(
+                    "the value has {size} bytes, more than the maximum of {}",
+                    self.config.max_record_bytes
+                ),
+                event_type: None,
+            })
+        } else {
+            self.handler.decode(record)
+        };
+        let event = match decoded {
+            Ok(event) => event,
+            Err(rejection) => return self.reject(record, rejection, cancel).await,
+        };
+        let mut delays = self.config.retry.delays();
+        let mut attempts = 0u32;
+        let mut first_failure = None;
+        loop {
+            attempts += 1;
+            let started = Instant::now();
+            let result = tokio::select! {
+                biased;
+                result = self.handler.handle(&event, record) => result,
+                _ = cancel.cancelled() => return Outcome::Cancelled,
+            };
+            self.metrics
+                .handler_latency_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let err = match result {
+                Ok(()) => {
+                    self.metrics.processed.inc();
+                    return Outcome::Finished;
+                }
+                Err(err) => err,
+            };
+            let first_failure = *first_failure.get_or_insert_with(Utc::now);
+            match err.retryable.then(|| delays.next()).flatten() {
+                Some(delay) => {
+                    self.metrics.retried.inc();
+                    warn!(
+                        topic = %record.topic, partition = record.partition, offset = record.offset,
+                        attempt = attempts, error.kind = %err.kind, error = %err.message,
+                        retry_in = ?delay, "delivery failed; retrying"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return Outcome::Cancelled,
+                    }
+                }
+                None => {
+                    let failure = Failure {
+                        kind: err.kind,
+                        message: err.message,
+                        attempts,
+                        first_failure,
+                    };
+                    return self.dead_letter(record, failure, cancel).await;
+                }
+            }
+        }
+    }
+
+    async fn reject(
+        &self,
+        record: &Record,
+        rejection: Rejection,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        self.metrics
+            .rejected
+            .get_or_create(&KindLabels {
+                kind: rejection.kind.as_str().to_string(),
+            })
+            .inc();
+        if rejection.kind == RejectionKind::UnknownType {
+            self.metrics.unknown_type.inc();
+        }
+        match self.config.on_invalid {
+            InvalidPolicy::Skip => {
+                info!(
+                    topic = %record.topic, partition = record.partition, offset = record.offset,
+                    kind = rejection.kind.as_str(), reason = %rejection.message,
+                    "skipping a record that is not a valid event"
+                );
+                self.metrics.skipped.inc();
+                Outcome::Finished
+            }
+            InvalidPolicy::DeadLetter => {
+                let failure = Failure {
+                    kind: rejection.kind.as_str().to_string(),
+                    message: rejection.message,
+                    attempts: 0,
+                    first_failure: Utc::now(),
+                };
+                self.dead_letter(record, failure, cancel).await
+            }
+            InvalidPolicy::Fail => self.poison(
+                record,
+                rejection.kind.as_str().to_string(),
+                rejection.message,
+            ),
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        failure: Failure,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let Some(dead_letters) = &self.dead_letters else {
+            return self.poison(record, failure.kind, failure.message);
+        };
+        let sent = tokio::select! {
+            biased;
+            sent = dead_letters.send(record, &failure) => sent,
+            _ = cancel.cancelled() => return Outcome::Cancelled,
+        };
+        match sent {
+            Ok(()) => {
+                warn!(
+                    topic = %record.topic, partition = record.partition, offset = record.offset,
+                    dead_letter_topic = dead_letters.topic(), error.kind = %failure.kind,
+                    error = %failure.message, attempts = failure.attempts,
+                    "record dead-lettered"
+                );
+                self.metrics.dead_lettered.inc();
+                Outcome::Finished
+            }
+            Err(e) => {
+                self.failed.fail(e);
+                Outcome::Failed
+            }
+        }
+    }
+
+    fn poison(&self, record: &Record, kind: String, message: String) -> Outcome {
+        self.failed.fail(Error::PoisonMessage {
+            record: record.id(),
+            kind,
+            message,
+        });
+        Outcome::Failed
+    }
+}
