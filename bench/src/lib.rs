@@ -1,0 +1,255 @@
+//! `make bench`: pipewright's worker measured against peers in the same invocation, on the
+//! same topic, as ratios (docs/benchmarks.md says why and what limits each figure).
+//!
+//! Part 1, consume throughput ([`consume`]): a topic of typed JSON events is written once;
+//! Kafka's Java `ConsumerPerformance`, librdkafka's `rdkafka_performance`, a raw rust-rdkafka
+//! loop and the worker in several configurations each read all of it, in rounds, and every
+//! figure is the median of the rounds. Progress goes to stderr as `[bench] ...` lines.
+
+pub mod contenders;
+pub mod process;
+pub mod profile;
+pub mod report;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+
+use crate::contenders::{Contender, Run, Setup, Topic};
+use crate::profile::Profile;
+use crate::report::{ContenderResult, Figures, Machine, Results, Versions, Workload};
+
+/// The variables `tests/env/up` prints, which the harness needs.
+pub const HOW_TO_START: &str = "start the test environment first: `eval \"$(tests/env/up)\"` \
+     from the repository root (or run `make bench`, which does it for you)";
+
+/// A progress line on stderr.
+pub fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
+
+/// The binaries and services, from the environment of `tests/env/up` and the paths given.
+pub fn setup_from_env(worker: PathBuf, raw_consumer: PathBuf, work_dir: PathBuf) -> Result<Setup> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .with_context(|| format!("{name} is not set: {HOW_TO_START}"))
+    };
+    for (what, path) in [("worker", &worker), ("raw consumer", &raw_consumer)] {
+        ensure!(
+            path.is_file(),
+            "the {what} binary {} does not exist (build it: cargo build --release --locked \
+             -p pipewright-worker -p pipewright-bench)",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("create {}", work_dir.display()))?;
+    Ok(Setup {
+        bootstrap: var("KAFKA_BOOTSTRAP_SERVERS")?,
+        database_url: var("DATABASE_URL")?,
+        kafka_classpath: var("PIPEWRIGHT_KAFKA_CLASSPATH")?,
+        java: PathBuf::from(std::env::var("JAVA").unwrap_or_else(|_| "java".into())),
+        worker,
+        raw_consumer,
+        rdkafka_performance: PathBuf::from(env!("PIPEWRIGHT_RDKAFKA_PERFORMANCE")),
+        work_dir,
+    })
+}
+
+/// Runs the consume benchmark: fills a topic, runs every contender of `profile` once per
+/// round, and returns the results (medians and targets computed). Fails on the first run that
+/// fails or does not consume every record.
+pub fn consume(profile: Profile, setup: &Setup) -> Result<Results> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let started_at = chrono::Utc::now();
+    let clock = Instant::now();
+    let invocation = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let topic = Topic {
+        name: format!("bench-consume-{invocation}"),
+        records: profile.records(),
+    };
+    let contenders = profile.contenders();
+    progress(&format!(
+        "consume throughput, {} profile: {} records, {} contenders × {} runs; logs in {}",
+        profile.name(),
+        topic.records,
+        contenders.len(),
+        profile.runs(),
+        setup.work_dir.display()
+    ));
+
+    rt.block_on(workload::create_topic(
+        &setup.bootstrap,
+        &topic.name,
+        workload::PARTITIONS,
+    ))?;
+    let result: Result<(Workload, Vec<Vec<Run>>)> = (|| {
+        let fill = Instant::now();
+        progress(&format!(
+            "writing {} records to {}",
+            topic.records, topic.name
+        ));
+        workload::fill(&setup.bootstrap, &topic.name, topic.records)?;
+        let workload = workload_of(&topic, fill.elapsed().as_secs_f64());
+        progress(&format!("written in {:.1} s", workload.fill_s));
+        let runs = rounds(
+            profile,
+            setup,
+            &topic,
+            &workload,
+            &contenders,
+            &invocation,
+            &rt,
+        )?;
+        Ok((workload, runs))
+    })();
+    rt.block_on(workload::delete_topics(&setup.bootstrap, &[&topic.name]));
+    let (workload, mut runs) = result?;
+
+    let contenders: Vec<ContenderResult> = contenders
+        .iter()
+        .zip(runs.iter_mut())
+        .map(|(c, runs)| ContenderResult::new(*c, std::mem::take(runs), &workload))
+        .collect();
+    let targets = report::targets(&contenders);
+    Ok(Results {
+        benchmark: "consume".into(),
+        profile,
+        started_at: started_at.format("%Y-%m-%d %H:%M").to_string(),
+        duration_s: clock.elapsed().as_secs_f64(),
+        machine: machine(),
+        versions: versions(setup),
+        workload,
+        runs_per_contender: profile.runs(),
+        contenders,
+        targets,
+    })
+}
+
+/// Every contender once per round; the order rotates by one per round.
+fn rounds(
+    profile: Profile,
+    setup: &Setup,
+    topic: &Topic,
+    workload: &Workload,
+    contenders: &[Contender],
+    invocation: &str,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Vec<Vec<Run>>> {
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
+    let total = contenders.len() * profile.runs();
+    let mut done = 0;
+    for round in 0..profile.runs() {
+        for k in 0..contenders.len() {
+            let i = (k + round) % contenders.len();
+            let contender = &contenders[i];
+            done += 1;
+            let run_id = format!("{invocation}-{}-r{round}", contender.id());
+            let clock = Instant::now();
+            let run = contenders::run_once(setup, topic, contender, round, &run_id, rt)
+                .with_context(|| format!("{} (run {run_id})", contender.label()))?;
+            let f = Figures::of_run(&run, workload);
+            progress(&format!(
+                "{done:>3}/{total} round {}/{} {:<45} {:>9.0} records/s {:>6.1} MB/s {:>6.2} CPU s/M {:>5.2} cores {:>5.0} MiB  ({:.1} s)",
+                round + 1,
+                profile.runs(),
+                contender.label(),
+                f.records_per_s,
+                f.mb_per_s,
+                f.cpu_s_per_m_records,
+                f.cores_busy,
+                f.peak_rss_mib,
+                clock.elapsed().as_secs_f64()
+            ));
+            runs[i].push(run);
+        }
+    }
+    Ok(runs)
+}
+
+fn workload_of(topic: &Topic, fill_s: f64) -> Workload {
+    Workload {
+        records: topic.records,
+        partitions: workload::PARTITIONS,
+        keys: workload::KEYS,
+        key_bytes: workload::KEY_BYTES,
+        value_bytes: workload::VALUE_BYTES,
+        event_types: workload::EVENT_TYPES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        compression: "none".into(),
+        fill_s,
+    }
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".into(), |(_, v)| v.trim().to_string());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        memory_gib: (mem_kib / (1024.0 * 1024.0)).round(),
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    text.lines().next().map(|l| l.trim().to_string())
+}
+
+fn versions(setup: &Setup) -> Versions {
+    let kafka = kafka_version(&setup.kafka_classpath).unwrap_or_else(|| "unknown".into());
+    Versions {
+        worker_git: command_output("git", &["describe", "--always", "--dirty"])
+            .unwrap_or_else(|| "unknown".into()),
+        librdkafka: rdkafka::util::get_rdkafka_version().1,
+        kafka,
+        java: command_output(&setup.java.to_string_lossy(), &["-version"])
+            .unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// The version in the name of the `kafka-clients-<version>.jar` on the classpath.
+fn kafka_version(classpath: &str) -> Option<String> {
+    classpath.split(':').find_map(|entry| {
+        let dir = Path::new(entry.trim_end_matches('*'));
+        let names: Vec<String> = if dir.is_dir() {
+            std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        } else {
+            vec![dir.file_name()?.to_string_lossy().to_string()]
+        };
+        names.iter().find_map(|n| {
+            n.strip_prefix("kafka-clients-")?
+                .strip_suffix(".jar")
+                .map(str::to_string)
+        })
+    })
+}

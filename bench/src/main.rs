@@ -1,0 +1,113 @@
+//! `pipewright-bench`: runs the benchmarks and renders docs/benchmarks.md and the plot from
+//! the results file. `make bench` (through `bench/run`) is the usual way in.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pipewright_bench::profile::Profile;
+use pipewright_bench::report::{self, Results};
+use pipewright_bench::{progress, setup_from_env};
+
+/// pipewright's benchmarks: ratios against peers measured in the same invocation.
+#[derive(Debug, Parser)]
+#[command(name = "pipewright-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Consume throughput: fill a topic, run every contender, write the results, render.
+    /// Needs the test environment's variables (`eval "$(tests/env/up)"`).
+    Consume {
+        #[arg(long, value_enum, default_value = "full")]
+        profile: Profile,
+        /// The worker binary (default: `pipewright-worker` beside this one).
+        #[arg(long)]
+        worker: Option<PathBuf>,
+        /// Logs of every run.
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Render the markdown (and the plot) from an existing results file.
+    Render {
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Output {
+    /// The results file.
+    #[arg(long, default_value = "bench/results/consume.json")]
+    results: PathBuf,
+    /// The markdown to write.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    markdown: PathBuf,
+    /// The PNG to draw (with gnuplot); its path relative to the markdown's directory is
+    /// linked from the markdown.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Consume {
+            profile,
+            worker,
+            work_dir,
+            output,
+        } => {
+            let clock = Instant::now();
+            let here = std::env::current_exe().context("this binary's path")?;
+            let dir = here.parent().context("this binary's directory")?;
+            let worker = worker.unwrap_or_else(|| dir.join("pipewright-worker"));
+            let raw = dir.join("pipewright-bench-raw-consumer");
+            let setup = setup_from_env(worker, raw, work_dir)?;
+            let results = pipewright_bench::consume(profile, &setup)?;
+            results.write(&output.results)?;
+            progress(&format!("results: {}", output.results.display()));
+            render(&results, &output)?;
+            for t in &results.targets {
+                progress(&format!(
+                    "target: {} = {:.2} (≥ {:.1}: {})",
+                    t.what,
+                    t.value,
+                    t.target,
+                    if t.met { "met" } else { "NOT MET" }
+                ));
+            }
+            progress(&format!("done in {:.0} s", clock.elapsed().as_secs_f64()));
+            Ok(())
+        }
+        Cmd::Render { output } => {
+            let results = Results::read(&output.results)?;
+            render(&results, &output)
+        }
+    }
+}
+
+fn render(results: &Results, output: &Output) -> Result<()> {
+    let link = match &output.plot {
+        Some(png) => {
+            report::plot(results, png)?;
+            progress(&format!("plot: {}", png.display()));
+            let base = output.markdown.parent().unwrap_or(std::path::Path::new(""));
+            Some(png.strip_prefix(base).unwrap_or(png).display().to_string())
+        }
+        None => None,
+    };
+    if let Some(dir) = output.markdown.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&output.markdown, report::markdown(results, link.as_deref()))
+        .with_context(|| format!("write {}", output.markdown.display()))?;
+    progress(&format!("markdown: {}", output.markdown.display()));
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! How big a run is: `full` (`make bench`), `quick` (`make bench QUICK=1`) and `smoke` (the
+//! test in `make test` that keeps the harness from rotting).
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::contenders::{Contender, Ordering, Sink};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// 500k records, 3 runs of every contender.
+    Full,
+    /// 100k records, 3 runs of the contenders the targets and the sinks need.
+    Quick,
+    /// 3k records, 1 run of every contender, no plot: proves the harness works, measures
+    /// nothing.
+    Smoke,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Full => "full",
+            Profile::Quick => "quick",
+            Profile::Smoke => "smoke",
+        }
+    }
+
+    /// Records in the topic.
+    pub fn records(self) -> u64 {
+        match self {
+            Profile::Full => 500_000,
+            Profile::Quick => 100_000,
+            Profile::Smoke => 3_000,
+        }
+    }
+
+    /// Runs of each contender (rounds); every figure is the median over them.
+    pub fn runs(self) -> usize {
+        match self {
+            Profile::Full | Profile::Quick => 3,
+            Profile::Smoke => 1,
+        }
+    }
+
+    /// The contenders, in the order of the first round.
+    pub fn contenders(self) -> Vec<Contender> {
+        let worker = |ordering, concurrency, sink| Contender::Worker {
+            ordering,
+            concurrency,
+            sink,
+        };
+        let mut all = vec![
+            Contender::JavaConsumerPerformance,
+            Contender::RdkafkaPerformance,
+            Contender::RawRust,
+        ];
+        let grid: &[(Ordering, u32)] = match self {
+            Profile::Full | Profile::Smoke => &[
+                (Ordering::Key, 16),
+                (Ordering::Key, 256),
+                (Ordering::Partition, 16),
+                (Ordering::Partition, 256),
+                (Ordering::None, 16),
+                (Ordering::None, 256),
+            ],
+            Profile::Quick => &[
+                (Ordering::Key, 16),
+                (Ordering::Key, 256),
+                (Ordering::None, 256),
+            ],
+        };
+        all.extend(grid.iter().map(|&(o, c)| worker(o, c, Sink::Discard)));
+        for sink in [
+            Sink::Log,
+            Sink::Kafka,
+            Sink::KafkaTransactional,
+            Sink::Postgres,
+        ] {
+            all.push(worker(Ordering::Key, 256, sink));
+        }
+        all
+    }
+}

@@ -1,0 +1,654 @@
+//! The results file (`bench/results/consume.json`), the figures and ratios computed from it,
+//! and what is rendered from it: `docs/benchmarks.md` and the PNG plot (gnuplot).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::contenders::{Contender, Ordering, Run, Sink};
+use crate::profile::Profile;
+
+/// Everything one invocation measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub benchmark: String,
+    pub profile: Profile,
+    pub started_at: String,
+    pub duration_s: f64,
+    pub machine: Machine,
+    pub versions: Versions,
+    pub workload: Workload,
+    pub runs_per_contender: usize,
+    pub contenders: Vec<ContenderResult>,
+    /// The issue's targets, as measured.
+    pub targets: Vec<Ratio>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub memory_gib: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    /// `git describe --always --dirty` of the tree the worker was built from.
+    pub worker_git: String,
+    pub librdkafka: String,
+    pub kafka: String,
+    pub java: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub records: u64,
+    pub partitions: i32,
+    pub keys: u64,
+    pub key_bytes: usize,
+    pub value_bytes: usize,
+    pub event_types: Vec<String>,
+    pub compression: String,
+    /// Seconds the fill took (not a figure of any contender).
+    pub fill_s: f64,
+}
+
+impl Workload {
+    pub fn bytes_per_record(&self) -> f64 {
+        (self.key_bytes + self.value_bytes) as f64
+    }
+}
+
+/// The figures of one run or the medians over runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    pub records_per_s: f64,
+    /// 10^6 bytes of key + value per second.
+    pub mb_per_s: f64,
+    pub cpu_s_per_m_records: f64,
+    /// CPU seconds per second of window.
+    pub cores_busy: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl Figures {
+    pub fn of_run(run: &Run, workload: &Workload) -> Figures {
+        let window = run.window_s.max(1e-9);
+        Figures {
+            records_per_s: run.records as f64 / window,
+            mb_per_s: run.records as f64 * workload.bytes_per_record() / window / 1e6,
+            cpu_s_per_m_records: run.cpu_s / run.records.max(1) as f64 * 1e6,
+            cores_busy: run.cpu_s / window,
+            peak_rss_mib: run.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        }
+    }
+
+    /// Each figure's median over `runs` (separately).
+    pub fn median(runs: &[Figures]) -> Figures {
+        let m = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+        Figures {
+            records_per_s: m(|f| f.records_per_s),
+            mb_per_s: m(|f| f.mb_per_s),
+            cpu_s_per_m_records: m(|f| f.cpu_s_per_m_records),
+            cores_busy: m(|f| f.cores_busy),
+            peak_rss_mib: m(|f| f.peak_rss_mib),
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContenderResult {
+    pub id: String,
+    pub label: String,
+    pub contender: Contender,
+    pub runs: Vec<Run>,
+    pub median: Figures,
+    pub min_records_per_s: f64,
+    pub max_records_per_s: f64,
+}
+
+impl ContenderResult {
+    pub fn new(contender: Contender, runs: Vec<Run>, workload: &Workload) -> ContenderResult {
+        let figures: Vec<Figures> = runs.iter().map(|r| Figures::of_run(r, workload)).collect();
+        let rates = figures.iter().map(|f| f.records_per_s);
+        ContenderResult {
+            id: contender.id(),
+            label: contender.label(),
+            contender,
+            median: Figures::median(&figures),
+            min_records_per_s: rates.clone().fold(f64::INFINITY, f64::min),
+            max_records_per_s: rates.fold(0.0, f64::max),
+            runs,
+        }
+    }
+}
+
+/// A ratio of two contenders' median records/s, with the issue's target where there is one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    pub what: String,
+    pub numerator: String,
+    pub denominator: String,
+    pub value: f64,
+    pub target: f64,
+    pub met: bool,
+}
+
+/// The issue's targets: worker (key order, no-op sink, c=256) ≥ 0.5 × the raw Rust loop and ≥
+/// 1.0 × Java ConsumerPerformance; the transactional Kafka sink ≥ 0.3 × the plain one.
+pub fn targets(contenders: &[ContenderResult]) -> Vec<Ratio> {
+    let worker = |sink| Contender::Worker {
+        ordering: Ordering::Key,
+        concurrency: 256,
+        sink,
+    };
+    let wanted = [
+        (
+            "worker (key order, no-op sink, c=256) vs raw rust-rdkafka loop",
+            worker(Sink::Discard),
+            Contender::RawRust,
+            0.5,
+        ),
+        (
+            "worker (key order, no-op sink, c=256) vs Java ConsumerPerformance",
+            worker(Sink::Discard),
+            Contender::JavaConsumerPerformance,
+            1.0,
+        ),
+        (
+            "transactional Kafka sink vs plain Kafka sink (key order, c=256)",
+            worker(Sink::KafkaTransactional),
+            worker(Sink::Kafka),
+            0.3,
+        ),
+    ];
+    let find = |c: &Contender| contenders.iter().find(|r| r.contender == *c);
+    wanted
+        .into_iter()
+        .filter_map(|(what, num, den, target)| {
+            let (n, d) = (find(&num)?, find(&den)?);
+            let value = n.median.records_per_s / d.median.records_per_s.max(1e-9);
+            Some(Ratio {
+                what: what.to_string(),
+                numerator: n.id.clone(),
+                denominator: d.id.clone(),
+                value,
+                target,
+                met: value >= target,
+            })
+        })
+        .collect()
+}
+
+impl Results {
+    pub fn read(path: &Path) -> Result<Results> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+    }
+
+    fn find(&self, contender: &Contender) -> Option<&ContenderResult> {
+        self.contenders.iter().find(|r| r.contender == *contender)
+    }
+}
+
+fn si(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{:.2} M", value / 1e6)
+    } else if value >= 1e4 {
+        format!("{:.0} k", value / 1e3)
+    } else if value >= 1e3 {
+        format!("{:.1} k", value / 1e3)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+fn ratio_cell(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{v:.2}×"))
+}
+
+/// A short name for the plot's axis.
+pub fn short_label(contender: &Contender) -> String {
+    match contender {
+        Contender::JavaConsumerPerformance => "Java".into(),
+        Contender::RdkafkaPerformance => "rdkafka_perf".into(),
+        Contender::RawRust => "raw rust".into(),
+        Contender::Worker {
+            ordering,
+            concurrency,
+            sink,
+        } => match sink {
+            Sink::Discard => format!("{} c{concurrency}", ordering.flag()),
+            Sink::Log => "log sink".into(),
+            Sink::Kafka => "kafka sink".into(),
+            Sink::KafkaTransactional => "kafka txn".into(),
+            Sink::Postgres => "postgres".into(),
+        },
+    }
+}
+
+/// `docs/benchmarks.md`.
+pub fn markdown(results: &Results, plot: Option<&str>) -> String {
+    let w = &results.workload;
+    let raw = results
+        .find(&Contender::RawRust)
+        .map(|r| r.median.records_per_s);
+    let java = results
+        .find(&Contender::JavaConsumerPerformance)
+        .map(|r| r.median.records_per_s);
+    let mut md = String::new();
+    let mut line = |s: &str| {
+        md.push_str(s);
+        md.push('\n');
+    };
+    line("# Benchmarks");
+    line("");
+    line(
+        "<!-- Generated by `make bench` (bench/src/report.rs) from bench/results/consume.json: \
+         edit the generator, not this file. -->",
+    );
+    line("");
+    line(&format!(
+        "Last run: `{}` profile, {} UTC, {:.0} min {:.0} s for the comparisons. Machine: {} CPUs \
+         ({}), {:.0} GiB, Linux {}. Worker built from `{}` (release); librdkafka {}; Kafka {}; \
+         {}.",
+        results.profile.name(),
+        results.started_at,
+        (results.duration_s / 60.0).floor(),
+        results.duration_s % 60.0,
+        results.machine.cpus,
+        results.machine.cpu_model,
+        results.machine.memory_gib,
+        results.machine.kernel,
+        results.versions.worker_git,
+        results.versions.librdkafka,
+        results.versions.kafka,
+        results.versions.java,
+    ));
+    line("");
+    line("```sh");
+    line(
+        "make bench            # starts the test environment, builds release, runs every comparison, writes this file and the plot",
+    );
+    line(
+        "make bench QUICK=1    # 100k records and fewer worker variants, still the median of 3 runs each",
+    );
+    line("```");
+    line("");
+    line(
+        "The results of the last run are kept in `bench/results/consume.json`; `pipewright-bench \
+         render` re-renders this file and the plot from it. `make test` runs the same harness with \
+         3,000 records and one run of every contender (`bench/tests/smoke.rs`), so it cannot rot.",
+    );
+    line("");
+    line("## 1. Consume throughput");
+    line("");
+    line(&format!(
+        "One topic, written once per invocation: {} records, {} partitions, {} keys, keyed \
+         {}-byte typed JSON values (`{{\"event_type\": ...}}`, {} types, padded), uncompressed. \
+         Every contender reads all of it from the beginning in a fresh consumer group, {} times \
+         (rounds, see below). Figures are medians of the {} runs; records/s shows the range.",
+        w.records,
+        w.partitions,
+        w.keys,
+        w.value_bytes,
+        w.event_types.len(),
+        results.runs_per_contender,
+        results.runs_per_contender,
+    ));
+    line("");
+    line(
+        "| contender | records/s (min–max) | MB/s | CPU s / M records | cores busy | peak RSS MiB | × raw Rust loop | × Java |",
+    );
+    line("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for c in &results.contenders {
+        let m = &c.median;
+        let scope = if c.runs.iter().any(|r| r.cpu_scope == "process") {
+            " ¹"
+        } else {
+            ""
+        };
+        line(&format!(
+            "| {} | **{}** ({}–{}) | {:.1} | {:.2}{scope} | {:.2} | {:.0} | {} | {} |",
+            c.label,
+            si(m.records_per_s),
+            si(c.min_records_per_s),
+            si(c.max_records_per_s),
+            m.mb_per_s,
+            m.cpu_s_per_m_records,
+            m.cores_busy,
+            m.peak_rss_mib,
+            ratio_cell(raw.map(|r| m.records_per_s / r)),
+            ratio_cell(java.map(|j| m.records_per_s / j)),
+        ));
+    }
+    line("");
+    line(
+        "¹ over the whole process (its start, group join and close included): the tool prints \
+         no wall clock to anchor its window to. The others: over the window from first to last \
+         record.",
+    );
+    line("");
+    if let Some(plot) = plot {
+        line(&format!(
+            "![records/s and CPU per million records of each contender]({plot})"
+        ));
+        line("");
+    }
+    line("### Targets");
+    line("");
+    line("| ratio of median records/s | measured | target | |");
+    line("|---|---:|---:|---|");
+    for t in &results.targets {
+        line(&format!(
+            "| {} | {:.2} | ≥ {:.1} | {} |",
+            t.what,
+            t.value,
+            t.target,
+            if t.met { "met" } else { "**not met**" }
+        ));
+    }
+    line("");
+    let unmet: Vec<&Ratio> = results.targets.iter().filter(|t| !t.met).collect();
+    if unmet.is_empty() {
+        line("Every target is met in this run.");
+    } else {
+        line(&format!(
+            "Not met in this run: {}.",
+            unmet
+                .iter()
+                .map(|t| format!("{} ({:.2}, target {:.1})", t.what, t.value, t.target))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    line("");
+    line("### What limits each figure");
+    line("");
+    for text in limits(results) {
+        line(&format!("- {text}"));
+    }
+    line("");
+    line("### Method, and why");
+    line("");
+    for text in METHOD {
+        line(&format!("- {text}"));
+    }
+    md
+}
+
+/// The method, as bullet points.
+const METHOD: &[&str] = &[
+    "**Ratios, not absolute numbers.** The machine is shared and small: the Kafka broker (a JVM), \
+     PostgreSQL and the contender run on the same 2 cores, so a contender that uses more CPU \
+     takes it from the broker that feeds it. Absolute figures move with whatever else runs; \
+     every comparison is a ratio against a peer measured in the same invocation, on the same \
+     topic (or table).",
+    "**Rounds.** Each round runs every contender once, one at a time; the order is rotated by one \
+     per round so that no contender always runs first (cold) or last. Drift during an invocation \
+     (page cache, broker GC, other load) then hits every contender alike, and a median of 3 \
+     drops one outlier.",
+    "**Window: first record to last record.** Process start-up (a JVM takes about a second) and \
+     the consumer-group join (the broker's, not the client's, time) are outside it for every \
+     contender. Java `ConsumerPerformance` reports its own `fetch.time.ms` (from assignment to \
+     its last record; `rebalance.time.ms` is its join), `rdkafka_performance` its own rate (from \
+     its first message), the raw Rust loop prints the wall clock of its first and last record, \
+     and the worker's `pipewright_consumer_processed_total` is scraped from `/metrics` every \
+     10 ms (from the last scrape reading 0 to the first reading every record: at most 20 ms \
+     longer than the truth, never shorter). The worker's count is of records its sink finished, \
+     the peers' of records they received: the worker's window includes its pipeline's and \
+     sink's tail.",
+    "**CPU** is user + system time of all threads, read from `/proc/<pid>/stat` every 10 ms \
+     with the wall clock and interpolated at the window's ends (`rdkafka_performance`: whole \
+     process, marked ¹). *cores busy* = CPU seconds per second of window. **Peak RSS** is \
+     `VmHWM`, the process's high-water mark (a JVM's includes its heap, `-Xmx512M`).",
+    "**MB/s** counts key + value bytes (6 + 256 per record) in 10^6 bytes, the same for every \
+     contender, so it is records/s × 262 bytes.",
+    "**Each tool with its own defaults.** Java `ConsumerPerformance` with the JVM options of \
+     `kafka-consumer-perf-test.sh` (`-Xmx512M`, G1, `kafka-run-class.sh`'s GC flags); \
+     `rdkafka_performance -G` (which raises `queued.min.messages` to 1,000,000 on its own); the \
+     raw loop with librdkafka's defaults; the worker with its CLI defaults (commit interval \
+     1 s, Kafka sink zstd) plus `--event-types` (the 4 types declared) and `--on-unknown-type \
+     skip`. All start at the earliest offset.",
+    "**What the peers do per record.** Java and `rdkafka_performance` count bytes and do not \
+     look inside; the raw Rust loop decodes every value with serde_json into a typed \
+     `#[serde(tag = \"event_type\")]` enum; the worker decodes and checks each record as an \
+     event (declared type), runs it through its bounded, ordered pipeline, delivers it to the \
+     sink and commits its offset.",
+    "**Checks.** A run counts only if the contender read every record: the tools' own counts, \
+     the raw loop's count, and for the worker its counter (no record skipped, rejected or \
+     dead-lettered), the group's committed offsets equal to the topic's end offsets after its \
+     graceful stop (SIGTERM), and the sink's output (the Kafka sink's topic holds every record, \
+     the PostgreSQL table a row per record).",
+    "**Builds.** Release builds only (`cargo build --release --locked`): the worker binary is \
+     the one the image ships. `rdkafka_performance` is librdkafka's own \
+     `examples/rdkafka_performance.c`, compiled (`-O2`) by `bench/build.rs` from the librdkafka \
+     tree that `rdkafka-sys` configured and built for this workspace, against that same \
+     `librdkafka.a`: the version, configure flags and library the worker links. Cargo caches \
+     it with the build, and it is rebuilt exactly when `rdkafka-sys` is, so it needs no cache \
+     of its own.",
+    "**Plots** are drawn by gnuplot (Debian `gnuplot-nox`, which `bench/run` installs when \
+     missing) from the results file: it adds nothing to the workspace build or to CI, where a \
+     plotting crate would add its build to every cold `make test`.",
+];
+
+/// What limits each contender, from the figures of this run.
+fn limits(results: &Results) -> Vec<String> {
+    let cpus = results.machine.cpus as f64;
+    let busy = |c: &Contender| results.find(c).map(|r| r.median.cores_busy);
+    let rate = |c: &Contender| results.find(c).map(|r| r.median.records_per_s);
+    let worker = |ordering, concurrency, sink| Contender::Worker {
+        ordering,
+        concurrency,
+        sink,
+    };
+    let mut out = Vec::new();
+    let fmt_busy = |b: Option<f64>| b.map_or("–".to_string(), |b| format!("{b:.2}"));
+    out.push(format!(
+        "**Every contender** shares the {cpus:.0} cores with the broker that serves it (the broker \
+         reads the log from page cache and sends it; its CPU is not counted in any row). A \
+         contender near {cpus:.0} cores busy is taking CPU from the broker as well."
+    ));
+    out.push(format!(
+        "**Java ConsumerPerformance** ({} cores busy) and **rdkafka_performance** ({}) do no \
+         per-record work beyond counting bytes: they show how fast this broker can hand the \
+         topic to one consumer on this machine. Java's figure also includes JIT warm-up inside \
+         its window.",
+        fmt_busy(busy(&Contender::JavaConsumerPerformance)),
+        fmt_busy(busy(&Contender::RdkafkaPerformance)),
+    ));
+    out.push(format!(
+        "**The raw Rust loop** ({} cores busy) adds a serde_json decode of each value into a typed \
+         enum on its one poll thread; librdkafka's fetch threads run beside it. Its gap to \
+         `rdkafka_performance` is the decode plus rust-rdkafka's per-message overhead.",
+        fmt_busy(busy(&Contender::RawRust)),
+    ));
+    let key256 = rate(&worker(Ordering::Key, 256, Sink::Discard));
+    let key16 = rate(&worker(Ordering::Key, 16, Sink::Discard));
+    if let (Some(a), Some(b)) = (key256, key16) {
+        out.push(format!(
+            "**The worker with the no-op sink** ({} cores busy at key order, c=256) does per \
+             record what the raw loop does plus the pipeline: the event check, a slot of the \
+             concurrency bound, per-key ordering, a task per record, offset tracking and \
+             commits. Concurrency 16 vs 256 (key order): {:.2}× — a record holds its slot until \
+             its offset is committed, so a small bound makes the fetch loop wait for commits.",
+            fmt_busy(busy(&worker(Ordering::Key, 256, Sink::Discard))),
+            b / a,
+        ));
+    }
+    if let (Some(log), Some(a)) = (rate(&worker(Ordering::Key, 256, Sink::Log)), key256) {
+        out.push(format!(
+            "**The log sink** ({:.2}× the no-op sink) formats one structured line per event and \
+             writes it to stderr (a file here, as a container runtime would): formatting and the \
+             write are the added cost.",
+            log / a
+        ));
+    }
+    if let (Some(k), Some(a)) = (rate(&worker(Ordering::Key, 256, Sink::Kafka)), key256) {
+        out.push(format!(
+            "**The Kafka sink** ({:.2}× the no-op sink) produces every event again (zstd) to a \
+             topic on the same broker: the broker now writes as much as it reads, on the same \
+             cores.",
+            k / a
+        ));
+    }
+    if let (Some(t), Some(k)) = (
+        rate(&worker(Ordering::Key, 256, Sink::KafkaTransactional)),
+        rate(&worker(Ordering::Key, 256, Sink::Kafka)),
+    ) {
+        out.push(format!(
+            "**The transactional Kafka sink** ({:.2}× the plain one) adds a transaction per \
+             commit interval (1 s): the offsets are sent into it and it is committed, with the \
+             fetch loop held while it commits.",
+            t / k
+        ));
+    }
+    if let (Some(p), Some(a)) = (rate(&worker(Ordering::Key, 256, Sink::Postgres)), key256) {
+        out.push(format!(
+            "**The PostgreSQL sink** ({:.3}× the no-op sink) writes each event in a transaction \
+             of its own together with its offset row (effectively once): two inserts and a \
+             commit per record through a pool of at most 64 connections, so the database's \
+             per-transaction cost on these shared cores is the limit.",
+            p / a
+        ));
+    }
+    out
+}
+
+/// Draws the plot with gnuplot: median records/s (bars, min–max error bars) and CPU seconds
+/// per million records of each contender.
+pub fn plot(results: &Results, png: &Path) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("pipewright-bench-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("consume.dat");
+    let mut rows = String::new();
+    for (i, c) in results.contenders.iter().enumerate() {
+        let color = if c.contender.is_worker() {
+            "0x4477aa"
+        } else {
+            "0xcc6677"
+        };
+        rows.push_str(&format!(
+            "{i} \"{}\" {:.1} {:.1} {:.1} {:.4} {color}\n",
+            short_label(&c.contender),
+            c.median.records_per_s,
+            c.min_records_per_s,
+            c.max_records_per_s,
+            c.median.cpu_s_per_m_records,
+        ));
+    }
+    std::fs::write(&data, rows)?;
+    let script = format!(
+        r#"set terminal pngcairo noenhanced size 1400,1000 font "sans,11"
+set output "{png}"
+set datafile separator whitespace
+set multiplot layout 2,1 title "Consume throughput: {records} records, {partitions} partitions, {value} B typed JSON values; median of {runs} runs ({profile} profile, {cpus} CPUs)"
+set style fill solid 0.7 border -1
+set boxwidth 0.7
+set grid ytics
+set xtics rotate by -30 left nomirror
+set yrange [0:*]
+set xrange [-0.6:{last}.6]
+set format y "%.0s%c"
+set ylabel "records/s (bars: min-max)"
+plot "{data}" using 1:3:7:xtic(2) with boxes lc rgb variable notitle, \
+     "{data}" using 1:3:4:5 with yerrorbars lc rgb "black" pt 0 notitle, \
+     "{data}" using 1:3:(sprintf("%.0fk", $3/1000)) with labels offset 0,0.8 notitle
+set format y "%g"
+set ylabel "CPU s per million records"
+plot "{data}" using 1:6:7:xtic(2) with boxes lc rgb variable notitle, \
+     "{data}" using 1:6:(sprintf("%.2f", $6)) with labels offset 0,0.8 notitle
+unset multiplot
+"#,
+        png = png.display(),
+        data = data.display(),
+        records = results.workload.records,
+        partitions = results.workload.partitions,
+        value = results.workload.value_bytes,
+        runs = results.runs_per_contender,
+        profile = results.profile.name(),
+        cpus = results.machine.cpus,
+        last = results.contenders.len().saturating_sub(1),
+    );
+    let script_path = dir.join("consume.gp");
+    std::fs::write(&script_path, script)?;
+    let output = Command::new("gnuplot")
+        .arg(&script_path)
+        .output()
+        .context("run gnuplot (Debian package gnuplot-nox; `bench/run` installs it)")?;
+    ensure!(
+        output.status.success(),
+        "gnuplot failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn figures_of_a_run_are_per_window_and_per_million_records() {
+        let workload = Workload {
+            records: 500_000,
+            partitions: 6,
+            keys: 10_000,
+            key_bytes: 6,
+            value_bytes: 256,
+            event_types: vec![],
+            compression: "none".into(),
+            fill_s: 0.0,
+        };
+        let run = Run {
+            round: 0,
+            records: 500_000,
+            window_s: 2.0,
+            cpu_s: 3.0,
+            cpu_scope: "window".into(),
+            cpu_process_s: 4.0,
+            peak_rss_bytes: 64 * 1024 * 1024,
+            extra: Default::default(),
+        };
+        let f = Figures::of_run(&run, &workload);
+        assert_eq!(f.records_per_s, 250_000.0);
+        assert_eq!(f.mb_per_s, 250_000.0 * 262.0 / 1e6);
+        assert_eq!(f.cpu_s_per_m_records, 6.0);
+        assert_eq!(f.cores_busy, 1.5);
+        assert_eq!(f.peak_rss_mib, 64.0);
+    }
+}
