@@ -6,6 +6,8 @@ SHELL := bash
 ENV_UP := tests/env/up
 ENV_DOWN := tests/env/down
 CARGO ?= cargo
+# make bench QUICK=1: the short benchmark run (bench/run).
+QUICK ?=
 
 .PHONY: help
 help: ## List the targets
@@ -52,8 +54,8 @@ generate-check: ## Fail when the checked-in CRD YAML differs from the Rust types
 	$(CARGO) run -q -p pipewright-crds --bin crdgen -- --check charts/pipewright/crds
 
 .PHONY: bench
-bench: ## Benchmarks as ratios against baselines (benchmark issue, not filed yet)
-	@echo "make bench waits for the benchmark issue (not filed yet; see issues #4 and #5)" >&2; exit 2
+bench: ## Benchmarks: the worker against peers, as ratios, into docs/benchmarks.md (QUICK=1: a short run)
+	@QUICK=$(QUICK) bench/run
 
 .PHONY: kind-e2e
 kind-e2e: ## On a machine with Docker + kind: cluster, images, helm install, examples, status
