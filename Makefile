@@ -6,8 +6,9 @@ SHELL := bash
 ENV_UP := tests/env/up
 ENV_DOWN := tests/env/down
 CARGO ?= cargo
-# make bench QUICK=1: the short benchmark run (bench/run).
+# make bench QUICK=1: the short benchmark run; WORKER_ARGS="...": extra worker flags (bench/run).
 QUICK ?=
+WORKER_ARGS ?=
 
 .PHONY: help
 help: ## List the targets
@@ -55,7 +56,7 @@ generate-check: ## Fail when the checked-in CRD YAML differs from the Rust types
 
 .PHONY: bench
 bench: ## Benchmarks: the worker against peers, as ratios, into docs/benchmarks.md (QUICK=1: a short run)
-	@QUICK=$(QUICK) bench/run
+	@QUICK="$(QUICK)" WORKER_ARGS="$(WORKER_ARGS)" bench/run
 
 .PHONY: kind-e2e
 kind-e2e: ## On a machine with Docker + kind: cluster, images, helm install, examples, status

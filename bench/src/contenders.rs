@@ -106,6 +106,9 @@ pub enum Contender {
         ordering: Ordering,
         concurrency: u32,
         sink: Sink,
+        /// `--kafka-config queued.max.messages.kbytes=N`; `None`: the worker's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue_kbytes: Option<u32>,
     },
 }
 
@@ -120,7 +123,15 @@ impl Contender {
                 ordering,
                 concurrency,
                 sink,
-            } => format!("worker-{}-c{concurrency}-{}", ordering.flag(), sink.id()),
+                queue_kbytes,
+            } => {
+                let queue = queue_kbytes.map_or(String::new(), |k| format!("-queue{k}k"));
+                format!(
+                    "worker-{}-c{concurrency}-{}{queue}",
+                    ordering.flag(),
+                    sink.id()
+                )
+            }
         }
     }
 
@@ -134,11 +145,17 @@ impl Contender {
                 ordering,
                 concurrency,
                 sink,
-            } => format!(
-                "worker: {} order, c={concurrency}, {}",
-                ordering.flag(),
-                sink.name()
-            ),
+                queue_kbytes,
+            } => {
+                let queue = queue_kbytes.map_or(String::new(), |k| {
+                    format!(", queued.max.messages.kbytes={k}")
+                });
+                format!(
+                    "worker: {} order, c={concurrency}, {}{queue}",
+                    ordering.flag(),
+                    sink.name()
+                )
+            }
         }
     }
 
@@ -156,6 +173,8 @@ pub struct Setup {
     pub kafka_classpath: String,
     pub java: PathBuf,
     pub worker: PathBuf,
+    /// Extra flags for every worker run (`--worker-arg`), after the harness's own.
+    pub worker_args: Vec<String>,
     pub raw_consumer: PathBuf,
     pub rdkafka_performance: PathBuf,
     /// Logs of the runs.
@@ -211,6 +230,7 @@ pub fn run_once(
             ordering,
             concurrency,
             sink,
+            queue_kbytes,
         } => {
             let target = SinkTarget::prepare(setup, *sink, run_id, rt)?;
             let run = run_worker(
@@ -220,6 +240,7 @@ pub fn run_once(
                 &group,
                 *ordering,
                 *concurrency,
+                *queue_kbytes,
                 &target,
                 &log,
             );
@@ -643,6 +664,7 @@ fn run_worker(
     group: &str,
     ordering: Ordering,
     concurrency: u32,
+    queue_kbytes: Option<u32>,
     target: &SinkTarget,
     log: &std::path::Path,
 ) -> Result<Run> {
@@ -665,10 +687,14 @@ fn run_worker(
         .args(["--ordering", ordering.flag()])
         .args(["--concurrency", &concurrency.to_string()])
         .args(target.args(group));
+    if let Some(k) = queue_kbytes {
+        command.arg(format!("--kafka-config=queued.max.messages.kbytes={k}"));
+    }
+    command.args(&setup.worker_args);
     let started = SystemTime::now();
     let mut proc = Proc::spawn("pipewright-worker", command, None, log)?;
 
-    let idle_limit = Duration::from_secs(120);
+    let idle_limit = Duration::from_secs(30);
     let mut last_progress = (Instant::now(), 0u64);
     let mut last_zero_scrape = started;
     let mut first: Option<SystemTime> = None;

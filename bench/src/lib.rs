@@ -32,7 +32,12 @@ pub fn progress(message: &str) {
 }
 
 /// The binaries and services, from the environment of `tests/env/up` and the paths given.
-pub fn setup_from_env(worker: PathBuf, raw_consumer: PathBuf, work_dir: PathBuf) -> Result<Setup> {
+pub fn setup_from_env(
+    worker: PathBuf,
+    worker_args: Vec<String>,
+    raw_consumer: PathBuf,
+    work_dir: PathBuf,
+) -> Result<Setup> {
     let var = |name: &str| {
         std::env::var(name)
             .ok()
@@ -54,6 +59,7 @@ pub fn setup_from_env(worker: PathBuf, raw_consumer: PathBuf, work_dir: PathBuf)
         kafka_classpath: var("PIPEWRIGHT_KAFKA_CLASSPATH")?,
         java: PathBuf::from(std::env::var("JAVA").unwrap_or_else(|_| "java".into())),
         worker,
+        worker_args,
         raw_consumer,
         rdkafka_performance: PathBuf::from(env!("PIPEWRIGHT_RDKAFKA_PERFORMANCE")),
         work_dir,
@@ -128,6 +134,7 @@ pub fn consume(profile: Profile, setup: &Setup) -> Result<Results> {
         versions: versions(setup),
         workload,
         runs_per_contender: profile.runs(),
+        worker_extra_args: setup.worker_args.clone(),
         contenders,
         targets,
     })

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pipewright_bench::profile::Profile;
 use pipewright_bench::report::{self, Results};
-use pipewright_bench::{progress, setup_from_env};
+use pipewright_bench::{HOW_TO_START, progress, setup_from_env, workload};
 
 /// pipewright's benchmarks: ratios against peers measured in the same invocation.
 #[derive(Debug, Parser)]
@@ -28,11 +28,23 @@ enum Cmd {
         /// The worker binary (default: `pipewright-worker` beside this one).
         #[arg(long)]
         worker: Option<PathBuf>,
+        /// An extra flag for every worker run (repeatable), e.g.
+        /// `--worker-arg=--commit-interval=500ms`; recorded in the results.
+        #[arg(long = "worker-arg", allow_hyphen_values = true)]
+        worker_args: Vec<String>,
         /// Logs of every run.
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
         #[command(flatten)]
         output: Output,
+    },
+    /// Create a topic and write the benchmark's records to it, and keep it (for looking into
+    /// one contender by hand). Needs the test environment's variables.
+    Fill {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
     },
     /// Render the markdown (and the plot) from an existing results file.
     Render {
@@ -61,6 +73,7 @@ fn main() -> Result<()> {
         Cmd::Consume {
             profile,
             worker,
+            worker_args,
             work_dir,
             output,
         } => {
@@ -69,7 +82,7 @@ fn main() -> Result<()> {
             let dir = here.parent().context("this binary's directory")?;
             let worker = worker.unwrap_or_else(|| dir.join("pipewright-worker"));
             let raw = dir.join("pipewright-bench-raw-consumer");
-            let setup = setup_from_env(worker, raw, work_dir)?;
+            let setup = setup_from_env(worker, worker_args, raw, work_dir)?;
             let results = pipewright_bench::consume(profile, &setup)?;
             results.write(&output.results)?;
             progress(&format!("results: {}", output.results.display()));
@@ -84,6 +97,21 @@ fn main() -> Result<()> {
                 ));
             }
             progress(&format!("done in {:.0} s", clock.elapsed().as_secs_f64()));
+            Ok(())
+        }
+        Cmd::Fill { topic, records } => {
+            let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+                .with_context(|| format!("KAFKA_BOOTSTRAP_SERVERS: {HOW_TO_START}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(workload::create_topic(
+                &bootstrap,
+                &topic,
+                workload::PARTITIONS,
+            ))?;
+            workload::fill(&bootstrap, &topic, records)?;
+            progress(&format!("{records} records in {topic}"));
             Ok(())
         }
         Cmd::Render { output } => {

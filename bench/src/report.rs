@@ -21,6 +21,9 @@ pub struct Results {
     pub versions: Versions,
     pub workload: Workload,
     pub runs_per_contender: usize,
+    /// Flags added to every worker run beyond the harness's own (`--worker-arg`).
+    #[serde(default)]
+    pub worker_extra_args: Vec<String>,
     pub contenders: Vec<ContenderResult>,
     /// The issue's targets, as measured.
     pub targets: Vec<Ratio>,
@@ -158,6 +161,7 @@ pub fn targets(contenders: &[ContenderResult]) -> Vec<Ratio> {
         ordering: Ordering::Key,
         concurrency: 256,
         sink,
+        queue_kbytes: None,
     };
     let wanted = [
         (
@@ -243,7 +247,11 @@ pub fn short_label(contender: &Contender) -> String {
             ordering,
             concurrency,
             sink,
+            queue_kbytes,
         } => match sink {
+            Sink::Discard if queue_kbytes.is_some() => {
+                format!("{} c{concurrency} queue64M", ordering.flag())
+            }
             Sink::Discard => format!("{} c{concurrency}", ordering.flag()),
             Sink::Log => "log sink".into(),
             Sink::Kafka => "kafka sink".into(),
@@ -275,13 +283,13 @@ pub fn markdown(results: &Results, plot: Option<&str>) -> String {
     );
     line("");
     line(&format!(
-        "Last run: `{}` profile, {} UTC, {:.0} min {:.0} s for the comparisons. Machine: {} CPUs \
+        "Last run: `{}` profile, {} UTC, {} min {} s for the comparisons. Machine: {} CPUs \
          ({}), {:.0} GiB, Linux {}. Worker built from `{}` (release); librdkafka {}; Kafka {}; \
          {}.",
         results.profile.name(),
         results.started_at,
-        (results.duration_s / 60.0).floor(),
-        results.duration_s % 60.0,
+        results.duration_s as u64 / 60,
+        results.duration_s as u64 % 60,
         results.machine.cpus,
         results.machine.cpu_model,
         results.machine.memory_gib,
@@ -323,6 +331,13 @@ pub fn markdown(results: &Results, plot: Option<&str>) -> String {
         results.runs_per_contender,
     ));
     line("");
+    if !results.worker_extra_args.is_empty() {
+        line(&format!(
+            "**Every worker run had these flags beyond the harness's own:** `{}`.",
+            results.worker_extra_args.join(" ")
+        ));
+        line("");
+    }
     line(
         "| contender | records/s (min–max) | MB/s | CPU s / M records | cores busy | peak RSS MiB | × raw Rust loop | × Java |",
     );
@@ -461,83 +476,156 @@ const METHOD: &[&str] = &[
 /// What limits each contender, from the figures of this run.
 fn limits(results: &Results) -> Vec<String> {
     let cpus = results.machine.cpus as f64;
-    let busy = |c: &Contender| results.find(c).map(|r| r.median.cores_busy);
-    let rate = |c: &Contender| results.find(c).map(|r| r.median.records_per_s);
+    let get = |c: &Contender| results.find(c).map(|r| r.median);
     let worker = |ordering, concurrency, sink| Contender::Worker {
         ordering,
         concurrency,
         sink,
+        queue_kbytes: None,
     };
+    let key256 = get(&worker(Ordering::Key, 256, Sink::Discard));
+    let raw = get(&Contender::RawRust);
     let mut out = Vec::new();
-    let fmt_busy = |b: Option<f64>| b.map_or("–".to_string(), |b| format!("{b:.2}"));
     out.push(format!(
-        "**Every contender** shares the {cpus:.0} cores with the broker that serves it (the broker \
-         reads the log from page cache and sends it; its CPU is not counted in any row). A \
-         contender near {cpus:.0} cores busy is taking CPU from the broker as well."
+        "**Every contender** shares the {cpus:.0} cores with the broker that serves it (the \
+         broker reads the log from page cache and sends it; its CPU is in no row). *cores busy* \
+         tells whether a contender is bound by its own CPU (near {cpus:.0}, taking CPU from the \
+         broker too) or by waiting for records (well below 1)."
     ));
-    out.push(format!(
-        "**Java ConsumerPerformance** ({} cores busy) and **rdkafka_performance** ({}) do no \
-         per-record work beyond counting bytes: they show how fast this broker can hand the \
-         topic to one consumer on this machine. Java's figure also includes JIT warm-up inside \
-         its window.",
-        fmt_busy(busy(&Contender::JavaConsumerPerformance)),
-        fmt_busy(busy(&Contender::RdkafkaPerformance)),
-    ));
-    out.push(format!(
-        "**The raw Rust loop** ({} cores busy) adds a serde_json decode of each value into a typed \
-         enum on its one poll thread; librdkafka's fetch threads run beside it. Its gap to \
-         `rdkafka_performance` is the decode plus rust-rdkafka's per-message overhead.",
-        fmt_busy(busy(&Contender::RawRust)),
-    ));
-    let key256 = rate(&worker(Ordering::Key, 256, Sink::Discard));
-    let key16 = rate(&worker(Ordering::Key, 16, Sink::Discard));
-    if let (Some(a), Some(b)) = (key256, key16) {
-        out.push(format!(
-            "**The worker with the no-op sink** ({} cores busy at key order, c=256) does per \
-             record what the raw loop does plus the pipeline: the event check, a slot of the \
-             concurrency bound, per-key ordering, a task per record, offset tracking and \
-             commits. Concurrency 16 vs 256 (key order): {:.2}× — a record holds its slot until \
-             its offset is committed, so a small bound makes the fetch loop wait for commits.",
-            fmt_busy(busy(&worker(Ordering::Key, 256, Sink::Discard))),
-            b / a,
-        ));
-    }
-    if let (Some(log), Some(a)) = (rate(&worker(Ordering::Key, 256, Sink::Log)), key256) {
-        out.push(format!(
-            "**The log sink** ({:.2}× the no-op sink) formats one structured line per event and \
-             writes it to stderr (a file here, as a container runtime would): formatting and the \
-             write are the added cost.",
-            log / a
-        ));
-    }
-    if let (Some(k), Some(a)) = (rate(&worker(Ordering::Key, 256, Sink::Kafka)), key256) {
-        out.push(format!(
-            "**The Kafka sink** ({:.2}× the no-op sink) produces every event again (zstd) to a \
-             topic on the same broker: the broker now writes as much as it reads, on the same \
-             cores.",
-            k / a
-        ));
-    }
-    if let (Some(t), Some(k)) = (
-        rate(&worker(Ordering::Key, 256, Sink::KafkaTransactional)),
-        rate(&worker(Ordering::Key, 256, Sink::Kafka)),
+    if let (Some(j), Some(r)) = (
+        get(&Contender::JavaConsumerPerformance),
+        get(&Contender::RdkafkaPerformance),
     ) {
         out.push(format!(
-            "**The transactional Kafka sink** ({:.2}× the plain one) adds a transaction per \
-             commit interval (1 s): the offsets are sent into it and it is committed, with the \
-             fetch loop held while it commits.",
-            t / k
+            "**Java ConsumerPerformance** ({:.2} cores busy) and **rdkafka_performance** ({:.2}) \
+             do no per-record work beyond counting bytes: they show how fast this broker hands \
+             the topic to one consumer here. Java's window includes its JIT warm-up, and its \
+             runs vary most (see the range).",
+            j.cores_busy, r.cores_busy
         ));
     }
-    if let (Some(p), Some(a)) = (rate(&worker(Ordering::Key, 256, Sink::Postgres)), key256) {
+    if let Some(r) = raw {
         out.push(format!(
-            "**The PostgreSQL sink** ({:.3}× the no-op sink) writes each event in a transaction \
-             of its own together with its offset row (effectively once): two inserts and a \
-             commit per record through a pool of at most 64 connections, so the database's \
-             per-transaction cost on these shared cores is the limit.",
-            p / a
+            "**The raw Rust loop** ({:.2} cores busy, {:.2} CPU s per million records) adds a \
+             serde_json decode of each value into a typed enum on its one poll thread, beside \
+             librdkafka's fetch threads. Its gap to `rdkafka_performance` is that decode plus \
+             rust-rdkafka's per-message overhead.",
+            r.cores_busy, r.cpu_s_per_m_records
         ));
     }
+    if let Some(w) = key256 {
+        let bound = if w.cores_busy < 0.5 {
+            format!(
+                "is not bound by its CPU: {:.2} cores busy, so it waits for records most of \
+                 its window",
+                w.cores_busy
+            )
+        } else {
+            format!("uses {:.2} cores", w.cores_busy)
+        };
+        let mut text = format!(
+            "**The worker with the no-op sink** (key order, c=256) {bound}. Per record it does \
+             what the raw loop does (the event check: JSON, declared type) plus the pipeline \
+             (lanes, windows, offset tracking, commits)"
+        );
+        if let Some(r) = raw {
+            text.push_str(&format!(
+                ": {:.2} CPU s per million records against the raw loop's {:.2}",
+                w.cpu_s_per_m_records, r.cpu_s_per_m_records
+            ));
+        }
+        text.push('.');
+        let queued = Contender::Worker {
+            ordering: Ordering::Key,
+            concurrency: 256,
+            sink: Sink::Discard,
+            queue_kbytes: Some(crate::profile::LIBRDKAFKA_DEFAULT_QUEUE_KBYTES),
+        };
+        if let Some(q) = get(&queued) {
+            text.push_str(&format!(
+                " The worker caps librdkafka's prefetch queue (`queued.max.messages.kbytes`) at \
+                 16384 kB; with librdkafka's default, 65536 kB, the same worker reaches {:.2}× \
+                 ({:.2} cores busy, row *queued.max.messages.kbytes=65536*): how fast records \
+                 reach the pipeline, not the pipeline, is what limits the default configuration.",
+                q.records_per_s / w.records_per_s,
+                q.cores_busy
+            ));
+        }
+        out.push(text);
+    }
+    let grid: Vec<f64> = results
+        .contenders
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.contender,
+                Contender::Worker {
+                    sink: Sink::Discard,
+                    queue_kbytes: None,
+                    ..
+                }
+            )
+        })
+        .map(|c| c.median.records_per_s)
+        .collect();
+    if grid.len() > 1 {
+        let (lo, hi) = (
+            grid.iter().copied().fold(f64::INFINITY, f64::min),
+            grid.iter().copied().fold(0.0, f64::max),
+        );
+        out.push(format!(
+            "**Ordering and concurrency** with the no-op sink: the slowest of the {} variants \
+             runs at {:.2}× the fastest. A no-op delivery completes at its first poll and runs \
+             inline on the fetch task (docs of `worker/src/consume/pipeline.rs`), so records \
+             hardly wait for a slot or behind their key; these settings matter once the sink \
+             takes time.",
+            grid.len(),
+            lo / hi
+        ));
+    }
+    let sink_text = |sink: Sink, title: &str, what: &str| -> Option<String> {
+        let s = get(&worker(Ordering::Key, 256, sink))?;
+        let w = key256?;
+        Some(format!(
+            "**The {title}** ({:.2}× the no-op sink, {:.2} cores busy, {:.1} CPU s per million \
+             records) {what}",
+            s.records_per_s / w.records_per_s,
+            s.cores_busy,
+            s.cpu_s_per_m_records
+        ))
+    };
+    out.extend(sink_text(
+        Sink::Log,
+        "log sink (no payload)",
+        "formats one structured line per event and writes it to stderr (a file here, as a \
+         container runtime's log would be): formatting and the write are the added cost.",
+    ));
+    out.extend(sink_text(
+        Sink::Kafka,
+        "Kafka sink",
+        "produces every event again, zstd-compressed, to a topic on the same broker: the \
+         compression and librdkafka's producer cost CPU in the worker, and the broker writes as \
+         much as it reads, on the same cores.",
+    ));
+    if let (Some(t), Some(k)) = (
+        get(&worker(Ordering::Key, 256, Sink::KafkaTransactional)),
+        get(&worker(Ordering::Key, 256, Sink::Kafka)),
+    ) {
+        out.push(format!(
+            "**The transactional Kafka sink** ({:.2}× the plain one) commits a transaction per \
+             commit interval (1 s) with the consumed offsets in it; the fetch loop takes nothing \
+             new while the records in flight finish and the transaction commits.",
+            t.records_per_s / k.records_per_s
+        ));
+    }
+    out.extend(sink_text(
+        Sink::Postgres,
+        "PostgreSQL sink",
+        "writes each event in a transaction of its own together with its offset row \
+         (effectively once): two inserts and a commit per record through at most 64 \
+         connections, on the same cores as the database. The database's per-transaction cost \
+         is the limit; no peer runs this workload.",
+    ));
     out
 }
 
