@@ -28,6 +28,10 @@ enum Cmd {
         /// The worker binary (default: `pipewright-worker` beside this one).
         #[arg(long)]
         worker: Option<PathBuf>,
+        /// What the worker was built from, for the results (default: `git describe --always
+        /// --dirty` of the current directory).
+        #[arg(long)]
+        worker_git: Option<String>,
         /// An extra flag for every worker run (repeatable), e.g.
         /// `--worker-arg=--commit-interval=500ms`; recorded in the results.
         #[arg(long = "worker-arg", allow_hyphen_values = true)]
@@ -73,6 +77,7 @@ fn main() -> Result<()> {
         Cmd::Consume {
             profile,
             worker,
+            worker_git,
             worker_args,
             work_dir,
             output,
@@ -83,7 +88,10 @@ fn main() -> Result<()> {
             let worker = worker.unwrap_or_else(|| dir.join("pipewright-worker"));
             let raw = dir.join("pipewright-bench-raw-consumer");
             let setup = setup_from_env(worker, worker_args, raw, work_dir)?;
-            let results = pipewright_bench::consume(profile, &setup)?;
+            let mut results = pipewright_bench::consume(profile, &setup)?;
+            if let Some(git) = worker_git {
+                results.versions.worker_git = git;
+            }
             results.write(&output.results)?;
             progress(&format!("results: {}", output.results.display()));
             render(&results, &output)?;
