@@ -438,6 +438,11 @@ impl<H: Handler> Pipeline<H> {
         }
     }
 
+    /// Wakes the caller waiting in [`Pipeline::done_notified`] (something changed the flow).
+    pub fn wake(&self) {
+        self.done.notify.notify_one();
+    }
+
     /// Resolves when a record that ran as a task ended (cancel-safe).
     pub async fn done_notified(&self) {
         self.done.notify.notified().await
