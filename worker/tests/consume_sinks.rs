@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::consume::{ConsumeWorker, TopicReader, committed, produce_steps};
+use common::consume::{ConsumeWorker, TopicReader, committed, produce, produce_steps, step};
 use pipewright_testenv::{TestEnv, TestSchema, create_topic, eventually, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +101,21 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
     let out = create_topic("ec-tx-out", 3).await;
     let group = unique_name("ec-tx");
     let total = 6000usize;
-    produce_steps(&topic, total as u64, 100).await;
+    // Produced while the worker runs (12 batches, 150 ms apart), so the kill lands mid-stream
+    // with a transaction open, however fast the worker is.
+    let producing_topic = topic.clone();
+    let producing = tokio::spawn(async move {
+        for batch in 0..12u64 {
+            let records = (batch * 500..(batch + 1) * 500)
+                .map(|i| {
+                    let key = format!("k{}", i % 100);
+                    (Some(key.clone()), Some(step(&key, i).into_bytes()))
+                })
+                .collect();
+            produce(&producing_topic, records).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
     let committed_reader = TopicReader::start(&out, "read_committed");
     let uncommitted_reader = TopicReader::start(&out, "read_uncommitted");
     let sink = [
@@ -151,6 +165,7 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
         "the kill came too late to be mid-stream"
     );
 
+    producing.await.unwrap();
     let second = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
     eventually(
         "every input reaches the output",
