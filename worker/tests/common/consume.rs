@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +65,78 @@ pub async fn produce_steps(topic: &str, count: u64, keys: u64) {
         })
         .collect();
     produce(topic, records).await;
+}
+
+/// A stream of step events produced at a steady rate in the background (`k<i % keys>`,
+/// n = i, each record to every topic), until [`SteadyStream::stop`].
+#[derive(Debug)]
+pub struct SteadyStream {
+    stop: Arc<AtomicBool>,
+    produced: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl SteadyStream {
+    /// Produces `per_second` records per second to each of `topics`, in ticks of 50 ms.
+    pub fn start(topics: &[String], per_second: u64, keys: u64) -> SteadyStream {
+        let producer: FutureProducer = kafka_config()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let stop = Arc::new(AtomicBool::new(false));
+        let produced = Arc::new(AtomicU64::new(0));
+        let topics = topics.to_vec();
+        let per_tick = (per_second / 20).max(1);
+        let (stopping, counter) = (stop.clone(), produced.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut next = 0u64;
+            while !stopping.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let mut pending = Vec::new();
+                for i in next..next + per_tick {
+                    let key = format!("k{}", i % keys);
+                    let value = step(&key, i);
+                    for topic in &topics {
+                        let mut record = FutureRecord::to(topic).key(&key).payload(&value);
+                        loop {
+                            match producer.send_result(record) {
+                                Ok(f) => break pending.push(f),
+                                Err((_, back)) => {
+                                    record = back;
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                            }
+                        }
+                    }
+                }
+                for f in pending {
+                    f.await.expect("delivery").expect("acknowledged");
+                }
+                next += per_tick;
+                counter.store(next, Ordering::SeqCst);
+            }
+            next
+        });
+        SteadyStream {
+            stop,
+            produced,
+            task,
+        }
+    }
+
+    /// Records produced to each topic so far.
+    pub fn produced(&self) -> u64 {
+        self.produced.load(Ordering::SeqCst)
+    }
+
+    /// Stops producing; returns how many records each topic got (n = 0..that).
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the producing task")
+    }
 }
 
 /// The group's committed offsets per partition (partitions without a commit are absent).
@@ -205,6 +278,19 @@ impl ConsumeWorker {
         ConsumeWorker { child, addr, log }
     }
 
+    /// Waits until /readyz answers 200 (the worker joined its group and got an assignment).
+    pub async fn ready(&self) {
+        eventually(
+            "/readyz once the group is joined",
+            Duration::from_secs(90),
+            || async {
+                (super::http_get(self.addr, "/readyz").await.map(|r| r.0) == Some(200))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -267,6 +353,34 @@ pub fn parse_events(text: &str) -> Vec<Logged> {
             }
         })
         .collect()
+}
+
+/// The `fields` of the JSON log lines whose message is `message` (e.g. "partition assigned").
+pub fn log_fields(text: &str, message: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .map(|v| v["fields"].clone())
+        .collect()
+}
+
+/// Panics, naming them, when `pipewright-worker consume` lacks any of `flags` (a test of a
+/// newer worker run against an older one fails at once instead of timing out).
+pub fn require_consume_flags(flags: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipewright-worker"))
+        .args(["consume", "--help"])
+        .output()
+        .expect("run pipewright-worker consume --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = flags
+        .iter()
+        .copied()
+        .filter(|f| !help.contains(&format!("{f} ")) && !help.contains(&format!("{f}=")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "pipewright-worker consume has no {missing:?} flag"
+    );
 }
 
 pub fn free_addr() -> SocketAddr {
