@@ -9,19 +9,32 @@
 //! - **At least once.** A record's offset is committed only after the record is finished:
 //!   delivered (the handler returned `Ok`), skipped by policy, or acknowledged by the
 //!   dead-letter topic. The committed offset of a partition is the lowest offset not yet
-//!   finished there ([`offsets::OffsetTracker`]): records finish out of order, and a gap is
-//!   never committed. After a crash (SIGKILL) the records from the committed offset on are
-//!   delivered again. A record holds its slot of the `concurrency` bound until its offset is
-//!   committed, so at most `concurrency` records are taken and uncommitted at any time: at
-//!   most that many are delivered twice per crash.
+//!   finished there ([`offsets::PartitionOffsets`]): records finish out of order, and a gap is
+//!   never committed.
+//! - **Redelivery bound.** Per partition, the offsets taken and not covered by a commit the
+//!   broker acknowledged are at most `max_uncommitted_per_partition` (default 10,000; the
+//!   partition is paused at the bound): a crash (SIGKILL) delivers at most that many records of
+//!   a partition again (`consume_sigkill_redelivers_at_most_the_window_per_partition`). A
+//!   revocation commits the finished prefix: the next owner delivers again at most the same
+//!   bound (finished records above a record that had not finished).
 //! - **Order.** With `ordering: key`, records of one key (within a partition) are delivered one
 //!   at a time in offset order, while records of different keys run concurrently, even within
 //!   one partition; `partition` serialises each partition; `none` gives no order.
-//!   Redeliveries after a crash restart from the committed offset, so each key's sequence is
-//!   replayed in order.
-//! - **Bounded.** `concurrency` bounds the records in flight (running, retrying, or waiting
-//!   behind an earlier record of their key); when it is reached, the fetch loop stops polling
-//!   (librdkafka's own prefetch queue is capped by `queued.max.messages.kbytes`).
+//!   Redeliveries restart from the committed offset, so each key's sequence is replayed in
+//!   order. Across workers: a revoked partition's records stop before it is given up (below),
+//!   so no record of a key reaches the sink from its old owner after a later record of that
+//!   key arrived from its new owner
+//!   (`consume_rebalances_with_retries_in_flight_never_reorder_a_key_across_workers_and_lose_nothing`).
+//! - **No global stall.** `concurrency` bounds the records *running* (handler called, or
+//!   waiting to retry). A record that keeps failing holds back only its own key, and, once its
+//!   partition's window is full, only its partition (paused in librdkafka); every other key and
+//!   partition flows (`consume_one_key_failing_for_20s_does_not_stall_other_keys_and_partitions_and_keeps_its_order`).
+//!   The fetch loop never waits for the pipeline, so a slow record never makes the consumer
+//!   miss `max.poll.interval.ms` and leave the group
+//!   (`consume_a_record_slower_than_max_poll_interval_does_not_make_the_worker_leave_the_group`).
+//! - **Bounded memory.** Per partition, at most `max_uncommitted_per_partition` records and
+//!   `max_buffered_bytes_per_partition` bytes (default 16 MiB) of records not finished are
+//!   held; librdkafka's own prefetch is capped by `queued.max.messages.kbytes` (16 MiB).
 //! - **Poison records.** A delivery that fails `maxAttempts` times (exponential backoff with
 //!   jitter between attempts) or fails permanently, and a record that is not a valid event
 //!   (malformed JSON, undeclared type, schema mismatch, oversized) under the `deadLetter`
@@ -29,29 +42,34 @@
 //!   ([`dlq`]) and committed only once that topic acknowledged it; the records after it flow
 //!   on. Without a dead-letter topic (or with the `fail` policy) it stops the worker: it and
 //!   the records of its key behind it are not committed (exit code 1).
-//! - **Graceful shutdown.** On SIGTERM/SIGINT the worker stops fetching, waits for the records
-//!   in flight (at most `drainTimeout`; records still unfinished then are not committed),
-//!   commits synchronously, and closes the consumer (leaving the group unless it is a static
-//!   member). A restart after a completed drain delivers nothing twice.
-//! - **Rebalance.** Cooperative-sticky assignment: a revoked partition's finished offsets are
-//!   committed synchronously in the revoke callback; its records still in flight are delivered
-//!   again by its next owner (bounded by `concurrency`):
-//!   `consume_rebalance_to_a_second_worker_loses_nothing_and_redelivers_at_most_the_in_flight_records`.
+//! - **Graceful shutdown.** On SIGTERM/SIGINT the worker stops fetching, lets every record it
+//!   took finish (at most `drainTimeout`; records still unfinished then are cancelled and not
+//!   committed), commits synchronously, and closes the consumer (leaving the group unless it
+//!   is a static member). A restart after a completed drain delivers nothing twice.
+//! - **Revocation.** Cooperative-sticky assignment. When partitions are revoked, no record of
+//!   theirs starts any more (those waiting are dropped, uncommitted); their running records get
+//!   `revokeTimeout` (default 10 s) to finish, then are cancelled, and the callback returns
+//!   only once none runs; the handler hands on what it sent ([`Handler::before_revoke`]: the
+//!   Kafka sink flushes); the finished prefix is committed synchronously. A *lost* assignment
+//!   (session timeout) is cancelled at once and not committed. Only then does librdkafka give
+//!   the partitions up.
+//! - **Commits.** Every `commitInterval`, and early when a quarter of a partition's window is
+//!   finished and unsent, in the background (never blocking the fetch loop; one at a time);
+//!   synchronously on revocation and shutdown.
 //!
 //! - **Sinks.** `postgres`: effectively once (the offset is stored with the row in one
 //!   transaction; a replay is a no-op, [`sinks::postgres`]). `kafka` with `transactional`:
 //!   exactly once for `read_committed` readers (outputs and offsets in one Kafka transaction,
-//!   [`sinks::kafka`]). `http` and `log`: at least once (the HTTP receiver deduplicates on the
-//!   idempotency header, [`sinks::http`]).
-//!
-//! The fetch loop waits, without polling, while the window is full; a handler that keeps a
-//! record longer than librdkafka's `max.poll.interval.ms` (default 5 min; retries included)
-//! makes the consumer leave the group (its partitions are then delivered again elsewhere).
+//!   [`sinks::kafka`]); a transaction commit waits for the records in flight at most 30 s,
+//!   after which the transaction is aborted and the worker stops (its restart replays from the
+//!   last committed transaction). `http` and `log`: at least once (the HTTP receiver
+//!   deduplicates on the idempotency header, [`sinks::http`]).
 //!
 //! # Library use
 //!
 //! Implement [`Handler`] for a `#[serde(tag = "event_type")]` enum and call [`run`] with a
-//! [`ConsumeConfig`]; [`Pipeline`] alone (no Kafka) serves benchmarks.
+//! [`ConsumeConfig`]; [`Pipeline`] alone (no Kafka) runs records through a handler for tests
+//! and benchmarks.
 
 pub mod consumer;
 pub mod dlq;
