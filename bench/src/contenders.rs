@@ -459,6 +459,16 @@ impl RdkafkaReport {
     }
 }
 
+/// The librdkafka consumer settings the worker sets beyond librdkafka's defaults
+/// (`worker/src/consume/consumer.rs`, `client_config`), which the raw loop uses too, so that
+/// the worker-to-raw-loop ratio measures the pipeline and not a fetch setting. With
+/// librdkafka's default `fetch.queue.backoff.ms` (1 s) a consumer that drains its queue faster
+/// than the broker fills it stalls for a second at a time.
+pub const RAW_LOOP_CONFIG: &[&str] = &[
+    "queued.max.messages.kbytes=16384",
+    "fetch.queue.backoff.ms=10",
+];
+
 fn run_raw(
     setup: &Setup,
     topic: &Topic,
@@ -473,6 +483,9 @@ fn run_raw(
         .args(["--topic", &topic.name])
         .args(["--group-id", group])
         .args(["--records", &topic.records.to_string()]);
+    for entry in RAW_LOOP_CONFIG {
+        command.args(["--config", entry]);
+    }
     let mut proc = Proc::spawn("raw rust-rdkafka loop", command, Some(stdout), log)?;
     let status = proc.wait_sampling(run_timeout(topic))?;
     let out = std::fs::read_to_string(stdout).unwrap_or_default();

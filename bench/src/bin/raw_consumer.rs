@@ -24,6 +24,9 @@ struct Args {
     /// Stop after this many records.
     #[arg(long)]
     records: u64,
+    /// A librdkafka setting, `key=value` (repeatable).
+    #[arg(long = "config")]
+    config: Vec<String>,
     /// Give up when no record arrives for this many seconds.
     #[arg(long, default_value_t = 60)]
     idle_timeout_secs: u64,
@@ -35,11 +38,17 @@ fn unix_nanos(t: SystemTime) -> u128 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let consumer: BaseConsumer = workload::kafka_config(&args.bootstrap_servers)
+    let mut config = workload::kafka_config(&args.bootstrap_servers);
+    config
         .set("group.id", &args.group_id)
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .context("Kafka consumer")?;
+        .set("auto.offset.reset", "earliest");
+    for entry in &args.config {
+        let (key, value) = entry
+            .split_once('=')
+            .with_context(|| format!("--config {entry:?} is not key=value"))?;
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().context("Kafka consumer")?;
     consumer
         .subscribe(&[&args.topic])
         .with_context(|| format!("subscribe to {}", args.topic))?;
