@@ -1,8 +1,8 @@
 //! A live rebalance: a second worker joins the group while the first is consuming a stream
 //! that is still being produced. Cooperative-sticky assignment moves some partitions; the
 //! first worker commits what it finished in the revoke callback. Nothing is lost, the
-//! records delivered twice are at most the ones in flight at the revoke (the `concurrency`
-//! bound), and each worker delivers every key in order.
+//! records delivered twice are at most the window (`--max-uncommitted-per-partition`) of each
+//! moved partition, and each worker delivers every key in order.
 
 mod common;
 
@@ -13,7 +13,8 @@ use common::consume::{ConsumeWorker, Logged, produce, step};
 use common::http_get;
 use pipewright_testenv::{create_topic, eventually, unique_name};
 
-const CONCURRENCY: usize = 16;
+const WINDOW: usize = 200;
+const PARTITIONS: usize = 4;
 const KEYS: u64 = 40;
 const BATCHES: u64 = 40;
 const PER_BATCH: u64 = 400;
@@ -43,11 +44,19 @@ fn assert_in_order_per_key(events: &[Logged], who: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consume_rebalance_to_a_second_worker_loses_nothing_and_redelivers_at_most_the_in_flight_records()
+async fn consume_rebalance_to_a_second_worker_loses_nothing_and_redelivers_at_most_the_window_per_moved_partition()
  {
-    let topic = create_topic("ec-rebalance", 4).await;
+    let topic = create_topic("ec-rebalance", PARTITIONS as i32).await;
     let group = unique_name("ec-rebalance");
-    let args = ["--concurrency", "16", "--on-unknown-type", "fail"];
+    let window = WINDOW.to_string();
+    let args = [
+        "--concurrency",
+        "16",
+        "--max-uncommitted-per-partition",
+        &window,
+        "--on-unknown-type",
+        "fail",
+    ];
     let mut first = ConsumeWorker::start(&topic, &group, &args);
     ready(&first).await;
 
@@ -109,7 +118,7 @@ async fn consume_rebalance_to_a_second_worker_loses_nothing_and_redelivers_at_mo
         b.iter().map(|e| e.partition).collect::<HashSet<_>>()
     );
     assert!(
-        twice <= CONCURRENCY as u64,
-        "{twice} records delivered twice; at most the {CONCURRENCY} in flight at the revoke"
+        twice <= (WINDOW * PARTITIONS) as u64,
+        "{twice} records delivered twice; at most the window of {WINDOW} per moved partition"
     );
 }

@@ -209,11 +209,15 @@ async fn consume_rebalances_with_retries_in_flight_never_reorder_a_key_across_wo
     let moves: usize = assignments.values().map(|a| a.saturating_sub(1)).sum();
     let twice = delivered.len() - distinct.len();
     let refused = log.iter().filter(|a| !a.delivered()).count();
-    // Each refused answer of a record that another worker delivered: (n, partition, offset,
-    // refused by, at, delivered by, at, attempt).
+    // Each refused answer of a record that another worker delivered and the refusing worker
+    // never delivered itself (a record it gave up while retrying): (n, partition, offset,
+    // refused by, at, delivered by, at, attempt). A record the refusing worker delivered on a
+    // later attempt and its partition's next owner delivered again is a replay (a lower
+    // record of the partition was unfinished at the revoke), counted in `twice`.
     let moved: Vec<_> = log
         .iter()
         .filter(|a| !a.delivered())
+        .filter(|r| !delivered.iter().any(|a| a.n == r.n && a.worker == r.worker))
         .filter_map(|r| {
             let d = delivered
                 .iter()

@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 use super::events::{Handler, Record};
 use super::metrics::{ConsumerMetrics, PartitionLabels};
 use super::offsets::Tp;
-use super::pipeline::{Flow, Pipeline};
+use super::pipeline::{Flow, Pipeline, Taken};
 use super::sinks::kafka::{TX_QUIESCE_MAX, Transaction};
 use crate::kafka::KafkaSettings;
 use crate::{Error, Health};
@@ -524,14 +524,19 @@ pub async fn run<H: Handler>(
             _ = tick.tick() => fetcher.commit().await,
             message = stream.next() => match message {
                 Some(Ok(m)) => {
-                    pipeline.take(to_record(&m));
+                    let mut taken = pipeline.take(to_record(&m));
                     drop(m);
                     // Take what else is fetched already, without another trip through the
-                    // select (bounded, so ends of records and ticks are not starved).
+                    // select (bounded, so ends of records and ticks are not starved); stop as
+                    // soon as a window is full, so its partition is paused before anything
+                    // more of it is taken (the window is a hard bound).
                     for _ in 1..FETCH_BATCH {
+                        if taken == Taken::Paused {
+                            break;
+                        }
                         match stream.next().now_or_never() {
                             Some(Some(Ok(m))) => {
-                                pipeline.take(to_record(&m));
+                                taken = pipeline.take(to_record(&m));
                             }
                             Some(Some(Err(e))) => {
                                 warn!(error = %e, "consumer error");

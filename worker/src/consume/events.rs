@@ -238,12 +238,16 @@ pub fn decode_tagged<E: DeserializeOwned>(record: &Record) -> Result<E, Rejectio
     })
 }
 
-/// An event of the generic binary: its type and the whole JSON object.
+/// An event of the generic binary: its type and, when the sink needs it, the whole JSON
+/// object.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(try_from = "serde_json::Value")]
 pub struct GenericEvent {
     pub event_type: String,
-    pub body: serde_json::Value,
+    /// The whole object; `None` when nothing needs it (the sink sends the record's bytes as
+    /// they are, and the type declares no schema): then only `event_type` was read, the rest
+    /// was checked to be JSON and skipped, not built into a tree.
+    pub body: Option<serde_json::Value>,
 }
 
 impl TryFrom<serde_json::Value> for GenericEvent {
@@ -255,8 +259,23 @@ impl TryFrom<serde_json::Value> for GenericEvent {
             .and_then(|t| t.as_str())
             .ok_or("not a JSON object with a string \"event_type\"")?
             .to_string();
-        Ok(GenericEvent { event_type, body })
+        Ok(GenericEvent {
+            event_type,
+            body: Some(body),
+        })
     }
+}
+
+/// Reads `event_type` of a JSON object, checking the rest is JSON without building it.
+fn event_type_only(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Tag<'a> {
+        #[serde(borrow)]
+        event_type: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Tag<'_>>(payload)
+        .ok()
+        .map(|t| t.event_type.into_owned())
 }
 
 /// A JSON Schema check of one declared event type.
@@ -316,9 +335,26 @@ impl DeclaredTypes {
         self
     }
 
-    /// Decodes a record as a [`GenericEvent`] of a declared type.
-    pub fn decode(&self, record: &Record) -> Result<GenericEvent, Rejection> {
-        let (event_type, body) = parse_event(record)?;
+    /// Decodes a record as a [`GenericEvent`] of a declared type; `body` says whether the
+    /// whole object is wanted (a type with a schema builds it anyway, to check it).
+    pub fn decode(&self, record: &Record, body: bool) -> Result<GenericEvent, Rejection> {
+        let fast = if body {
+            None
+        } else {
+            record
+                .payload
+                .as_deref()
+                .and_then(event_type_only)
+                .filter(|t| !self.has_schema(t))
+        };
+        let (event_type, value) = match fast {
+            Some(event_type) => (event_type, None),
+            // Also every bad record: the full parse names what is wrong.
+            None => {
+                let (event_type, value) = parse_event(record)?;
+                (event_type, Some(value))
+            }
+        };
         if let Some(types) = &self.types {
             match types.get(&event_type) {
                 None => {
@@ -329,7 +365,17 @@ impl DeclaredTypes {
                     });
                 }
                 Some(Some(schema)) => {
-                    if let Err(message) = schema.check(&body) {
+                    // Never `None` here (a type with a schema takes the full parse); parse
+                    // anyway rather than assume.
+                    let parsed;
+                    let value = match &value {
+                        Some(v) => v,
+                        None => {
+                            parsed = parse_event(record)?.1;
+                            &parsed
+                        }
+                    };
+                    if let Err(message) = schema.check(value) {
                         return Err(Rejection {
                             kind: RejectionKind::SchemaInvalid,
                             message,
@@ -340,7 +386,17 @@ impl DeclaredTypes {
                 Some(None) => {}
             }
         }
-        Ok(GenericEvent { event_type, body })
+        Ok(GenericEvent {
+            event_type,
+            body: if body { value } else { None },
+        })
+    }
+
+    fn has_schema(&self, event_type: &str) -> bool {
+        self.types
+            .as_ref()
+            .and_then(|t| t.get(event_type))
+            .is_some_and(Option::is_some)
     }
 }
 
@@ -393,11 +449,11 @@ mod tests {
             .with_schema("a", Box::new(JsonSchema::compile(&schema).unwrap()));
         assert!(
             declared
-                .decode(&record(r#"{"event_type":"a","n":1}"#))
+                .decode(&record(r#"{"event_type":"a","n":1}"#), true)
                 .is_ok()
         );
         let r = declared
-            .decode(&record(r#"{"event_type":"a","n":-1}"#))
+            .decode(&record(r#"{"event_type":"a","n":-1}"#), true)
             .unwrap_err();
         assert_eq!(r.kind, RejectionKind::SchemaInvalid);
         assert!(r.message.contains("/n"), "{}", r.message);
@@ -405,16 +461,49 @@ mod tests {
     }
 
     #[test]
+    fn reading_only_the_type_accepts_and_rejects_exactly_what_the_full_parse_does() {
+        let declared = DeclaredTypes::names(["a".to_string()]);
+        for payload in [
+            r#"{"event_type":"a","n":1,"nested":{"x":[1,2,{"y":null}]}}"#,
+            r#"{"n":1,"event_type":"a"}"#,
+            r#"{"event_type":"a\u0041"}"#,
+            r#"{"event_type":"b"}"#,
+            r#"{"event_type":1}"#,
+            r#"{"event_type":"a","event_type":"b"}"#,
+            r#"{"event_type":"a"} trailing"#,
+            r#"{"event_type":"a","n":}"#,
+            r#"["event_type","a"]"#,
+            "not json",
+            "",
+        ] {
+            let full = declared.decode(&record(payload), true);
+            let fast = declared.decode(&record(payload), false);
+            match (&full, &fast) {
+                (Ok(f), Ok(q)) => {
+                    assert_eq!(f.event_type, q.event_type, "{payload}");
+                    assert!(q.body.is_none() && f.body.is_some(), "{payload}");
+                }
+                (Err(f), Err(q)) => assert_eq!(f, q, "{payload}"),
+                _ => panic!("{payload}: full {full:?}, type only {fast:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn declared_types_reject_undeclared_ones() {
         let declared = DeclaredTypes::names(["a".to_string()]);
-        assert!(declared.decode(&record(r#"{"event_type":"a"}"#)).is_ok());
+        assert!(
+            declared
+                .decode(&record(r#"{"event_type":"a"}"#), true)
+                .is_ok()
+        );
         let r = declared
-            .decode(&record(r#"{"event_type":"b"}"#))
+            .decode(&record(r#"{"event_type":"b"}"#), true)
             .unwrap_err();
         assert_eq!(r.kind, RejectionKind::UnknownType);
         assert!(
             DeclaredTypes::any()
-                .decode(&record(r#"{"event_type":"b"}"#))
+                .decode(&record(r#"{"event_type":"b"}"#), true)
                 .is_ok()
         );
     }

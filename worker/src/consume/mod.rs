@@ -96,7 +96,7 @@ pub use metrics::ConsumerMetrics;
 pub use offsets::{PartitionOffsets, Tp};
 pub use pipeline::{
     DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION, DEFAULT_MAX_UNCOMMITTED_PER_PARTITION, Flow,
-    Ordering, Pipeline, PipelineConfig,
+    Ordering, Pipeline, PipelineConfig, Taken,
 };
 pub use retry::RetryPolicy;
 use sinks::kafka::Transaction;

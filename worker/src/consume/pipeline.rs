@@ -118,6 +118,17 @@ impl Flow {
     }
 }
 
+/// What [`Pipeline::take`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Taken {
+    Taken,
+    /// Taken, and a partition must be paused before anything else is taken.
+    Paused,
+    /// Not taken: its partition is not assigned (or being revoked), or the pipeline closed.
+    Dropped,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct LaneKey {
     slot: usize,
@@ -131,8 +142,11 @@ struct Slot {
     tp: Tp,
     epoch: u64,
     offsets: PartitionOffsets,
-    /// Cancels this assignment's running records (revocation, drain deadline).
-    cancel: CancellationToken,
+    /// Cancels this assignment's running records (revocation, drain deadline). In an `Arc`:
+    /// cloning a token takes a lock, cloning the `Arc` does not.
+    cancel: Arc<CancellationToken>,
+    /// `cancel` was cancelled: nothing of this assignment starts.
+    cancelled: bool,
     /// Bytes of the records taken and not finished.
     bytes: usize,
     running: usize,
@@ -205,6 +219,8 @@ struct State {
     flow: Flow,
     commit_soon: bool,
     closed: bool,
+    /// The drain deadline passed: nothing starts.
+    aborted: bool,
 }
 
 impl State {
@@ -327,7 +343,8 @@ impl<H: Handler> Pipeline<H> {
             tp: tp.clone(),
             epoch,
             offsets: PartitionOffsets::new(),
-            cancel: self.abort.child_token(),
+            cancel: Arc::new(self.abort.child_token()),
+            cancelled: false,
             bytes: 0,
             running: 0,
             paused: false,
@@ -362,19 +379,21 @@ impl<H: Handler> Pipeline<H> {
             .is_some_and(|s| !s.revoking)
     }
 
-    /// Takes `record` into the pipeline. Returns false (dropping it) when its partition is not
-    /// assigned, is being revoked, or the pipeline is closed.
-    pub fn take(&self, record: Record) -> bool {
+    /// Takes `record` into the pipeline. Returns [`Taken::Dropped`] when its partition is not
+    /// assigned, is being revoked, or the pipeline is closed; [`Taken::Paused`] when this
+    /// record filled its partition's window: the caller must apply [`Pipeline::take_flow`]
+    /// (pause the partition) before it takes another record.
+    pub fn take(&self, record: Record) -> Taken {
         let mut st = self.state();
         if st.closed {
-            return false;
+            return Taken::Dropped;
         }
         let Some(index) = st.slot_of(&record.topic, record.partition) else {
-            return false;
+            return Taken::Dropped;
         };
         let bytes = record_bytes(&record);
         let Some(slot) = st.slots[index].as_mut().filter(|s| !s.revoking) else {
-            return false;
+            return Taken::Dropped;
         };
         slot.offsets.take(record.offset);
         slot.bytes += bytes;
@@ -410,7 +429,11 @@ impl<H: Handler> Pipeline<H> {
         }
         self.check_window(&mut st, index);
         self.pump(&mut st);
-        true
+        if st.flow.pause.is_empty() {
+            Taken::Taken
+        } else {
+            Taken::Paused
+        }
     }
 
     /// Takes the ends of records that ran as tasks, starts what may start now, and returns
@@ -470,6 +493,7 @@ impl<H: Handler> Pipeline<H> {
             bytes,
             record,
         } = job;
+        let aborted = st.aborted;
         let Some(slot) = st.slot(index, epoch) else {
             // Its assignment is gone: the partition's next owner delivers it.
             self.processor.metrics.in_flight.dec();
@@ -477,6 +501,7 @@ impl<H: Handler> Pipeline<H> {
         };
         slot.running += 1;
         let cancel = slot.cancel.clone();
+        let cancelled = slot.cancelled || aborted;
         st.running += 1;
         let offset = record.offset;
         let processor = self.processor.clone();
@@ -490,6 +515,9 @@ impl<H: Handler> Pipeline<H> {
             bytes,
             outcome,
         };
+        if cancelled {
+            return Some(done(Outcome::Cancelled));
+        }
         // A noop waker: when the processing is not finished, the task polls it again with its
         // own waker, which every well-behaved future registers anew on each poll.
         match processing
@@ -645,6 +673,7 @@ impl<H: Handler> Pipeline<H> {
                     slot.revoking = true;
                     if lost {
                         slot.cancel.cancel();
+                        slot.cancelled = true;
                     }
                 }
             }
@@ -683,8 +712,9 @@ impl<H: Handler> Pipeline<H> {
                         "revoked partitions' records still running at the revoke timeout: cancelling them (uncommitted; their next owner delivers them)"
                     );
                     for &i in &revoked {
-                        if let Some(slot) = st.slots[i].as_ref() {
+                        if let Some(slot) = st.slots[i].as_mut() {
                             slot.cancel.cancel();
+                            slot.cancelled = true;
                         }
                     }
                     cancelled = true;
@@ -814,6 +844,7 @@ impl<H: Handler> Pipeline<H> {
             self.abort.cancel();
             {
                 let mut st = self.state();
+                st.aborted = true;
                 let all: Vec<usize> = (0..st.slots.len()).collect();
                 self.drop_waiting(&mut st, &all);
             }
@@ -927,7 +958,7 @@ mod tests {
     async fn feed(p: &Pipeline<Arc<Probe>>, records: impl IntoIterator<Item = Record>) {
         for r in records {
             p.drain_done();
-            assert!(p.take(r));
+            assert_ne!(p.take(r), Taken::Dropped);
             tokio::task::yield_now().await;
         }
     }
@@ -1014,11 +1045,17 @@ mod tests {
         p.assign(Tp::new("t", 0));
         p.assign(Tp::new("t", 1));
         // Partition 0 starts with the stuck key, then other keys; partition 1 has other keys.
-        assert!(p.take(record(0, 0, "stuck")));
+        assert_ne!(Taken::Dropped, p.take(record(0, 0, "stuck")));
         let mut flow = Flow::default();
         for o in 1..100 {
-            assert!(p.take(record(0, o, &format!("a{}", o % 10))));
-            assert!(p.take(record(1, o, &format!("b{}", o % 10))));
+            assert_ne!(
+                Taken::Dropped,
+                p.take(record(0, o, &format!("a{}", o % 10)))
+            );
+            assert_ne!(
+                Taken::Dropped,
+                p.take(record(1, o, &format!("b{}", o % 10)))
+            );
             let f = p.take_flow();
             flow.pause.extend(f.pause);
         }
@@ -1079,10 +1116,10 @@ mod tests {
             ConsumerMetrics::unregistered(),
         );
         p.assign(Tp::new("t", 0));
-        assert!(p.take(record(0, 0, "a")));
-        assert!(p.take(record(0, 1, "stuck")));
+        assert_ne!(Taken::Dropped, p.take(record(0, 0, "a")));
+        assert_ne!(Taken::Dropped, p.take(record(0, 1, "stuck")));
         for o in 2..20 {
-            assert!(p.take(record(0, o, "stuck")));
+            assert_ne!(Taken::Dropped, p.take(record(0, o, "stuck")));
         }
         let p = Arc::new(p);
         let revoking = p.clone();
@@ -1093,7 +1130,11 @@ mod tests {
         .unwrap();
         assert_eq!(offsets, vec![(Tp::new("t", 0), 1)], "the finished prefix");
         assert_eq!(p.running(), 0, "the retrying record was cancelled");
-        assert!(!p.take(record(0, 20, "a")), "not assigned any more");
+        assert_eq!(
+            p.take(record(0, 20, "a")),
+            Taken::Dropped,
+            "not assigned any more"
+        );
         // Unstick: nothing of the revoked partition may be delivered now.
         *probe.stuck.lock().unwrap() = None;
         assert!(p.drain(Duration::from_secs(5)).await);

@@ -72,12 +72,9 @@ pub struct Processor<H> {
 }
 
 impl<H: Handler> Processor<H> {
-    /// Decodes, delivers (with retries) or dead-letters `record`; stops early when `cancel`
-    /// is cancelled.
+    /// Decodes, delivers (with retries) or dead-letters `record`; stops at the next wait when
+    /// `cancel` is cancelled (the caller checks it before starting a record).
     pub async fn process(&self, record: &Record, cancel: &CancellationToken) -> Outcome {
-        if cancel.is_cancelled() {
-            return Outcome::Cancelled;
-        }
         let size = record.payload.as_ref().map_or(0, Vec::len);
         let decoded = if size > self.config.max_record_bytes {
             Err(Rejection {

@@ -18,7 +18,7 @@ impl LogSink {
             info!(
                 target: "pipewright::event",
                 topic = %record.topic, partition = record.partition, offset = record.offset,
-                key = key.as_deref(), event_type = %event.event_type, payload = %event.body,
+                key = key.as_deref(), event_type = %event.event_type, payload = %event.body.as_ref().unwrap_or(&serde_json::Value::Null),
                 "event"
             );
         } else {

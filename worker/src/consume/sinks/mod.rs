@@ -37,6 +37,15 @@ impl Sink {
         }
     }
 
+    /// Whether deliveries need the whole event object (else only its type is read).
+    fn needs_body(&self) -> bool {
+        match self {
+            Sink::Log(s) => s.payload,
+            Sink::Postgres(_) => true,
+            Sink::Http(_) | Sink::Kafka(_) | Sink::Discard => false,
+        }
+    }
+
     fn before_revoke(&self) {
         if let Sink::Kafka(s) = self {
             s.flush();
@@ -55,7 +64,7 @@ impl Handler for SinkHandler {
     type Event = GenericEvent;
 
     fn decode(&self, record: &Record) -> Result<GenericEvent, Rejection> {
-        self.types.decode(record)
+        self.types.decode(record, self.sink.needs_body())
     }
 
     async fn handle(&self, event: &GenericEvent, record: &Record) -> Result<(), HandlerError> {

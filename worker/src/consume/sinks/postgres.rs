@@ -117,7 +117,7 @@ impl PostgresSink {
 
     /// The upsert statement for the columns this event has.
     fn statement(&self, event: &GenericEvent) -> Option<String> {
-        let object = event.body.as_object()?;
+        let object = event.body.as_ref()?.as_object()?;
         let mut cols: Vec<&String> = object
             .keys()
             .filter(|k| self.columns.contains(*k))
