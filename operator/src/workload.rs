@@ -13,10 +13,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -302,22 +301,13 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         name: "worker".into(),
         image: Some(plan.image.clone()),
         args: Some(vec![plan.component.mode().into()]),
-        // Static group membership keyed by the pod name (downward API; a ConfigMap cannot
-        // carry per-pod values): a restarted container gets its partitions back without a
-        // rebalance.
-        env: (plan.component == Component::EventConsumer).then(|| {
-            vec![EnvVar {
-                name: "PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            }]
-        }),
+        // No static group membership (`group.instance.id`): a Deployment's pods never come
+        // back under their name (a rollout, a scale-down, an eviction or a deleted pod each
+        // end a name for good), and a static member does not leave the group when it stops,
+        // so its partitions would wait for its session to time out (librdkafka: 45 s)
+        // before anyone consumed them again. A dynamic member leaves on SIGTERM, after its
+        // drain and final commit, and the group hands its partitions on at once.
+        env: None,
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: name.clone(),
@@ -511,21 +501,23 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn consumer_pods_are_static_group_members_named_after_the_pod() {
-        let env_of = |component| {
+    fn consumer_pods_are_dynamic_group_members_so_a_departing_pod_hands_its_partitions_on_at_once()
+    {
+        for component in [Component::EventConsumer, Component::Outbox] {
             let d = desired(&WorkerPlan {
                 component,
                 ..plan()
             });
-            d.deployment.spec.template.spec.unwrap().containers[0]
-                .env
-                .clone()
-        };
-        let env = env_of(Component::EventConsumer).unwrap();
-        assert_eq!(env[0].name, "PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID");
-        let field = env[0].value_from.clone().unwrap().field_ref.unwrap();
-        assert_eq!(field.field_path, "metadata.name");
-        assert_eq!(env_of(Component::Outbox), None);
+            let container = &d.deployment.spec.template.spec.unwrap().containers[0];
+            assert_eq!(container.env, None, "{component:?}: no per-pod environment");
+            assert!(
+                !d.config_map
+                    .data
+                    .unwrap()
+                    .contains_key("PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID"),
+                "{component:?}: no group.instance.id"
+            );
+        }
     }
 
     #[test]
