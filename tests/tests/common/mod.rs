@@ -222,7 +222,8 @@ impl Stack {
     }
 
     /// The exit code of the last terminated worker container of `instance`, as the kubelet
-    /// reported it.
+    /// reported it: the current state when it is terminated, else the last one. (`lastState`
+    /// is an empty object, not absent, until the container restarted once.)
     pub async fn worker_exit_code(&self, instance: &str) -> Option<i32> {
         self.worker_pods(instance)
             .await
@@ -233,8 +234,10 @@ impl Stack {
                     .flat_map(|s| s.container_statuses.iter().flatten())
             })
             .find_map(|c| {
-                let state = c.last_state.as_ref().or(c.state.as_ref())?;
-                Some(state.terminated.as_ref()?.exit_code)
+                [&c.state, &c.last_state]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|state| Some(state.terminated.as_ref()?.exit_code))
             })
     }
 
