@@ -82,8 +82,9 @@ pub struct ConsumeArgs {
     /// Kafka consumer group.
     #[arg(long, env = "PIPEWRIGHT_CONSUMER_GROUP_ID")]
     pub group_id: String,
-    /// Static group membership (`group.instance.id`), normally the pod name: a restarted pod
-    /// gets its partitions back without a rebalance. Unset: dynamic membership.
+    /// Static group membership (`group.instance.id`): for an instance that comes back under
+    /// the same name (a static member that goes away holds its partitions until its session
+    /// times out). Unset (what the operator renders): dynamic membership.
     #[arg(long, env = "PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
     /// Where a new consumer group starts in each partition.

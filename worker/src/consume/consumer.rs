@@ -69,8 +69,10 @@ pub struct ConsumerConfig {
     pub kafka: KafkaSettings,
     pub topics: Vec<String>,
     pub group_id: String,
-    /// `group.instance.id` (static membership): the pod name, so a restarted pod gets its
-    /// partitions back without a rebalance.
+    /// `group.instance.id` (static membership), for a worker run by hand whose instance comes
+    /// back under the same name. The operator leaves it unset: a Deployment's pod never comes
+    /// back under its name, and a static member that goes away holds its partitions until its
+    /// session times out (docs/operator.md, "Consumer group membership").
     pub group_instance_id: Option<String>,
     pub initial_offset: InitialOffset,
     /// How often the committable offsets are committed.
