@@ -954,6 +954,34 @@ mod tests {
         }
     }
 
+    /// A pipeline over partitions 0 and 1 of "t" whose handler fails the key "stuck"
+    /// (retryably, with short backoffs) until the probe's `stuck` is cleared.
+    fn stuck_pipeline(concurrency: usize, window: u64) -> (Arc<Probe>, Pipeline<Arc<Probe>>) {
+        let probe = Arc::new(Probe {
+            stuck: Mutex::new(Some(b"stuck".to_vec())),
+            ..Probe::default()
+        });
+        let p = Pipeline::new(
+            probe.clone(),
+            PipelineConfig {
+                concurrency,
+                max_uncommitted_per_partition: window,
+                retry: RetryPolicy {
+                    max_attempts: 100,
+                    initial: Duration::from_millis(5),
+                    max: Duration::from_millis(20),
+                },
+                on_invalid: InvalidPolicy::Skip,
+                ..PipelineConfig::default()
+            },
+            None,
+            ConsumerMetrics::unregistered(),
+        );
+        p.assign(Tp::new("t", 0));
+        p.assign(Tp::new("t", 1));
+        (probe, p)
+    }
+
     /// Takes records as a fetch loop would: draining ends in between.
     async fn feed(p: &Pipeline<Arc<Probe>>, records: impl IntoIterator<Item = Record>) {
         for r in records {
@@ -1022,28 +1050,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retrying_key_holds_back_its_own_key_and_pauses_only_its_partition_at_the_window() {
-        let probe = Arc::new(Probe {
-            stuck: Mutex::new(Some(b"stuck".to_vec())),
-            ..Probe::default()
-        });
-        let p = Pipeline::new(
-            probe.clone(),
-            PipelineConfig {
-                concurrency: 4,
-                max_uncommitted_per_partition: 100,
-                retry: RetryPolicy {
-                    max_attempts: 100,
-                    initial: Duration::from_millis(5),
-                    max: Duration::from_millis(20),
-                },
-                on_invalid: InvalidPolicy::Skip,
-                ..PipelineConfig::default()
-            },
-            None,
-            ConsumerMetrics::unregistered(),
-        );
-        p.assign(Tp::new("t", 0));
-        p.assign(Tp::new("t", 1));
+        let (probe, p) = stuck_pipeline(4, 100);
         // Partition 0 starts with the stuck key, then other keys; partition 1 has other keys.
         assert_ne!(Taken::Dropped, p.take(record(0, 0, "stuck")));
         let mut flow = Flow::default();
@@ -1096,26 +1103,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_revoked_partition_starts_nothing_more_and_its_running_records_stop_before_revoke_returns()
      {
-        let probe = Arc::new(Probe {
-            stuck: Mutex::new(Some(b"stuck".to_vec())),
-            ..Probe::default()
-        });
-        let p = Pipeline::new(
-            probe.clone(),
-            PipelineConfig {
-                concurrency: 8,
-                retry: RetryPolicy {
-                    max_attempts: 100,
-                    initial: Duration::from_millis(5),
-                    max: Duration::from_millis(20),
-                },
-                on_invalid: InvalidPolicy::Skip,
-                ..PipelineConfig::default()
-            },
-            None,
-            ConsumerMetrics::unregistered(),
-        );
-        p.assign(Tp::new("t", 0));
+        let (probe, p) = stuck_pipeline(8, DEFAULT_MAX_UNCOMMITTED_PER_PARTITION);
         assert_ne!(Taken::Dropped, p.take(record(0, 0, "a")));
         assert_ne!(Taken::Dropped, p.take(record(0, 1, "stuck")));
         for o in 2..20 {
