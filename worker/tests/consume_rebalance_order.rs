@@ -34,15 +34,8 @@ const WINDOW: usize = 100;
 const STEP: usize = 800;
 
 fn start_worker(topic: &str, group: &str, receiver: &Receiver, name: &str) -> ConsumeWorker {
-    let header = format!("X-Worker={name}");
-    let sink = [
-        "--sink",
-        "http",
-        "--sink-http-url",
-        &receiver.url,
-        "--sink-http-headers",
-        &header,
-    ];
+    let sink = receiver.sink_args(name);
+    let sink: Vec<&str> = sink.iter().map(String::as_str).collect();
     let concurrency = CONCURRENCY.to_string();
     let window = WINDOW.to_string();
     let args = [

@@ -27,15 +27,8 @@ const HELD: std::ops::Range<u64> = 600..606;
 const FILL: Duration = Duration::from_secs(3);
 
 fn start_worker(topic: &str, group: &str, receiver: &Receiver, name: &str) -> ConsumeWorker {
-    let header = format!("X-Worker={name}");
-    let sink = [
-        "--sink",
-        "http",
-        "--sink-http-url",
-        &receiver.url,
-        "--sink-http-headers",
-        &header,
-    ];
+    let sink = receiver.sink_args(name);
+    let sink: Vec<&str> = sink.iter().map(String::as_str).collect();
     let window = WINDOW.to_string();
     let args = [
         "--concurrency",

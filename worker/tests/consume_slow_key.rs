@@ -39,15 +39,8 @@ const ARGS: &[&str] = &[
 ];
 
 fn start_worker(topic: &str, receiver: &Receiver, name: &str) -> ConsumeWorker {
-    let header = format!("X-Worker={name}");
-    let sink = [
-        "--sink",
-        "http",
-        "--sink-http-url",
-        &receiver.url,
-        "--sink-http-headers",
-        &header,
-    ];
+    let sink = receiver.sink_args(name);
+    let sink: Vec<&str> = sink.iter().map(String::as_str).collect();
     ConsumeWorker::start_with(topic, &unique_name("ec-slow-key"), &sink, ARGS, &[])
 }
 

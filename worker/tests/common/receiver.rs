@@ -100,6 +100,18 @@ impl std::fmt::Debug for Receiver {
 }
 
 impl Receiver {
+    /// The flags of an HTTP sink to this receiver that names its worker in `X-Worker`.
+    pub fn sink_args(&self, worker: &str) -> [String; 6] {
+        [
+            "--sink".into(),
+            "http".into(),
+            "--sink-http-url".into(),
+            self.url.clone(),
+            "--sink-http-headers".into(),
+            format!("X-Worker={worker}"),
+        ]
+    }
+
     /// Serves on a free loopback port until the test ends.
     pub async fn start(policy: impl Fn(&Request) -> Answer + Send + Sync + 'static) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
