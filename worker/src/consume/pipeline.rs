@@ -439,13 +439,20 @@ impl<H: Handler> Pipeline<H> {
     /// Takes the ends of records that ran as tasks, starts what may start now, and returns
     /// what the consumer must pause or resume.
     pub fn drain_done(&self) -> Flow {
+        let mut st = self.complete_done();
+        std::mem::take(&mut st.flow)
+    }
+
+    /// Books the ends queued by tasks and starts what may start now; the flow they cause
+    /// stays for [`Pipeline::take_flow`]. Returns the state, locked.
+    fn complete_done(&self) -> MutexGuard<'_, State> {
         let done = self.done.take();
         let mut st = self.state();
         for d in done {
             self.complete(&mut st, d);
         }
         self.pump(&mut st);
-        std::mem::take(&mut st.flow)
+        st
     }
 
     /// What the consumer must pause or resume since the last call.
@@ -690,11 +697,8 @@ impl<H: Handler> Pipeline<H> {
         let mut cancelled = lost;
         let mut stop_deadline = deadline;
         loop {
-            let flow = self.drain_done();
             {
-                let mut st = self.state();
-                st.flow.pause.extend(flow.pause);
-                st.flow.resume.extend(flow.resume);
+                let mut st = self.complete_done();
                 if running(&st) == 0 {
                     break;
                 }
@@ -783,10 +787,7 @@ impl<H: Handler> Pipeline<H> {
     /// returns whether it is quiet. Nothing new is taken meanwhile (the caller does not take).
     pub fn quiesce_blocking(&self, deadline: Instant) -> bool {
         loop {
-            let flow = self.drain_done();
-            let mut st = self.state();
-            st.flow.pause.extend(flow.pause);
-            st.flow.resume.extend(flow.resume);
+            let st = self.complete_done();
             if st.unfinished() == 0 {
                 return true;
             }
@@ -801,11 +802,8 @@ impl<H: Handler> Pipeline<H> {
     /// As [`Pipeline::quiesce_blocking`], awaiting.
     pub async fn quiesce(&self, deadline: tokio::time::Instant) -> bool {
         loop {
-            let flow = self.drain_done();
             let waiting = {
-                let mut st = self.state();
-                st.flow.pause.extend(flow.pause);
-                st.flow.resume.extend(flow.resume);
+                let st = self.complete_done();
                 // A failed pipeline starts nothing more: only the running records can end.
                 if self.has_failed() {
                     st.running
