@@ -459,15 +459,10 @@ impl RdkafkaReport {
     }
 }
 
-/// The librdkafka consumer settings the worker sets beyond librdkafka's defaults
-/// (`worker/src/consume/consumer.rs`, `client_config`), which the raw loop uses too, so that
-/// the worker-to-raw-loop ratio measures the pipeline and not a fetch setting. With
-/// librdkafka's default `fetch.queue.backoff.ms` (1 s) a consumer that drains its queue faster
-/// than the broker fills it stalls for a second at a time.
-pub const RAW_LOOP_CONFIG: &[&str] = &[
-    "queued.max.messages.kbytes=16384",
-    "fetch.queue.backoff.ms=10",
-];
+/// The raw loop uses the worker's own prefetch settings
+/// ([`pipewright_worker::consume::consumer::PREFETCH_DEFAULTS`]), so that the worker-to-raw-loop
+/// ratio measures the pipeline and not a fetch setting.
+pub use pipewright_worker::consume::consumer::PREFETCH_DEFAULTS as RAW_LOOP_CONFIG;
 
 fn run_raw(
     setup: &Setup,
@@ -483,8 +478,8 @@ fn run_raw(
         .args(["--topic", &topic.name])
         .args(["--group-id", group])
         .args(["--records", &topic.records.to_string()]);
-    for entry in RAW_LOOP_CONFIG {
-        command.args(["--config", entry]);
+    for (key, value) in RAW_LOOP_CONFIG {
+        command.args(["--config", &format!("{key}={value}")]);
     }
     let mut proc = Proc::spawn("raw rust-rdkafka loop", command, Some(stdout), log)?;
     let status = proc.wait_sampling(run_timeout(topic))?;

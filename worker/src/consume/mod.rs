@@ -62,7 +62,7 @@
 //!   exactly once for `read_committed` readers (outputs and offsets in one Kafka transaction,
 //!   [`sinks::kafka`]); a transaction commit waits for the records in flight at most 30 s,
 //!   after which the transaction is aborted and the worker stops (its restart replays from the
-//!   last committed transaction). `http` and `log`: at least once (the HTTP receiver
+//!   last committed transaction) — the one statement here no fault test proves yet. `http` and `log`: at least once (the HTTP receiver
 //!   deduplicates on the idempotency header, [`sinks::http`]).
 //!
 //! # Library use
