@@ -15,10 +15,10 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: ## Start the local test environment and node (building them on first use), build, import the images, run every test
+test: ## Start the local test environment and node (building them on first use), build the release images and import them, run every test
 	@eval "$$($(ENV_UP))"; \
 	  echo "[make] control plane $$($$KUBECTL version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1), node $$PIPEWRIGHT_NODE_NAME ($$PIPEWRIGHT_NODE_IP), Kafka $$KAFKA_BOOTSTRAP_SERVERS, PostgreSQL $${DATABASE_URL##*@}"; \
-	  echo "[make] building the workspace and its tests, assembling the operator and worker images for the node"; \
+	  echo "[make] building the operator and worker release binaries (as their Dockerfiles do) into images for the node, then the workspace and its tests"; \
 	  tests/env/images >/dev/null; \
 	  $(CARGO) test --workspace --locked -- --include-ignored
 	@echo "[make] tests passed; the environment keeps running for the next run (make env-down stops it)"

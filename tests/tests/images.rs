@@ -4,15 +4,16 @@
 //! - the config has the Dockerfile runtime stage's ENTRYPOINT, USER, EXPOSE and WORKDIR (the
 //!   Dockerfiles are parsed here, independently of the script's own parser);
 //! - the image is named `<chart repository>:<chart appVersion>`, and every digest verifies;
-//! - the layer is distroless-like: the binary (the current `target/debug` build, by its GNU
+//! - the binary is built by the Dockerfile's own build command (release, one package);
+//! - the layer is distroless-like: the binary (the current `target/release` build, by its GNU
 //!   build id) at the COPY destination, executable; every library the binary and its libraries
 //!   need, plus the ELF interpreter, at a path the dynamic loader searches; the CA bundle;
 //!   `/etc/passwd` and `/etc/group` with nonroot 65532; `/tmp` (1777), `/home/nonroot` (owned
 //!   65532); and nothing else.
 //!
 //! These tests run the real script with `--no-build --no-import`: they need no node and build
-//! nothing, but they need the binaries (`cargo test --workspace` builds them before running
-//! any test); without them they fail saying how to build them.
+//! nothing, but they need the release binaries (`tests/env/images`, which `make test` runs
+//! first, builds them); without them they fail saying how to build them.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Read;
@@ -23,8 +24,11 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Builds the binaries the way `cargo test` reuses (see docs/testing.md).
-const BUILD: &str = "cargo test --workspace --locked --no-run";
+/// The command that builds a component's binary: its Dockerfile's build stage runs it, and
+/// `tests/env/images` runs the same (checked below).
+fn build_command(component: &str) -> String {
+    format!("cargo build --release --locked -p pipewright-{component}")
+}
 
 /// The base image's config values the Dockerfiles inherit (distroless cc-debian12:nonroot).
 const BASE_WORKDIR: &str = "/home/nonroot";
@@ -36,10 +40,17 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `<target>/debug`, where the binaries are: this test runs as `<target>/debug/deps/images-*`.
-fn target_debug() -> PathBuf {
+/// `<target>/release`, where the images' binaries are: this test runs as
+/// `<target>/debug/deps/images-*`.
+fn target_release() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("release")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -148,6 +159,33 @@ fn chart_ref(key: &str) -> String {
         .filter(|t| !t.is_empty())
         .unwrap_or(&app_version);
     format!("{repository}:{tag}")
+}
+
+/// The images hold what a Docker build would: each Dockerfile's build stage runs
+/// [`build_command`], and `tests/env/images` builds with the same command (its `build_cmd`).
+#[test]
+fn images_are_built_by_the_dockerfiles_release_build_command() {
+    let script = std::fs::read_to_string(repo_root().join("tests/env/images")).unwrap();
+    assert!(
+        script.contains(&build_command("$1")),
+        "tests/env/images does not build with `{}`",
+        build_command("<component>")
+    );
+    for component in ["operator", "worker"] {
+        let dockerfile =
+            std::fs::read_to_string(repo_root().join(component).join("Dockerfile")).unwrap();
+        let joined = dockerfile.replace("\\\n", " ");
+        let words: Vec<&str> = joined.split_whitespace().collect();
+        let expected = build_command(component);
+        let expected: Vec<&str> = expected.split_whitespace().collect();
+        assert!(
+            words
+                .windows(expected.len())
+                .any(|w| w == expected.as_slice()),
+            "{component}/Dockerfile does not build with `{}`",
+            expected.join(" ")
+        );
+    }
 }
 
 #[test]
@@ -329,15 +367,15 @@ fn chart_key(component: &str) -> &'static str {
 fn images() -> &'static BTreeMap<String, Image> {
     static IMAGES: OnceLock<BTreeMap<String, Image>> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        let bin_dir = target_debug();
+        let bin_dir = target_release();
         for component in ["operator", "worker"] {
             let bin = bin_dir.join(format!("pipewright-{component}"));
             assert!(
                 bin.is_file(),
-                "{} is missing: build the binaries first with `{BUILD}` from the repository \
-                 root (`cargo test --workspace` and `make test` build them), or run \
-                 `tests/env/images`, which builds them and assembles the images",
-                bin.display()
+                "{} is missing: build it with `{}` from the repository root, or run \
+                 `tests/env/images` (`make test` does), which builds both and assembles the images",
+                bin.display(),
+                build_command(component)
             );
         }
         let script = repo_root().join("tests/env/images");
@@ -571,7 +609,7 @@ fn check_entrypoint_is_current_binary(component: &str) {
     let image = image(component);
     let entrypoint = dockerfile_stage(component).entrypoint.unwrap()[0].clone();
     let entry = image.entry(&entrypoint);
-    let built = readelf(&target_debug().join(format!("pipewright-{component}")));
+    let built = readelf(&target_release().join(format!("pipewright-{component}")));
     let packed = readelf_bytes(&entry.data);
     assert!(
         built.build_id.is_some(),
@@ -579,7 +617,7 @@ fn check_entrypoint_is_current_binary(component: &str) {
     );
     assert_eq!(
         packed.build_id, built.build_id,
-        "{entrypoint} in the image is not the current target/debug binary; \
+        "{entrypoint} in the image is not the current target/release binary; \
          tests/env/images re-assembles when the binary changes"
     );
 }
@@ -610,7 +648,7 @@ fn check_layer_contents(component: &str) {
 
     // The libraries: every DT_NEEDED of the binary (as built) and, transitively, of each
     // library, found where the loader looks; the interpreter at its exact path.
-    let built = readelf(&target_debug().join(format!("pipewright-{component}")));
+    let built = readelf(&target_release().join(format!("pipewright-{component}")));
     let interpreter = built
         .interpreter
         .clone()
@@ -779,12 +817,12 @@ fn worker_image_is_named_by_the_chart_at_app_version_and_its_digests_verify() {
 }
 
 #[test]
-fn operator_image_entrypoint_is_the_current_target_debug_binary() {
+fn operator_image_entrypoint_is_the_current_target_release_binary() {
     check_entrypoint_is_current_binary("operator");
 }
 
 #[test]
-fn worker_image_entrypoint_is_the_current_target_debug_binary() {
+fn worker_image_entrypoint_is_the_current_target_release_binary() {
     check_entrypoint_is_current_binary("worker");
 }
 
