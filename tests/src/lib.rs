@@ -237,12 +237,18 @@ pub fn kafka_config() -> ClientConfig {
 /// returns its name. Fails with [`HOW_TO_START`] when the broker does not answer.
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     let name = unique_name(prefix);
+    create_topic_named(&name, partitions).await;
+    name
+}
+
+/// Creates the topic `name` (for a test that first needs it to be missing).
+pub async fn create_topic_named(name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         kafka_config().create().expect("rdkafka admin client");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(
-            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
             &options,
         )
         .await
@@ -254,7 +260,6 @@ pub async fn create_topic(prefix: &str, partitions: i32) -> String {
             panic!("create topic {topic}: {code}");
         }
     }
-    name
 }
 
 /// A PostgreSQL schema of its own for one test, and a pool whose connections use it as

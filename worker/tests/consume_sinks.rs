@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::consume::{ConsumeWorker, TopicReader, committed, produce, produce_steps, step};
-use pipewright_testenv::{TestEnv, TestSchema, create_topic, eventually, unique_name};
+use pipewright_testenv::{
+    TestEnv, TestSchema, create_topic, create_topic_named, eventually, unique_name,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_postgres_sink_writes_exactly_one_row_per_event_across_sigkill() {
@@ -166,7 +168,7 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
     );
 
     producing.await.unwrap();
-    let second = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    let mut second = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
     eventually(
         "every input reaches the output",
         Duration::from_secs(180),
@@ -186,8 +188,10 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
         },
     )
     .await;
-    // Give a late duplicate (there must be none) time to show up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A late duplicate (there must be none) would be in a transaction committed before the
+    // worker's exit: once the reader has read every partition to its end, it has seen it.
+    assert_eq!(second.sigterm_and_wait().await, 0, "a clean shutdown");
+    committed_reader.caught_up().await;
     eprintln!(
         "outputs seen by read_uncommitted (aborted ones included): {}",
         ns(&uncommitted_reader).len()
@@ -197,6 +201,87 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
     assert_eq!(
         (seen.len(), distinct.len()),
         (total, total),
+        "read_committed sees each input exactly once; log:\n{}",
+        second.log_text()
+    );
+}
+
+/// The transactional sink's quiesce is bounded: a transaction commits only once no record is
+/// in flight, and a record unfinished for longer than `min(drainTimeout, TX_QUIESCE_MAX)`
+/// (here: its output topic does not exist yet, so every produce fails and is retried) makes
+/// the worker abort the open transaction and exit non-zero rather than wait until the broker's
+/// `transaction.timeout.ms` aborts it. Nothing was committed, to the group or the output; once
+/// the topic exists, the restart replays and read_committed sees each input exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_transactional_kafka_sink_aborts_and_exits_when_a_record_outlasts_the_quiesce_bound_then_replays_exactly_once()
+ {
+    let topic = create_topic("ec-txq-in", 3).await;
+    let out = unique_name("ec-txq-out");
+    let group = unique_name("ec-txq");
+    let total = 300u64;
+    produce_steps(&topic, total, 30).await;
+    let sink = [
+        "--sink",
+        "kafka",
+        "--sink-kafka-topic",
+        &out,
+        "--sink-kafka-transactional",
+        "true",
+    ];
+    let args = [
+        "--on-unknown-type",
+        "fail",
+        "--group-instance-id",
+        "worker-0",
+        "--commit-interval",
+        "300ms",
+        "--drain-timeout",
+        "3s",
+        "--retry-max-attempts",
+        "100",
+        "--retry-backoff-max",
+        "1s",
+    ];
+
+    let mut first = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    let code = first.wait_exit(Duration::from_secs(90)).await;
+    let log = first.log_text();
+    assert_ne!(code, 0, "the worker stops with an error; log:\n{log}");
+    assert!(
+        log.contains("while the transaction waited to commit; transaction aborted"),
+        "it stopped at the quiesce bound (not another error); log:\n{log}"
+    );
+    assert!(
+        committed(&group, &topic, 3).is_empty(),
+        "no offset was committed outside a transaction"
+    );
+
+    create_topic_named(&out, 3).await;
+    let reader = TopicReader::start(&out, "read_committed");
+    let mut second = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    eventually(
+        "the group's offsets reach the end",
+        Duration::from_secs(120),
+        || async {
+            let c: i64 = committed(&group, &topic, 3).values().sum();
+            (c == total as i64).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(second.sigterm_and_wait().await, 0, "a clean shutdown");
+    reader.caught_up().await;
+    let mut seen: Vec<u64> = reader
+        .snapshot()
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+            v["n"].as_u64()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..total).collect::<Vec<_>>(),
         "read_committed sees each input exactly once; log:\n{}",
         second.log_text()
     );

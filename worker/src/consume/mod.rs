@@ -60,10 +60,12 @@
 //! - **Sinks.** `postgres`: effectively once (the offset is stored with the row in one
 //!   transaction; a replay is a no-op, [`sinks::postgres`]). `kafka` with `transactional`:
 //!   exactly once for `read_committed` readers (outputs and offsets in one Kafka transaction,
-//!   [`sinks::kafka`]); a transaction commit waits for the records in flight at most 30 s,
-//!   after which the transaction is aborted and the worker stops (its restart replays from the
-//!   last committed transaction) — the one statement here no fault test proves yet. `http` and `log`: at least once (the HTTP receiver
-//!   deduplicates on the idempotency header, [`sinks::http`]).
+//!   [`sinks::kafka`]); a transaction commit waits for the records in flight at most
+//!   `min(drainTimeout, 30 s)`, after which the transaction is aborted and the worker stops
+//!   (its restart replays from the last committed transaction; proven by
+//!   `consume_transactional_kafka_sink_aborts_and_exits_when_a_record_outlasts_the_quiesce_bound_then_replays_exactly_once`).
+//!   `http` and `log`: at least once (the HTTP receiver deduplicates on the idempotency
+//!   header, [`sinks::http`]).
 //!
 //! # Library use
 //!

@@ -169,10 +169,15 @@ pub struct DeadLetter {
     pub headers: HashMap<String, String>,
 }
 
-/// Reads a topic from the beginning in the background.
+/// Reads a topic from the beginning in the background, keeping what it read and how far it
+/// got in each partition.
 #[derive(Debug, Clone)]
 pub struct TopicReader {
     pub records: Arc<Mutex<Vec<DeadLetter>>>,
+    topic: String,
+    /// The next offset to read per partition (past skipped transaction markers and aborted
+    /// records too).
+    positions: Arc<Mutex<HashMap<i32, i64>>>,
 }
 
 impl TopicReader {
@@ -186,36 +191,91 @@ impl TopicReader {
             .expect("consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
         let records = Arc::new(Mutex::new(Vec::new()));
-        let sink = records.clone();
+        let positions = Arc::new(Mutex::new(HashMap::new()));
+        let (sink, seen) = (records.clone(), positions.clone());
         tokio::spawn(async move {
             loop {
-                let m = consumer.recv().await.expect("consume");
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                (
-                                    x.key.to_string(),
-                                    String::from_utf8_lossy(x.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                sink.lock().unwrap().push(DeadLetter {
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
+                // Bounded, so the positions move on while nothing new arrives (a transaction
+                // marker at a partition's end is skipped without a message).
+                if let Ok(m) =
+                    tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await
+                {
+                    let m = m.expect("consume");
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    (
+                                        x.key.to_string(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    sink.lock().unwrap().push(DeadLetter {
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    });
+                }
+                if let Ok(tpl) = consumer.position() {
+                    let mut seen = seen.lock().unwrap();
+                    for e in tpl.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            seen.insert(e.partition(), o);
+                        }
+                    }
+                }
             }
         });
-        TopicReader { records }
+        TopicReader {
+            records,
+            topic: topic.to_string(),
+            positions,
+        }
     }
 
     pub fn snapshot(&self) -> Vec<DeadLetter> {
         self.records.lock().unwrap().clone()
+    }
+
+    /// Waits until this reader has read every partition up to the end the topic has now (its
+    /// high watermarks; with no transaction open, `read_committed`'s last stable offset is the
+    /// same): nothing written before this call can arrive later. The proof that a duplicate
+    /// did not come, instead of a sleep.
+    pub async fn caught_up(&self) {
+        let consumer: BaseConsumer = kafka_config().create().expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let ends: Vec<(i32, i64)> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&self.topic, p.id(), Duration::from_secs(10))
+                    .expect("watermarks");
+                (p.id(), high)
+            })
+            .collect();
+        eventually(
+            &format!(
+                "the reader of {} at the end of every partition {ends:?}",
+                self.topic
+            ),
+            Duration::from_secs(60),
+            || {
+                let seen = self.positions.lock().unwrap().clone();
+                let done = ends
+                    .iter()
+                    .all(|(p, high)| *high == 0 || seen.get(p).is_some_and(|o| o >= high));
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
     }
 }
 
