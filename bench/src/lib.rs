@@ -7,6 +7,7 @@
 //! figure is the median of the rounds. Progress goes to stderr as `[bench] ...` lines.
 
 pub mod contenders;
+pub mod operator;
 pub mod process;
 pub mod profile;
 pub mod report;
@@ -229,11 +230,15 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
     text.lines().next().map(|l| l.trim().to_string())
 }
 
+/// `git describe --always --dirty` of the current directory: what the binaries were built from.
+pub fn git_describe() -> String {
+    command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into())
+}
+
 fn versions(setup: &Setup) -> Versions {
     let kafka = kafka_version(&setup.kafka_classpath).unwrap_or_else(|| "unknown".into());
     Versions {
-        worker_git: command_output("git", &["describe", "--always", "--dirty"])
-            .unwrap_or_else(|| "unknown".into()),
+        worker_git: git_describe(),
         librdkafka: rdkafka::util::get_rdkafka_version().1,
         kafka,
         java: command_output(&setup.java.to_string_lossy(), &["-version"])

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use pipewright_bench::operator::report::OperatorResults;
+use pipewright_bench::operator::{OperatorSetup, image_archives};
 use pipewright_bench::profile::Profile;
 use pipewright_bench::report::{self, Results};
 use pipewright_bench::{HOW_TO_START, progress, setup_from_env, workload};
@@ -41,6 +43,32 @@ enum Cmd {
         work_dir: PathBuf,
         #[command(flatten)]
         output: Output,
+    },
+    /// Parts 4 and 5: the operator's reaction against the built-in deployment controller, a
+    /// cold start with many resources and its steady state, and memory; writes the results
+    /// and renders the whole document. Needs the test environment's variables and the release
+    /// operator (`tests/env/images` builds it).
+    Operator {
+        #[arg(long, value_enum, default_value = "full")]
+        profile: Profile,
+        /// The operator binary (default: `pipewright-operator` beside this one).
+        #[arg(long)]
+        operator: Option<PathBuf>,
+        /// The worker binary (default: `pipewright-worker` beside this one).
+        #[arg(long)]
+        worker: Option<PathBuf>,
+        /// Logs of every run.
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        /// The results file of this part.
+        #[arg(long, default_value = "bench/results/operator.json")]
+        results: PathBuf,
+        /// The consume results rendered with it (part 1).
+        #[arg(long, default_value = "bench/results/consume.json")]
+        consume_results: PathBuf,
+        /// The markdown to write.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        markdown: PathBuf,
     },
     /// Create a topic and write the benchmark's records to it, and keep it (for looking into
     /// one contender by hand). Needs the test environment's variables.
@@ -122,6 +150,47 @@ fn main() -> Result<()> {
             progress(&format!("{records} records in {topic}"));
             Ok(())
         }
+        Cmd::Operator {
+            profile,
+            operator,
+            worker,
+            work_dir,
+            results,
+            consume_results,
+            markdown,
+        } => {
+            let clock = Instant::now();
+            let here = std::env::current_exe().context("this binary's path")?;
+            let dir = here.parent().context("this binary's directory")?;
+            std::fs::create_dir_all(&work_dir)?;
+            let var = |name: &str| {
+                std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .with_context(|| format!("{name} is not set: {HOW_TO_START}"))
+            };
+            let setup = OperatorSetup {
+                operator: operator.unwrap_or_else(|| dir.join("pipewright-operator")),
+                worker: worker.unwrap_or_else(|| dir.join("pipewright-worker")),
+                bootstrap: var("KAFKA_BOOTSTRAP_SERVERS")?,
+                database_url: var("DATABASE_URL")?,
+                images: var("PIPEWRIGHT_STATE")
+                    .map(|s| image_archives(std::path::Path::new(&s)))
+                    .unwrap_or_default(),
+                work_dir,
+            };
+            let measured = pipewright_bench::operator::run(profile, &setup)?;
+            measured.write(&results)?;
+            progress(&format!("results: {}", results.display()));
+            // The whole document when part 1's results are there, else this part alone.
+            let consume = consume_results
+                .is_file()
+                .then(|| Results::read(&consume_results))
+                .transpose()?;
+            write_markdown(consume.as_ref(), Some(&measured), None, &markdown)?;
+            progress(&format!("done in {:.0} s", clock.elapsed().as_secs_f64()));
+            Ok(())
+        }
         Cmd::Render { output } => {
             let results = Results::read(&output.results)?;
             render(&results, &output)
@@ -139,11 +208,38 @@ fn render(results: &Results, output: &Output) -> Result<()> {
         }
         None => None,
     };
-    if let Some(dir) = output.markdown.parent() {
+    // The other parts' results beside this one, when there.
+    let operator_results = output.results.with_file_name("operator.json");
+    let operator = operator_results
+        .is_file()
+        .then(|| OperatorResults::read(&operator_results))
+        .transpose()?;
+    write_markdown(
+        Some(results),
+        operator.as_ref(),
+        link.as_deref(),
+        &output.markdown,
+    )
+}
+
+/// docs/benchmarks.md: part 1, then parts 4 and 5 when their results are there.
+fn write_markdown(
+    consume: Option<&Results>,
+    operator: Option<&OperatorResults>,
+    plot_link: Option<&str>,
+    markdown: &std::path::Path,
+) -> Result<()> {
+    if let Some(dir) = markdown.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&output.markdown, report::markdown(results, link.as_deref()))
-        .with_context(|| format!("write {}", output.markdown.display()))?;
-    progress(&format!("markdown: {}", output.markdown.display()));
+    let mut md = consume.map_or_else(String::new, |r| report::markdown(r, plot_link) + "\n");
+    if let Some(operator) = operator {
+        md.push_str(&pipewright_bench::operator::report::markdown(
+            operator,
+            consume.and_then(Results::worker_peak_rss_mib),
+        ));
+    }
+    std::fs::write(markdown, md).with_context(|| format!("write {}", markdown.display()))?;
+    progress(&format!("markdown: {}", markdown.display()));
     Ok(())
 }

@@ -219,6 +219,18 @@ impl Results {
     fn find(&self, contender: &Contender) -> Option<&ContenderResult> {
         self.contenders.iter().find(|r| r.contender == *contender)
     }
+
+    /// The worker's median peak RSS, key order, c=256, no-op sink (the memory part's "under
+    /// load" figure).
+    pub fn worker_peak_rss_mib(&self) -> Option<f64> {
+        self.find(&Contender::Worker {
+            ordering: Ordering::Key,
+            concurrency: 256,
+            sink: Sink::Discard,
+            queue_kbytes: None,
+        })
+        .map(|r| r.median.peak_rss_mib)
+    }
 }
 
 fn si(value: f64) -> String {

@@ -1,0 +1,318 @@
+//! The results of parts 4 and 5 (`bench/results/operator.json`) and their section of
+//! docs/benchmarks.md.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::profile::Profile;
+use crate::report::median;
+
+/// Everything the operator part measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatorResults {
+    pub profile: Profile,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub duration_s: f64,
+    /// `git describe` of the tree the operator was built from.
+    pub operator_git: String,
+    pub status_period_s: f64,
+    pub reaction: Reaction,
+    pub scale: Scale,
+    pub memory: Memory,
+}
+
+/// Create → child seen, in milliseconds: the operator's EventConsumer → Deployment and the
+/// built-in Deployment → ReplicaSet, alternating, one object at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub rounds: usize,
+    pub applies_per_round: usize,
+    pub pipewright: Latencies,
+    pub builtin: Latencies,
+    /// The issue's target: pipewright p99 ≤ 2 × the built-in p99 (and p95 for issue 14).
+    pub p99_ratio: f64,
+    pub p95_ratio: f64,
+}
+
+/// Percentiles over every apply of every round, and the spread of the per-round p50.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latencies {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// The median of the rounds' p50, and their range.
+    pub round_p50_median_ms: f64,
+    pub round_p50_min_ms: f64,
+    pub round_p50_max_ms: f64,
+    pub samples_ms: Vec<f64>,
+}
+
+impl Latencies {
+    fn of(rounds: &[Vec<f64>]) -> Latencies {
+        let all: Vec<f64> = rounds.iter().flatten().copied().collect();
+        let p50s: Vec<f64> = rounds.iter().map(|r| percentile(r, 50.0)).collect();
+        Latencies {
+            p50_ms: percentile(&all, 50.0),
+            p95_ms: percentile(&all, 95.0),
+            p99_ms: percentile(&all, 99.0),
+            max_ms: all.iter().copied().fold(0.0, f64::max),
+            round_p50_median_ms: median(p50s.clone()),
+            round_p50_min_ms: p50s.iter().copied().fold(f64::INFINITY, f64::min),
+            round_p50_max_ms: p50s.iter().copied().fold(0.0, f64::max),
+            samples_ms: all,
+        }
+    }
+}
+
+impl Reaction {
+    /// From each round's (pipewright, built-in) samples.
+    pub fn from_rounds(rounds: Vec<(Vec<f64>, Vec<f64>)>) -> Reaction {
+        let ours: Vec<Vec<f64>> = rounds.iter().map(|r| r.0.clone()).collect();
+        let theirs: Vec<Vec<f64>> = rounds.iter().map(|r| r.1.clone()).collect();
+        let pipewright = Latencies::of(&ours);
+        let builtin = Latencies::of(&theirs);
+        Reaction {
+            rounds: rounds.len(),
+            applies_per_round: rounds.first().map_or(0, |r| r.0.len()),
+            p99_ratio: pipewright.p99_ms / builtin.p99_ms.max(f64::EPSILON),
+            p95_ratio: pipewright.p95_ms / builtin.p95_ms.max(f64::EPSILON),
+            pipewright,
+            builtin,
+        }
+    }
+}
+
+/// A cold start with many resources, then the steady state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scale {
+    pub event_consumers: usize,
+    pub outboxes: usize,
+    /// Operator start → every Deployment exists.
+    pub all_applied_s: f64,
+    /// Operator start → every status has observedGeneration = generation.
+    pub all_status_s: f64,
+    pub peak_rss_bytes: u64,
+    pub steady_window_s: f64,
+    pub steady_cpu_percent: f64,
+    /// New TCP connections to the Kafka broker per minute (a lower bound, see the module).
+    pub kafka_connections_per_minute: f64,
+    /// New PostgreSQL sessions per minute (`pg_stat_database.sessions`, exact).
+    pub postgres_connections_per_minute: f64,
+    /// New sockets to PostgreSQL seen on the operator (cross-check of the above).
+    pub postgres_sockets_seen_per_minute: f64,
+}
+
+/// Resident memory and image sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Peak RSS of the operator through the reaction part (a handful of resources).
+    pub operator_idle_rss_bytes: u64,
+    pub operator_scale_peak_rss_bytes: u64,
+    /// RSS of a worker consuming an empty topic.
+    pub worker_idle_rss_bytes: u64,
+    /// (image, bytes of the OCI archive: the gzip-compressed layer, config and manifest).
+    pub image_archive_bytes: Vec<(String, u64)>,
+}
+
+impl OperatorResults {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("write {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> Result<OperatorResults> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+}
+
+/// The `p`-th percentile (nearest rank); 0 for none.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Sections 4 and 5 of docs/benchmarks.md; `worker_load_rss_mib`: the worker's peak RSS under
+/// load from part 1 (key order, c=256, no-op), when its results are there.
+pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String {
+    let mut md = String::new();
+    let re = &r.reaction;
+    let met = |ok: bool| if ok { "met" } else { "**not met**" };
+    let _ = writeln!(md, "## 4. Operator\n");
+    let _ = writeln!(
+        md,
+        "Run: `{}` profile, {} UTC, {:.0} s; operator built from `{}` (release, the image's \
+         binary), run on the host with the test environment's admin kubeconfig, watching one \
+         namespace, leader election off, status period {:.0} s (its default).\n",
+        r.profile.name(),
+        r.started_at.format("%Y-%m-%d %H:%M"),
+        r.duration_s,
+        r.operator_git,
+        r.status_period_s
+    );
+    let _ = writeln!(
+        md,
+        "### 4a. Reaction: create → child exists\n\n{} rounds of {} creates each, one object at \
+         a time, alternating: an EventConsumer, timed until its Deployment is seen, then a \
+         Deployment, timed until the built-in deployment controller's ReplicaSet is seen. Both \
+         are seen through a watch opened before the first create (so its delay is in both), \
+         every object has `replicas: 0` (no pod starts), and one warm-up object of each is not \
+         counted. Percentiles are over all {} creates; the per-round p50 shows the spread.\n",
+        re.rounds,
+        re.applies_per_round,
+        re.rounds * re.applies_per_round
+    );
+    let _ = writeln!(
+        md,
+        "| controller | p50 ms | p95 ms | p99 ms | max ms | per-round p50 (median, range) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for (what, l) in [
+        ("pipewright: EventConsumer → Deployment", &re.pipewright),
+        ("built-in: Deployment → ReplicaSet", &re.builtin),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {what} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}–{:.0}) |",
+            l.p50_ms,
+            l.p95_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.round_p50_median_ms,
+            l.round_p50_min_ms,
+            l.round_p50_max_ms
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nTargets: p99 ≤ 2 × the built-in p99 (issue 13): **{:.1}×**, {}; p95 ≤ 2 × the \
+         built-in p95 (issue 14): **{:.1}×**, {}.\n",
+        re.p99_ratio,
+        met(re.p99_ratio <= 2.0),
+        re.p95_ratio,
+        met(re.p95_ratio <= 2.0)
+    );
+    let s = &r.scale;
+    let _ = writeln!(
+        md,
+        "### 4b. Scale: {} EventConsumers and {} Outboxes from a cold start\n\nAll created \
+         while no operator runs (EventConsumers on one 6-partition topic, Outboxes on one \
+         outbox table, `replicas: 0`); then the operator starts. Then a steady-state window of \
+         {:.0} s with nothing changing.\n",
+        s.event_consumers, s.outboxes, s.steady_window_s
+    );
+    let _ = writeln!(md, "| figure | value | target |");
+    let _ = writeln!(md, "|---|---:|---|");
+    let _ = writeln!(
+        md,
+        "| start → every Deployment applied | {:.1} s | < 60 s: {} |",
+        s.all_applied_s,
+        met(s.all_applied_s < 60.0)
+    );
+    let _ = writeln!(
+        md,
+        "| start → every status written (`observedGeneration`) | {:.1} s | < 60 s: {} |",
+        s.all_status_s,
+        met(s.all_status_s < 60.0)
+    );
+    let _ = writeln!(
+        md,
+        "| operator peak RSS | {} MiB | < 64 MiB: {} |",
+        mib(s.peak_rss_bytes),
+        met(s.peak_rss_bytes < 64 * 1024 * 1024)
+    );
+    let _ = writeln!(
+        md,
+        "| steady state CPU | {:.1} % of a core | — |",
+        s.steady_cpu_percent
+    );
+    let _ = writeln!(
+        md,
+        "| Kafka connections opened per minute (≥, sampled) | {:.1} | one pooled client per cluster: {} |",
+        s.kafka_connections_per_minute,
+        met(s.kafka_connections_per_minute <= 2.0)
+    );
+    let _ = writeln!(
+        md,
+        "| PostgreSQL sessions opened per minute | {:.1} | one pool per database: {} |",
+        s.postgres_connections_per_minute,
+        met(s.postgres_connections_per_minute <= 2.0)
+    );
+    let _ = writeln!(
+        md,
+        "\nConnections: PostgreSQL sessions are `pg_stat_database.sessions` before and after \
+         the window (exact; the harness opens none in it; the operator's own sockets seen: \
+         {:.1}/min). Kafka connections are the operator's sockets to the broker port, from \
+         `/proc/<pid>/fd` and its TCP table every 20 ms: a socket opened and closed between two \
+         samples is missed, so the figure is a lower bound. \"Not growing with the number of \
+         resources\" is the target; ≤ 2 per minute stands for it here.\n",
+        s.postgres_sockets_seen_per_minute
+    );
+    let m = &r.memory;
+    let _ = writeln!(md, "## 5. Memory\n");
+    let _ = writeln!(md, "| what | value |");
+    let _ = writeln!(md, "|---|---:|");
+    let _ = writeln!(
+        md,
+        "| operator, peak RSS through 4a (a few hundred resources at most) | {} MiB |",
+        mib(m.operator_idle_rss_bytes)
+    );
+    let _ = writeln!(
+        md,
+        "| operator, peak RSS at 4b ({} resources) | {} MiB |",
+        s.event_consumers + s.outboxes,
+        mib(m.operator_scale_peak_rss_bytes)
+    );
+    let _ = writeln!(
+        md,
+        "| worker, RSS idle (joined, empty topic) | {} MiB |",
+        mib(m.worker_idle_rss_bytes)
+    );
+    if let Some(load) = worker_load_rss_mib {
+        let _ = writeln!(
+            md,
+            "| worker, peak RSS under load (part 1: key order, c=256, no-op; median) | {load:.1} MiB |"
+        );
+    }
+    for (name, bytes) in &m.image_archive_bytes {
+        let _ = writeln!(
+            md,
+            "| image `{name}` (OCI archive, compressed layer; `tests/env/images`) | {} MiB |",
+            mib(*bytes)
+        );
+    }
+    md.push('\n');
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}
