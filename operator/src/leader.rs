@@ -23,7 +23,8 @@
 //!   timeout, not in a leader that never hears back. At the deadline the process stops
 //!   leading: the controllers are stopped and reconciles in flight are dropped before their
 //!   next request (`Context::leadership`, `Error::NotLeading`); the process then exits and
-//!   its restart starts as a follower.
+//!   its restart starts as a follower (a process leads at most once). A leader that reads
+//!   the Lease held by another steps down at once.
 //! - Why that is one leader at a time: a follower first sees a record no earlier than it was
 //!   written, which is no earlier than the holder sent it; so it takes over no earlier than
 //!   `leaseDurationSeconds` after the holder's last successful write was sent, while the holder
@@ -32,7 +33,8 @@
 //!   Not covered, as in client-go: a write request a leader sent before its deadline that the
 //!   apiserver holds (say, frozen) and applies after a takeover. Kubernetes has no fencing
 //!   token for that; every write of a reconcile is an idempotent apply of the desired state,
-//!   and the new leader's next reconcile applies it again.
+//!   and the new leader's next reconcile applies it again. A late renew of the Lease itself
+//!   is harmless: it changes the record, so every follower's clock restarts.
 //! - On graceful shutdown the leader releases the Lease (clears the holder), so a standby takes
 //!   over at its next try instead of waiting for the lease to expire.
 //!
