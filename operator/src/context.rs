@@ -1,5 +1,5 @@
 //! What every reconcile shares: the client, the operator's settings, metrics, the Event
-//! recorder and a per-object failure count for backoff.
+//! recorder, the leadership it runs under and a per-object failure count for backoff.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -40,6 +41,9 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    /// Cancelled when this process stops leading: a reconcile in flight is dropped at its next
+    /// await and sends nothing more ([`crate::Error::NotLeading`]).
+    pub leadership: CancellationToken,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -52,9 +56,16 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Metrics, reporter: Reporter) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Metrics,
+        reporter: Reporter,
+        leadership: CancellationToken,
+    ) -> Self {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            leadership,
             client,
             settings,
             metrics,

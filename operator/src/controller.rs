@@ -194,9 +194,11 @@ pub fn problem_of(e: &Error) -> Problem {
         Error::KafkaUnreachable(_) => conditions::KAFKA_UNREACHABLE,
         Error::TopicNotFound(_) => reasons::TOPIC_NOT_FOUND,
         Error::DatabaseUnreachable(_) => conditions::DATABASE_UNREACHABLE,
-        Error::Kube(_) | Error::Serialize { .. } | Error::Join(_) | Error::Listen { .. } => {
-            "ReconcileError"
-        }
+        Error::Kube(_)
+        | Error::Serialize { .. }
+        | Error::Join(_)
+        | Error::NotLeading
+        | Error::Listen { .. } => "ReconcileError",
     };
     Problem::new(reason, Chain(e).to_string())
 }
@@ -266,12 +268,31 @@ fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     )
 }
 
-/// Reconciles one resource (metrics around [`reconcile_inner`]).
+/// Reconciles one resource (metrics around [`reconcile_inner`]), only while this process
+/// leads: when [`Context::leadership`] is cancelled the reconcile is dropped at its next
+/// await, before it sends another request, and ends with [`Error::NotLeading`]. Each
+/// reconcile ends with a debug line `reconcile ended` carrying the wall-clock `started` and
+/// `ended`: every request it sent lies between the two (the record the leader-election test
+/// checks for overlaps).
 pub async fn reconcile<K: Pipeline>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let started_at = Timestamp::now();
     let started = Instant::now();
     let labels = KindLabels { kind: K::KIND };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = reconcile_inner(obj.as_ref(), &ctx).await;
+    let result = tokio::select! {
+        biased;
+        () = ctx.leadership.cancelled() => Err(Error::NotLeading),
+        r = reconcile_inner(obj.as_ref(), &ctx) => r,
+    };
+    debug!(
+        kind = K::KIND,
+        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        name = %obj.name_any(),
+        started = %started_at,
+        ended = %Timestamp::now(),
+        outcome = result.as_ref().map_or_else(Error::metric_label, |_| "Ok"),
+        "reconcile ended"
+    );
     ctx.metrics
         .duration
         .get_or_create(&labels)

@@ -39,6 +39,10 @@ pub enum Error {
     /// A blocking measurement task panicked or was cancelled.
     #[error("measurement task failed: {0}")]
     Join(#[source] tokio::task::JoinError),
+    /// This process stopped leading while the reconcile ran: it was dropped at its next await,
+    /// so it sent nothing more; the new leader reconciles the resource.
+    #[error("stopped leading: the reconcile was abandoned")]
+    NotLeading,
     /// The metrics/health listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -60,6 +64,7 @@ impl Error {
             Error::TopicNotFound(_) => "TopicNotFound",
             Error::DatabaseUnreachable(_) => "DatabaseUnreachable",
             Error::Join(_) => "Join",
+            Error::NotLeading => "NotLeading",
             Error::Listen { .. } => "Listen",
         }
     }
@@ -69,7 +74,9 @@ impl Error {
     /// generation triggers the next reconcile), with a long safety requeue.
     pub fn action(&self, attempt_backoff: Duration) -> Action {
         match self {
-            Error::SecretNotFound { .. } | Error::InvalidSpec { .. } => Action::await_change(),
+            Error::SecretNotFound { .. } | Error::InvalidSpec { .. } | Error::NotLeading => {
+                Action::await_change()
+            }
             Error::Kube(_)
             | Error::Serialize { .. }
             | Error::KafkaUnreachable(_)

@@ -147,11 +147,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
         controller: MANAGER.into(),
         instance: Some(identity.clone()),
     };
+    // Cancelled when this process stops leading; reconciles in flight end at once.
+    let leadership = CancellationToken::new();
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
         metrics.clone(),
         reporter,
+        leadership.clone(),
     ));
 
     let (leading_tx, mut leading) = watch::channel(!cli.leader_election);
@@ -180,15 +183,23 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
         metrics.leader.set(1);
         info!("leading: starting the controllers");
         let stop = CancellationToken::new();
-        let lost = {
+        // Losing the lease (also while draining after SIGTERM) aborts the running reconciles;
+        // SIGTERM alone lets them finish.
+        let on_lost = {
             let mut leading = leading.clone();
-            let stop = stop.clone();
-            let shutdown = shutdown.clone();
+            let (stop, leadership) = (stop.clone(), leadership.clone());
             tokio::spawn(async move {
-                tokio::select! {
-                    r = leading.wait_for(|l| !*l) => { drop(r); stop.cancel(); true }
-                    () = shutdown.cancelled() => { stop.cancel(); false }
+                if leading.wait_for(|l| !*l).await.is_ok() {
+                    leadership.cancel();
+                    stop.cancel();
                 }
+            })
+        };
+        let on_shutdown = {
+            let (stop, shutdown) = (stop.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stop.cancel();
             })
         };
         tokio::join!(
@@ -203,8 +214,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
                 stop.clone().cancelled_owned()
             ),
         );
+        on_lost.abort();
+        on_shutdown.abort();
         metrics.leader.set(0);
-        if lost.await.unwrap_or(false) {
+        if leadership.is_cancelled() {
             error!("lost the leader lease: exiting so that a restart starts as a follower");
             code = ExitCode::FAILURE;
         }

@@ -43,12 +43,12 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() {
             .holder_identity
     };
 
-    let mut first = Operator::start(&ns.name, &[]);
+    let mut first = Operator::candidate(&ns.name);
     eventually("the first operator to hold the lease", WAIT, || async {
         (holder().await? == first.identity).then_some(())
     })
     .await;
-    let second = Operator::start(&ns.name, &[]);
+    let second = Operator::candidate(&ns.name);
     eventually("the second operator to serve metrics", WAIT, || async {
         second.metrics().map(|_| ())
     })

@@ -99,6 +99,43 @@ pub fn service_pid(service: &str) -> i32 {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A process of the test environment frozen until this value is dropped: SIGSTOP now,
+/// SIGCONT on drop — also when the test panics, so no later test finds a frozen service.
+/// Connections to it stay open and nothing answers, as in a network partition.
+#[derive(Debug)]
+pub struct Frozen {
+    pid: i32,
+}
+
+impl Frozen {
+    /// Freezes the process `pid`.
+    pub fn new(pid: i32) -> Frozen {
+        let status = signal("-STOP", pid);
+        assert!(status.is_ok_and(|s| s.success()), "kill -STOP {pid}");
+        Frozen { pid }
+    }
+
+    /// Freezes a service of the test environment ([`service_pid`]).
+    pub fn service(service: &str) -> Frozen {
+        Frozen::new(service_pid(service))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // No panic here: a panicking test is unwinding through it.
+        if !signal("-CONT", self.pid).is_ok_and(|s| s.success()) {
+            eprintln!("kill -CONT {} failed: the process stays frozen", self.pid);
+        }
+    }
+}
+
+fn signal(sig: &str, pid: i32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+}
+
 /// A name no other test uses: `prefix-` and ten random hex digits (valid as a Kubernetes
 /// name, a Kafka topic and, quoted or not, a PostgreSQL identifier).
 pub fn unique_name(prefix: &str) -> String {

@@ -11,31 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{OutboxFixture, Recorder, assert_per_key_order_allowing_redelivery, http_get, scrape};
-use pipewright_testenv::{TestEnv, eventually, service_pid, unique_name};
-
-/// Freezes a process until dropped (SIGSTOP, then SIGCONT on drop, even when a test panics).
-struct Frozen(i32);
-
-impl Frozen {
-    fn new(pid: i32) -> Frozen {
-        signal("-STOP", pid);
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal("-CONT", self.0);
-    }
-}
-
-fn signal(sig: &str, pid: i32) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig} {pid}");
-}
+use pipewright_testenv::{Frozen, TestEnv, eventually, unique_name};
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -108,7 +84,7 @@ async fn outbox_rows_stay_pending_while_the_broker_is_frozen_mid_run_then_drain_
     );
 
     // Kafka stops answering mid-run.
-    let frozen = Frozen::new(service_pid("kafka"));
+    let frozen = Frozen::service("kafka");
     let during = fx.enqueue_many(300, 10).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(

@@ -17,6 +17,11 @@ use pipewright_testenv::{eventually, unique_name};
 /// Generous: a loaded 2-core machine runs the control plane, Kafka, PostgreSQL and the build.
 pub const WAIT: Duration = Duration::from_secs(120);
 
+/// The Lease duration of the leader-election tests' operators (renew deadline 4 s, a round
+/// every 1.2 s). The other tests run one operator with the default (15 s), so that a slow
+/// apiserver on a loaded machine does not make it step down.
+pub const LEASE_DURATION: Duration = Duration::from_secs(6);
+
 pub use pipewright_testenv::install_crds;
 
 fn free_port() -> u16 {
@@ -43,6 +48,16 @@ impl Operator {
         Operator::start_as(namespace, "pipewright-operator", None, extra)
     }
 
+    /// One of several operators competing for the Lease: [`LEASE_DURATION`], JSON logs (read
+    /// with [`Operator::log_events`]).
+    pub fn candidate(namespace: &str) -> Operator {
+        let duration = format!("{}s", LEASE_DURATION.as_secs());
+        Operator::start(
+            namespace,
+            &["--lease-duration", &duration, "--log-json", "true"],
+        )
+    }
+
     /// As [`Operator::start`], with the Lease named `lease` and, when given, the identity of
     /// `kubeconfig` instead of the test environment's cluster-admin.
     pub fn start_as(
@@ -64,8 +79,6 @@ impl Operator {
                 namespace,
                 "--lease-name",
                 lease,
-                "--lease-duration",
-                "4s",
                 "--identity",
                 &identity,
                 "--metrics-listen",
@@ -96,6 +109,20 @@ impl Operator {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Its exit status once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The lines of its log written as JSON (`--log-json true`), in order.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The text of its /metrics, or None while it does not answer.
