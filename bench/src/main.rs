@@ -42,6 +42,25 @@ enum Cmd {
         #[command(flatten)]
         output: Output,
     },
+    /// Key-ordered concurrency with a slow handler (part 2): the worker against Confluent
+    /// Parallel Consumer. Writes its results file; `render` (or the next `consume`) renders
+    /// it into the markdown with the others. Needs the test environment's variables.
+    Ordered {
+        #[arg(long, value_enum, default_value = "full")]
+        profile: Profile,
+        /// The worker binary (default: `pipewright-worker` beside this one).
+        #[arg(long)]
+        worker: Option<PathBuf>,
+        /// An extra flag for every worker run (repeatable); recorded in the results.
+        #[arg(long = "worker-arg", allow_hyphen_values = true)]
+        worker_args: Vec<String>,
+        /// Logs of every run.
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        /// The results file.
+        #[arg(long, default_value = "bench/results/ordered.json")]
+        results: PathBuf,
+    },
     /// Create a topic and write the benchmark's records to it, and keep it (for looking into
     /// one contender by hand). Needs the test environment's variables.
     Fill {
@@ -107,6 +126,32 @@ fn main() -> Result<()> {
             progress(&format!("done in {:.0} s", clock.elapsed().as_secs_f64()));
             Ok(())
         }
+        Cmd::Ordered {
+            profile,
+            worker,
+            worker_args,
+            work_dir,
+            results,
+        } => {
+            let here = std::env::current_exe().context("this binary's path")?;
+            let dir = here.parent().context("this binary's directory")?;
+            let worker = worker.unwrap_or_else(|| dir.join("pipewright-worker"));
+            let raw = dir.join("pipewright-bench-raw-consumer");
+            let setup = setup_from_env(worker, worker_args, raw, work_dir)?;
+            let out = pipewright_bench::ordered::run(profile, &setup)?;
+            out.write(&results)?;
+            progress(&format!("results: {}", results.display()));
+            for t in &out.targets {
+                progress(&format!(
+                    "target: {} = {:.2} (≥ {:.1}: {})",
+                    t.what,
+                    t.value,
+                    t.target,
+                    if t.met { "met" } else { "NOT MET" }
+                ));
+            }
+            Ok(())
+        }
         Cmd::Fill { topic, records } => {
             let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
                 .with_context(|| format!("KAFKA_BOOTSTRAP_SERVERS: {HOW_TO_START}"))?;
@@ -142,7 +187,13 @@ fn render(results: &Results, output: &Output) -> Result<()> {
     if let Some(dir) = output.markdown.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&output.markdown, report::markdown(results, link.as_deref()))
+    let mut text = report::markdown(results, link.as_deref());
+    text.push_str(&pipewright_bench::render_further_sections(
+        output.results.parent().unwrap_or(std::path::Path::new("")),
+        output.plot.as_deref(),
+        output.markdown.parent().unwrap_or(std::path::Path::new("")),
+    )?);
+    std::fs::write(&output.markdown, text)
         .with_context(|| format!("write {}", output.markdown.display()))?;
     progress(&format!("markdown: {}", output.markdown.display()));
     Ok(())
