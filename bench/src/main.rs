@@ -68,6 +68,11 @@ enum Cmd {
         topic: String,
         #[arg(long, default_value_t = 100_000)]
         records: u64,
+        #[arg(long, default_value_t = workload::PARTITIONS)]
+        partitions: i32,
+        /// Distinct keys (round robin).
+        #[arg(long, default_value_t = workload::KEYS)]
+        keys: u64,
     },
     /// Render the markdown (and the plot) from an existing results file.
     Render {
@@ -152,18 +157,19 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Fill { topic, records } => {
+        Cmd::Fill {
+            topic,
+            records,
+            partitions,
+            keys,
+        } => {
             let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
                 .with_context(|| format!("KAFKA_BOOTSTRAP_SERVERS: {HOW_TO_START}"))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(workload::create_topic(
-                &bootstrap,
-                &topic,
-                workload::PARTITIONS,
-            ))?;
-            workload::fill(&bootstrap, &topic, records)?;
+            rt.block_on(workload::create_topic(&bootstrap, &topic, partitions))?;
+            workload::fill_keyed(&bootstrap, &topic, records, keys)?;
             progress(&format!("{records} records in {topic}"));
             Ok(())
         }
