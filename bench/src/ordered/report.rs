@@ -392,7 +392,8 @@ const WHERE_THE_TIME_GOES: &[&str] = &[
      ran on main's `block_on` thread, so every record's end woke another thread; run as a \
      task, it is woken on the worker where the record ended: +2–7 % at 1 ms, c=16, in \
      alternating runs of both binaries.",
-    "**Where the time goes now (1 ms, c=256).** CPU samples by thread: the fetch loop 49 %, \
+    "**Where the time goes (1 ms, c=256, after the first fix, before the second).** CPU \
+     samples by thread: the fetch loop (then on main's thread) 49 %, \
      tokio's workers (the delivery tasks) 35 %, librdkafka's broker thread 8 %, the delay \
      timer thread 7 %; by symbol: the kernel's context switch 19 %, malloc and free 17 % \
      (a `Record` with owned key, value and headers, a boxed future and a task per record), \
