@@ -258,7 +258,8 @@ pub fn run_once(
     }
 }
 
-fn env_java_opts(command: &mut Command) {
+/// The JVM options of Kafka's scripts (`kafka-run-class.sh`), for every Java contender.
+pub fn env_java_opts(command: &mut Command) {
     // What bin/kafka-consumer-perf-test.sh and kafka-run-class.sh give the tool.
     command.args([
         "-Xmx512M",
@@ -707,6 +708,7 @@ fn run_worker(
     let mut last_zero_scrape = started;
     let mut first: Option<SystemTime> = None;
     let mut retried;
+    let mut handler_mean_s = None;
     let (last, cpu_at_last) = loop {
         std::thread::sleep(SAMPLE_PERIOD);
         proc.ensure_running()?;
@@ -735,6 +737,14 @@ fn run_worker(
             first = Some(last_zero_scrape);
         }
         if processed >= topic.records {
+            let calls = metric_sum(
+                &metrics,
+                "pipewright_consumer_handler_latency_seconds_count",
+            );
+            if calls > 0.0 {
+                let sum = metric_sum(&metrics, "pipewright_consumer_handler_latency_seconds_sum");
+                handler_mean_s = Some(sum / calls);
+            }
             ensure!(
                 processed == topic.records,
                 "the worker processed {processed} records of a topic of {}",
@@ -766,6 +776,10 @@ fn run_worker(
     let mut extra = BTreeMap::new();
     // Delivery attempts that failed and were retried (0 in a clean run).
     extra.insert("retried".into(), retried);
+    // The mean time of one sink call (the worker's own histogram).
+    if let Some(mean) = handler_mean_s {
+        extra.insert("handler_mean_s".into(), mean);
+    }
     extra.insert(
         "start_to_first_record_s".into(),
         first
@@ -786,7 +800,7 @@ fn run_worker(
 }
 
 /// Fails unless the group's committed offsets are the topic's end offsets.
-fn check_committed(setup: &Setup, topic: &Topic, group: &str) -> Result<()> {
+pub fn check_committed(setup: &Setup, topic: &Topic, group: &str) -> Result<()> {
     let ends = workload::end_offsets(&setup.bootstrap, &topic.name)?;
     let consumer: BaseConsumer = workload::kafka_config(&setup.bootstrap)
         .set("group.id", group)
@@ -845,7 +859,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 /// How long one run may take at most before it is called stuck.
-fn run_timeout(topic: &Topic) -> Duration {
+pub fn run_timeout(topic: &Topic) -> Duration {
     Duration::from_secs(120 + topic.records / 1_000)
 }
 

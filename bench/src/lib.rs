@@ -5,9 +5,16 @@
 //! Kafka's Java `ConsumerPerformance`, librdkafka's `rdkafka_performance`, a raw rust-rdkafka
 //! loop and the worker in several configurations each read all of it, in rounds, and every
 //! figure is the median of the rounds. Progress goes to stderr as `[bench] ...` lines.
+//!
+//! Part 2, key-ordered concurrency with a slow handler ([`ordered`]): the worker against
+//! Confluent Parallel Consumer, as a fraction of the ideal rate.
+//!
+//! Parts 4 and 5, the operator and memory ([`operator`]): its reaction against the built-in
+//! deployment controller, a cold start with many resources, and resident memory.
 
 pub mod contenders;
 pub mod operator;
+pub mod ordered;
 pub mod process;
 pub mod profile;
 pub mod report;
@@ -30,6 +37,47 @@ pub const HOW_TO_START: &str = "start the test environment first: `eval \"$(test
 /// A progress line on stderr.
 pub fn progress(message: &str) {
     eprintln!("[bench] {message}");
+}
+
+/// The sections of docs/benchmarks.md after part 1, each rendered (in order) when its results
+/// file lies in `results_dir` beside part 1's: the markdown to append to part 1's. Their plots
+/// (with `plot_beside`, part 1's plot) go beside it as `bench-<name>.png`, linked relative to
+/// `markdown_dir`.
+pub fn render_further_sections(
+    results_dir: &Path,
+    plot_beside: Option<&Path>,
+    markdown_dir: &Path,
+    worker_load_rss_mib: Option<f64>,
+) -> Result<String> {
+    let plot_path = |name: &str| plot_beside.map(|p| p.with_file_name(format!("bench-{name}.png")));
+    let link = |png: &Path| {
+        png.strip_prefix(markdown_dir)
+            .unwrap_or(png)
+            .display()
+            .to_string()
+    };
+    let mut md = String::new();
+    let ordered = results_dir.join("ordered.json");
+    if ordered.is_file() {
+        let results = ordered::report::OrderedResults::read(&ordered)?;
+        let png = plot_path("ordered");
+        if let Some(png) = &png {
+            ordered::report::plot(&results, png)?;
+            progress(&format!("plot: {}", png.display()));
+        }
+        md.push('\n');
+        md.push_str(&ordered::report::markdown(
+            &results,
+            png.as_deref().map(link).as_deref(),
+        ));
+    }
+    let operator = results_dir.join("operator.json");
+    if operator.is_file() {
+        let results = operator::report::OperatorResults::read(&operator)?;
+        md.push('\n');
+        md.push_str(&operator::report::markdown(&results, worker_load_rss_mib));
+    }
+    Ok(md)
 }
 
 /// The binaries and services, from the environment of `tests/env/up` and the paths given.
@@ -198,7 +246,8 @@ fn workload_of(topic: &Topic, fill_s: f64) -> Workload {
     }
 }
 
-fn machine() -> Machine {
+/// The machine, for the results.
+pub fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -235,7 +284,8 @@ pub fn git_describe() -> String {
     command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into())
 }
 
-fn versions(setup: &Setup) -> Versions {
+/// The versions of what ran, for the results.
+pub fn versions(setup: &Setup) -> Versions {
     let kafka = kafka_version(&setup.kafka_classpath).unwrap_or_else(|| "unknown".into());
     Versions {
         worker_git: git_describe(),

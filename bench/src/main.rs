@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use pipewright_bench::operator::report::OperatorResults;
 use pipewright_bench::operator::{OperatorSetup, image_archives};
 use pipewright_bench::profile::Profile;
 use pipewright_bench::report::{self, Results};
@@ -44,10 +43,29 @@ enum Cmd {
         #[command(flatten)]
         output: Output,
     },
+    /// Key-ordered concurrency with a slow handler (part 2): the worker against Confluent
+    /// Parallel Consumer. Writes its results file; `render` (or the next `consume`) renders
+    /// it into the markdown with the others. Needs the test environment's variables.
+    Ordered {
+        #[arg(long, value_enum, default_value = "full")]
+        profile: Profile,
+        /// The worker binary (default: `pipewright-worker` beside this one).
+        #[arg(long)]
+        worker: Option<PathBuf>,
+        /// An extra flag for every worker run (repeatable); recorded in the results.
+        #[arg(long = "worker-arg", allow_hyphen_values = true)]
+        worker_args: Vec<String>,
+        /// Logs of every run.
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        /// The results file.
+        #[arg(long, default_value = "bench/results/ordered.json")]
+        results: PathBuf,
+    },
     /// Parts 4 and 5: the operator's reaction against the built-in deployment controller, a
-    /// cold start with many resources and its steady state, and memory; writes the results
-    /// and renders the whole document. Needs the test environment's variables and the release
-    /// operator (`tests/env/images` builds it).
+    /// cold start with many resources and its steady state, and memory. Writes its results
+    /// file; `render` renders it into the markdown with the others. Needs the test
+    /// environment's variables and the release operator (`tests/env/images` builds it).
     Operator {
         #[arg(long, value_enum, default_value = "full")]
         profile: Profile,
@@ -63,12 +81,9 @@ enum Cmd {
         /// The results file of this part.
         #[arg(long, default_value = "bench/results/operator.json")]
         results: PathBuf,
-        /// The consume results rendered with it (part 1).
-        #[arg(long, default_value = "bench/results/consume.json")]
-        consume_results: PathBuf,
-        /// The markdown to write.
-        #[arg(long, default_value = "docs/benchmarks.md")]
-        markdown: PathBuf,
+        /// Also write this part's sections alone to this markdown file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Create a topic and write the benchmark's records to it, and keep it (for looking into
     /// one contender by hand). Needs the test environment's variables.
@@ -77,6 +92,11 @@ enum Cmd {
         topic: String,
         #[arg(long, default_value_t = 100_000)]
         records: u64,
+        #[arg(long, default_value_t = workload::PARTITIONS)]
+        partitions: i32,
+        /// Distinct keys (round robin).
+        #[arg(long, default_value_t = workload::KEYS)]
+        keys: u64,
     },
     /// Render the markdown (and the plot) from an existing results file.
     Render {
@@ -135,18 +155,45 @@ fn main() -> Result<()> {
             progress(&format!("done in {:.0} s", clock.elapsed().as_secs_f64()));
             Ok(())
         }
-        Cmd::Fill { topic, records } => {
+        Cmd::Ordered {
+            profile,
+            worker,
+            worker_args,
+            work_dir,
+            results,
+        } => {
+            let here = std::env::current_exe().context("this binary's path")?;
+            let dir = here.parent().context("this binary's directory")?;
+            let worker = worker.unwrap_or_else(|| dir.join("pipewright-worker"));
+            let raw = dir.join("pipewright-bench-raw-consumer");
+            let setup = setup_from_env(worker, worker_args, raw, work_dir)?;
+            let out = pipewright_bench::ordered::run(profile, &setup)?;
+            out.write(&results)?;
+            progress(&format!("results: {}", results.display()));
+            for t in &out.targets {
+                progress(&format!(
+                    "target: {} = {:.2} (≥ {:.1}: {})",
+                    t.what,
+                    t.value,
+                    t.target,
+                    if t.met { "met" } else { "NOT MET" }
+                ));
+            }
+            Ok(())
+        }
+        Cmd::Fill {
+            topic,
+            records,
+            partitions,
+            keys,
+        } => {
             let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
                 .with_context(|| format!("KAFKA_BOOTSTRAP_SERVERS: {HOW_TO_START}"))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(workload::create_topic(
-                &bootstrap,
-                &topic,
-                workload::PARTITIONS,
-            ))?;
-            workload::fill(&bootstrap, &topic, records)?;
+            rt.block_on(workload::create_topic(&bootstrap, &topic, partitions))?;
+            workload::fill_keyed(&bootstrap, &topic, records, keys)?;
             progress(&format!("{records} records in {topic}"));
             Ok(())
         }
@@ -156,7 +203,6 @@ fn main() -> Result<()> {
             worker,
             work_dir,
             results,
-            consume_results,
             markdown,
         } => {
             let clock = Instant::now();
@@ -182,12 +228,13 @@ fn main() -> Result<()> {
             let measured = pipewright_bench::operator::run(profile, &setup)?;
             measured.write(&results)?;
             progress(&format!("results: {}", results.display()));
-            // The whole document when part 1's results are there, else this part alone.
-            let consume = consume_results
-                .is_file()
-                .then(|| Results::read(&consume_results))
-                .transpose()?;
-            write_markdown(consume.as_ref(), Some(&measured), None, &markdown)?;
+            if let Some(markdown) = markdown {
+                std::fs::write(
+                    &markdown,
+                    pipewright_bench::operator::report::markdown(&measured, None),
+                )
+                .with_context(|| format!("write {}", markdown.display()))?;
+            }
             progress(&format!("done in {:.0} s", clock.elapsed().as_secs_f64()));
             Ok(())
         }
@@ -208,38 +255,18 @@ fn render(results: &Results, output: &Output) -> Result<()> {
         }
         None => None,
     };
-    // The other parts' results beside this one, when there.
-    let operator_results = output.results.with_file_name("operator.json");
-    let operator = operator_results
-        .is_file()
-        .then(|| OperatorResults::read(&operator_results))
-        .transpose()?;
-    write_markdown(
-        Some(results),
-        operator.as_ref(),
-        link.as_deref(),
-        &output.markdown,
-    )
-}
-
-/// docs/benchmarks.md: part 1, then parts 4 and 5 when their results are there.
-fn write_markdown(
-    consume: Option<&Results>,
-    operator: Option<&OperatorResults>,
-    plot_link: Option<&str>,
-    markdown: &std::path::Path,
-) -> Result<()> {
-    if let Some(dir) = markdown.parent() {
+    if let Some(dir) = output.markdown.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut md = consume.map_or_else(String::new, |r| report::markdown(r, plot_link) + "\n");
-    if let Some(operator) = operator {
-        md.push_str(&pipewright_bench::operator::report::markdown(
-            operator,
-            consume.and_then(Results::worker_peak_rss_mib),
-        ));
-    }
-    std::fs::write(markdown, md).with_context(|| format!("write {}", markdown.display()))?;
-    progress(&format!("markdown: {}", markdown.display()));
+    let mut text = report::markdown(results, link.as_deref());
+    text.push_str(&pipewright_bench::render_further_sections(
+        output.results.parent().unwrap_or(std::path::Path::new("")),
+        output.plot.as_deref(),
+        output.markdown.parent().unwrap_or(std::path::Path::new("")),
+        results.worker_peak_rss_mib(),
+    )?);
+    std::fs::write(&output.markdown, text)
+        .with_context(|| format!("write {}", output.markdown.display()))?;
+    progress(&format!("markdown: {}", output.markdown.display()));
     Ok(())
 }

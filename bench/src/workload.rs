@@ -77,7 +77,12 @@ impl Event {
 
 /// The key of record `i`.
 pub fn key(i: u64) -> String {
-    format!("k{:05}", i % KEYS)
+    key_of(i, KEYS)
+}
+
+/// The key of record `i` in a topic of `keys` keys (round robin).
+pub fn key_of(i: u64, keys: u64) -> String {
+    format!("k{:05}", i % keys)
 }
 
 /// The value of record `i`: its event as JSON, `pad` filled so that it is exactly
@@ -167,6 +172,11 @@ pub async fn delete_topics(bootstrap: &str, topics: &[&str]) {
 /// Writes records `0..records` to `topic` (uncompressed, acks=all) and checks that the
 /// partitions' high watermarks add up to `records`.
 pub fn fill(bootstrap: &str, topic: &str, records: u64) -> Result<()> {
+    fill_keyed(bootstrap, topic, records, KEYS)
+}
+
+/// As [`fill`], with `keys` distinct keys.
+pub fn fill_keyed(bootstrap: &str, topic: &str, records: u64, keys: u64) -> Result<()> {
     let producer: BaseProducer = kafka_config(bootstrap)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
@@ -176,7 +186,7 @@ pub fn fill(bootstrap: &str, topic: &str, records: u64) -> Result<()> {
         .create()
         .context("Kafka producer")?;
     for i in 0..records {
-        let (k, v) = (key(i), value(i));
+        let (k, v) = (key_of(i, keys), value(i));
         loop {
             match producer.send(BaseRecord::<String, Vec<u8>>::to(topic).key(&k).payload(&v)) {
                 Ok(()) => break,

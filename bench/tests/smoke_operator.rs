@@ -38,8 +38,6 @@ fn bench_smoke_operator_reaction_scale_and_memory_are_measured_and_rendered() {
         .arg(dir.join("runs"))
         .arg("--results")
         .arg(&results_path)
-        .arg("--consume-results")
-        .arg(dir.join("no-consume.json"))
         .arg("--markdown")
         .arg(&markdown)
         .output()

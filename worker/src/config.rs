@@ -16,6 +16,7 @@ use sqlx::postgres::PgConnectOptions;
 use crate::Error;
 use crate::consume::events::JsonSchema;
 use crate::consume::sinks::Sink;
+use crate::consume::sinks::discard::DiscardSink;
 use crate::consume::sinks::http::{HttpSink, HttpSinkConfig};
 use crate::consume::sinks::kafka::{KafkaSink, Transaction};
 use crate::consume::sinks::log::LogSink;
@@ -395,6 +396,14 @@ pub struct SinkArgs {
         default_value = "pipewright_offsets"
     )]
     pub postgres_offsets_table: String,
+    /// discard: how long each delivery takes (a benchmarking aid: a slow handler that holds
+    /// its slot of --concurrency; not offered by the EventConsumer API).
+    #[arg(long = "sink-discard-delay", default_value = "0s")]
+    pub discard_delay: humantime::Duration,
+    /// discard: each delivery takes up to this much longer than --sink-discard-delay,
+    /// uniformly distributed (a benchmarking aid).
+    #[arg(long = "sink-discard-jitter", default_value = "0s")]
+    pub discard_jitter: humantime::Duration,
 }
 
 impl SinkArgs {
@@ -489,7 +498,13 @@ impl SinkArgs {
                 }),
                 None,
             )),
-            SinkKind::Discard => Ok((Sink::Discard, None)),
+            SinkKind::Discard => Ok((
+                Sink::Discard(DiscardSink::new(
+                    self.discard_delay.into(),
+                    self.discard_jitter.into(),
+                )),
+                None,
+            )),
             SinkKind::Http => Ok((Sink::Http(HttpSink::new(self.http_config()?)?), None)),
             SinkKind::Kafka => {
                 let topic = self.kafka_topic.as_deref().unwrap_or_default();

@@ -37,15 +37,19 @@ async fn run_consume(listen: SocketAddr, args: ConsumeArgs) -> Result<(), Error>
     let health = Health::default();
     let shutdown = signals()?;
     let server = serve_http(listen, registry, health.clone(), &shutdown).await?;
-    let result = consume::run_with_transaction(
+    // On a worker thread of the runtime, not on main's `block_on` thread: a record that ends
+    // in a task wakes the fetch loop, which then runs on the same worker (no hop to another
+    // thread and back per record; measured with a slow handler, docs/benchmarks.md part 2).
+    let result = tokio::spawn(consume::run_with_transaction(
         config,
         handler,
         transaction,
         metrics,
         health,
         shutdown.clone(),
-    )
-    .await;
+    ))
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     shutdown.cancel();
     let _ = server.await;
     result

@@ -1,6 +1,7 @@
 //! The sinks of the generic binary, behind one [`Handler`]: [`SinkHandler`] decodes records as
 //! [`GenericEvent`]s of the declared types and delivers them to the configured sink.
 
+pub mod discard;
 pub mod http;
 pub mod kafka;
 pub mod log;
@@ -16,8 +17,9 @@ pub enum Sink {
     Http(http::HttpSink),
     Kafka(kafka::KafkaSink),
     Postgres(postgres::PostgresSink),
-    /// Drops every event (benchmarks, dry runs): the cost of the pipeline alone.
-    Discard,
+    /// Drops every event (benchmarks, dry runs): the cost of the pipeline alone, or of a slow
+    /// handler when it has a delay.
+    Discard(discard::DiscardSink),
 }
 
 impl Sink {
@@ -27,7 +29,10 @@ impl Sink {
             Sink::Http(s) => s.deliver(event, record).await,
             Sink::Kafka(s) => s.deliver(event, record).await,
             Sink::Postgres(s) => s.deliver(event, record).await,
-            Sink::Discard => Ok(()),
+            Sink::Discard(s) => {
+                s.deliver().await;
+                Ok(())
+            }
         }
     }
 
@@ -42,7 +47,7 @@ impl Sink {
         match self {
             Sink::Log(s) => s.payload,
             Sink::Postgres(_) => true,
-            Sink::Http(_) | Sink::Kafka(_) | Sink::Discard => false,
+            Sink::Http(_) | Sink::Kafka(_) | Sink::Discard(_) => false,
         }
     }
 
