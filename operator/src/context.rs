@@ -22,6 +22,8 @@ pub struct Settings {
     pub scale_cooldown: Duration,
     /// Deadline of one measurement (Kafka or PostgreSQL).
     pub measure_timeout: Duration,
+    /// Reconciles running at once, per kind.
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -31,6 +33,7 @@ impl Default for Settings {
             status_period: Duration::from_secs(30),
             scale_cooldown: Duration::from_secs(120),
             measure_timeout: Duration::from_secs(10),
+            concurrency: 16,
         }
     }
 }
@@ -45,6 +48,17 @@ pub struct Context {
     /// await and sends nothing more ([`crate::Error::NotLeading`]).
     pub leadership: CancellationToken,
     failures: Mutex<HashMap<String, u32>>,
+    /// The last figures measured per resource, with what they were measured for.
+    measured: Mutex<HashMap<String, Measured>>,
+}
+
+/// Figures measured for one resource: reused by the reconciles its own applies trigger, so
+/// that only the status period's requeue (or a changed spec or Secret) measures again.
+struct Measured {
+    /// uid, generation and Secrets hash of what was measured.
+    of: String,
+    at: std::time::Instant,
+    figures: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for Context {
@@ -70,7 +84,33 @@ impl Context {
             settings,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            measured: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The figures measured for `key` less than half a status period ago for the same `of`
+    /// (uid, generation, Secrets hash), if any.
+    pub fn recent_figures<F: Clone + 'static>(&self, key: &str, of: &str) -> Option<F> {
+        let measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+        let m = measured.get(key)?;
+        (m.of == of && m.at.elapsed() < self.settings.status_period / 2)
+            .then(|| m.figures.downcast_ref::<F>().cloned())
+            .flatten()
+    }
+
+    /// Records figures just measured for `key`.
+    pub fn measured<F: Send + Sync + 'static>(&self, key: &str, of: String, figures: F) {
+        self.measured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key.to_string(),
+                Measured {
+                    of,
+                    at: std::time::Instant::now(),
+                    figures: Box::new(figures),
+                },
+            );
     }
 
     /// Records a failed reconcile of `key` and returns the backoff before the next attempt:

@@ -2,9 +2,12 @@
 //!
 //! 1. build the worker plan from the spec (pure; an invalid spec stops here, Degraded/InvalidSpec);
 //! 2. read the referenced Secrets (missing: Degraded/SecretNotFound, nothing applied);
-//! 3. measure (Kafka lag or outbox backlog; unreachable: Degraded with the cause);
-//! 4. unless paused: decide replicas, apply the desired children with server-side apply
-//!    (one field manager, [`crate::MANAGER`]);
+//! 3. unless paused: apply the desired children with server-side apply (one field manager,
+//!    [`crate::MANAGER`]) at the replicas they run (a new resource: its minimum) — before any
+//!    measurement, so a new resource gets its Deployment at once; the children the pods refer
+//!    to concurrently, then the Deployment;
+//! 4. measure (Kafka lag or outbox backlog; unreachable: Degraded with the cause) and, when
+//!    the autoscaler decides other replicas on it, apply the Deployment again;
 //! 5. compute the status and write it only when it differs from the stored one.
 //!
 //! Triggers: the resource itself, filtered to generation and annotation changes (so the
@@ -28,7 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
@@ -136,7 +139,7 @@ pub trait Pipeline:
     /// The resource's status type.
     type Status: Serialize + Clone + PartialEq + Default + Debug + Send + Sync;
     /// What is measured for it.
-    type Figures: Clone + Debug + Send + Sync;
+    type Figures: Clone + Debug + Send + Sync + 'static;
 
     /// The Secrets the spec references.
     fn secret_uses(&self) -> Vec<SecretUse>;
@@ -221,6 +224,21 @@ where
             &Patch::Apply(obj),
         )
         .await?)
+}
+
+/// Applies a resource's children: the ones the pods refer to at once, then the Deployment.
+async fn apply_children(
+    client: &Client,
+    ns: &str,
+    desired: &workload::Desired,
+) -> Result<Deployment> {
+    futures::try_join!(
+        apply(client, ns, &desired.service_account),
+        apply(client, ns, &desired.config_map),
+        apply(client, ns, &desired.service),
+        apply(client, ns, &desired.pod_disruption_budget),
+    )?;
+    apply(client, ns, &desired.deployment).await
 }
 
 /// Reads the referenced Secrets; the first that (or whose key) is missing is an error.
@@ -345,40 +363,73 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
             }
             Err(e) => return Err(e),
             Ok(secrets) => {
-                match obj.measure(&secrets, &ctx.settings).await {
-                    Ok(f) => figures = Some(f),
-                    Err(e) => {
-                        problem = Some(problem_of(&e));
-                        failure = Some(e);
-                    }
-                }
+                plan.secrets_hash = secrets.hash();
+                // Apply first: a new or changed resource gets its children without waiting for
+                // a measurement. Replicas stay as they are (a new resource: its minimum), only
+                // brought within the bounds; the measurement below may then scale.
+                let mut applied = None;
                 if !paused {
                     let current = deployment.as_ref().and_then(|d| d.spec.replicas);
                     let previous_scale = deployment
                         .as_ref()
                         .and_then(|d| d.annotations().get(LAST_SCALE_ANNOTATION).cloned());
-                    let replicas = obj.replicas(Scale {
+                    let kept = obj.replicas(Scale {
                         current,
-                        figures: figures.as_ref(),
+                        figures: None,
                         last_scale: previous_scale.as_ref().and_then(|t| t.parse().ok()),
                         now,
                         settings: &ctx.settings,
                     });
-                    plan.replicas = replicas;
-                    plan.secrets_hash = secrets.hash();
+                    plan.replicas = kept;
                     plan.last_scale_time = match current {
-                        Some(c) if c != replicas => {
-                            scaled = Some((c, replicas));
+                        Some(c) if c != kept => {
+                            scaled = Some((c, kept));
                             Some(now.to_string())
                         }
                         _ => previous_scale,
                     };
-                    let desired = workload::desired(&plan);
-                    apply(client, &ns, &desired.service_account).await?;
-                    apply(client, &ns, &desired.config_map).await?;
-                    apply(client, &ns, &desired.service).await?;
-                    apply(client, &ns, &desired.pod_disruption_budget).await?;
-                    deployment = Some(apply(client, &ns, &desired.deployment).await?);
+                    deployment =
+                        Some(apply_children(client, &ns, &workload::desired(&plan)).await?);
+                    applied = Some(kept);
+                }
+                // The reconciles this one's applies trigger reuse its figures; the status
+                // period's requeue (or a changed spec or Secret) measures again.
+                let key = key_of(obj);
+                let of = format!(
+                    "{}/{}/{}",
+                    obj.meta().uid.as_deref().unwrap_or_default(),
+                    generation.unwrap_or_default(),
+                    plan.secrets_hash
+                );
+                match ctx.recent_figures::<K::Figures>(&key, &of) {
+                    Some(f) => figures = Some(f),
+                    None => match obj.measure(&secrets, &ctx.settings).await {
+                        Ok(f) => {
+                            ctx.measured(&key, of, f.clone());
+                            figures = Some(f);
+                        }
+                        Err(e) => {
+                            problem = Some(problem_of(&e));
+                            failure = Some(e);
+                        }
+                    },
+                }
+                // Then scale on what was measured.
+                if let (Some(applied), Some(f)) = (applied, figures.as_ref()) {
+                    let replicas = obj.replicas(Scale {
+                        current: Some(applied),
+                        figures: Some(f),
+                        last_scale: plan.last_scale_time.as_ref().and_then(|t| t.parse().ok()),
+                        now,
+                        settings: &ctx.settings,
+                    });
+                    if replicas != applied {
+                        scaled = Some((scaled.map_or(applied, |(from, _)| from), replicas));
+                        plan.replicas = replicas;
+                        plan.last_scale_time = Some(now.to_string());
+                        let desired = workload::desired(&plan);
+                        deployment = Some(apply(client, &ns, &desired.deployment).await?);
+                    }
                 }
             }
         },
@@ -630,6 +681,7 @@ pub async fn run<K: Pipeline>(
                 .map(|o| ObjectRef::from_obj(o.as_ref()))
                 .collect::<Vec<_>>()
         })
+        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {

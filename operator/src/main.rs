@@ -64,6 +64,9 @@ struct Cli {
     /// Deadline of one Kafka or PostgreSQL measurement.
     #[arg(long, env = "PIPEWRIGHT_MEASURE_TIMEOUT", default_value = "10s")]
     measure_timeout: humantime::Duration,
+    /// Reconciles running at once, per kind (EventConsumer, Outbox).
+    #[arg(long, env = "PIPEWRIGHT_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    reconcile_concurrency: u16,
     /// Worker image for resources that name none.
     #[arg(
         long,
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
         status_period: cli.status_period.into(),
         scale_cooldown: cli.scale_cooldown.into(),
         measure_timeout: cli.measure_timeout.into(),
+        concurrency: cli.reconcile_concurrency,
     };
     let reporter = Reporter {
         controller: MANAGER.into(),

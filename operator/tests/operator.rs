@@ -625,3 +625,55 @@ async fn a_worker_stopped_by_a_poison_message_makes_the_resource_degraded_with_r
     );
     ns.delete().await;
 }
+
+/// Apply first: a new EventConsumer gets its Deployment while its Kafka measurement is still
+/// pending — against a "broker" that accepts connections and never answers, with a 120 s
+/// measurement deadline — and its status (written at the end of the reconcile, after the
+/// measurement) is still unwritten when the Deployment is there.
+#[tokio::test]
+async fn a_new_event_consumer_gets_its_deployment_before_its_kafka_measurement_finishes() {
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "op-apply-first").await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let _operator = Operator::start(&ns.name, &["--measure-timeout", "120s"]);
+    let ec = event_consumer(
+        "silent",
+        "never-measured",
+        json!({"kafka": {"bootstrapServers": [addr]}}),
+    );
+    create(&client, &ns.name, &ec).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the EventConsumer's Deployment", WAIT, || async {
+        let list = deployments.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|d| {
+                d.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "EventConsumer" && o.name == "silent")
+            })
+            .then_some(())
+    })
+    .await;
+    let ec = Api::<EventConsumer>::namespaced(client.clone(), &ns.name)
+        .get("silent")
+        .await
+        .unwrap();
+    assert!(
+        ec.status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .is_none(),
+        "the status is written only after the measurement, which cannot have finished: {:?}",
+        ec.status
+    );
+    holding.abort();
+}

@@ -91,10 +91,16 @@ impl Reaction {
 pub struct Scale {
     pub event_consumers: usize,
     pub outboxes: usize,
-    /// Operator start → every Deployment exists.
-    pub all_applied_s: f64,
-    /// Operator start → every status has observedGeneration = generation.
-    pub all_status_s: f64,
+    /// How long the harness waited for the cold start.
+    pub limit_s: f64,
+    /// Operator start → every Deployment exists (`None`: not within the limit).
+    pub all_applied_s: Option<f64>,
+    /// Operator start → every status has observedGeneration = generation (`None`: not
+    /// within the limit).
+    pub all_status_s: Option<f64>,
+    /// Deployments and written statuses when the wait ended.
+    pub applied_at_end: usize,
+    pub written_at_end: usize,
     pub peak_rss_bytes: u64,
     pub steady_window_s: f64,
     pub steady_cpu_percent: f64,
@@ -220,17 +226,23 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
     );
     let _ = writeln!(md, "| figure | value | target |");
     let _ = writeln!(md, "|---|---:|---|");
+    let total = s.event_consumers + s.outboxes;
+    let within = |t: Option<f64>, done: usize| match t {
+        Some(t) => (format!("{t:.1} s"), met(t < 60.0)),
+        None => (
+            format!("> {:.0} s ({done}/{total} by then)", s.limit_s),
+            met(false),
+        ),
+    };
+    let (v, m) = within(s.all_applied_s, s.applied_at_end);
     let _ = writeln!(
         md,
-        "| start → every Deployment applied | {:.1} s | < 60 s: {} |",
-        s.all_applied_s,
-        met(s.all_applied_s < 60.0)
+        "| start → every Deployment applied | {v} | < 60 s: {m} |"
     );
+    let (v, m) = within(s.all_status_s, s.written_at_end);
     let _ = writeln!(
         md,
-        "| start → every status written (`observedGeneration`) | {:.1} s | < 60 s: {} |",
-        s.all_status_s,
-        met(s.all_status_s < 60.0)
+        "| start → every status written (`observedGeneration`) | {v} | < 60 s: {m} |"
     );
     let _ = writeln!(
         md,
