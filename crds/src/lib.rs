@@ -9,6 +9,7 @@
 pub mod common;
 pub mod event_consumer;
 pub mod outbox;
+pub mod worker_config;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -1,6 +1,7 @@
 //! `EventConsumer` → a `pipewright-worker consume` Deployment, and its consumer lag in status.
 //!
-//! The spec is rendered into the environment contract of docs/worker-config.md ("consume").
+//! The spec is rendered into the worker's configuration file ([`worker_config::Consume`],
+//! docs/worker-config.md).
 //! The consumer group is `spec.groupId` or `<namespace>.<name>`; its lag is measured on the
 //! broker (see [`crate::measure::kafka`]). With `autoscaling`, the operator sets the replicas
 //! from the lag ([`crate::autoscale`]), never above the partition count; without it, replicas
@@ -10,22 +11,20 @@
 //! consumer group's committed offsets are deliberately kept (a resource re-created with the
 //! same group resumes where the old one stopped).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
-use pipewright_crds::event_consumer::{InitialOffset, Ordering, SinkKind, UnknownTypePolicy};
+use pipewright_crds::event_consumer::{EventSchema, SinkKind};
+use pipewright_crds::worker_config::{self, SchemaSource};
 use pipewright_crds::{EventConsumer, EventConsumerStatus};
-use serde_json::json;
 
 use crate::autoscale;
 use crate::context::Settings;
 use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
 use crate::measure::kafka::{self, Lag, Target};
-use crate::render;
-use crate::workload::{Component, ConfigMapMount, SecretMount, WorkerPlan, render_duration};
+use crate::render::{self, count, duration};
+use crate::workload::{Component, ConfigMapMount, SecretMount, WorkerConfig, WorkerPlan};
 
 /// Where the `sink.http.headersSecretRef` Secret is mounted.
 pub const HTTP_HEADERS_DIR: &str = "/var/run/secrets/pipewright/http-headers";
@@ -40,203 +39,127 @@ pub fn group_id(ec: &EventConsumer) -> String {
         .unwrap_or_else(|| format!("{}.{}", ec.namespace().unwrap_or_default(), ec.name_any()))
 }
 
-fn duration(field: &'static str, d: &pipewright_crds::Duration) -> Result<std::time::Duration> {
-    d.to_std().map_err(|e| Error::InvalidSpec {
-        field,
-        reason: e.to_string(),
-    })
-}
-
-/// The worker plan of an EventConsumer (pure).
-pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
+/// The worker configuration of an EventConsumer, and the Secret and ConfigMap mounts its paths
+/// point into (pure).
+pub fn worker_config(
+    ec: &EventConsumer,
+) -> Result<(worker_config::Consume, Vec<SecretMount>, Vec<ConfigMapMount>)> {
     let spec = &ec.spec;
-    let mut env = BTreeMap::new();
     let mut secret_mounts = Vec::new();
-    let mut config_map_mounts = Vec::new();
-    let mut put = |k: &str, v: String| {
-        env.insert(k.to_string(), v);
-    };
-    put(
-        "PIPEWRIGHT_LISTEN",
-        format!("0.0.0.0:{}", crate::workload::WORKER_PORT),
-    );
-    put("PIPEWRIGHT_LOG_FORMAT", "json".into());
-    put("PIPEWRIGHT_CONSUMER_TOPICS", spec.topics.join(","));
-    put("PIPEWRIGHT_CONSUMER_GROUP_ID", group_id(ec));
-    put(
-        "PIPEWRIGHT_CONSUMER_INITIAL_OFFSET",
-        match spec.initial_offset {
-            InitialOffset::Earliest => "earliest",
-            InitialOffset::Latest => "latest",
-        }
-        .into(),
-    );
+    let mut config_map_mounts: Vec<ConfigMapMount> = Vec::new();
     let p = &spec.processing;
-    put("PIPEWRIGHT_CONSUMER_CONCURRENCY", p.concurrency.to_string());
-    put(
-        "PIPEWRIGHT_CONSUMER_ORDERING",
-        match p.ordering {
-            Ordering::Key => "key",
-            Ordering::Partition => "partition",
-            Ordering::None => "none",
-        }
-        .into(),
-    );
-    put(
-        "PIPEWRIGHT_CONSUMER_RETRY_MAX_ATTEMPTS",
-        p.retry.max_attempts.to_string(),
-    );
-    put(
-        "PIPEWRIGHT_CONSUMER_RETRY_BACKOFF_INITIAL",
-        render_duration(duration(
-            "processing.retry.backoff.initial",
-            &p.retry.backoff.initial,
-        )?),
-    );
-    put(
-        "PIPEWRIGHT_CONSUMER_RETRY_BACKOFF_MAX",
-        render_duration(duration(
-            "processing.retry.backoff.max",
-            &p.retry.backoff.max,
-        )?),
-    );
-    if let Some(dlt) = &p.dead_letter_topic {
-        put("PIPEWRIGHT_CONSUMER_DEAD_LETTER_TOPIC", dlt.clone());
-    }
-    let drain = duration("processing.drainTimeout", &p.drain_timeout)?;
-    put("PIPEWRIGHT_CONSUMER_DRAIN_TIMEOUT", render_duration(drain));
-
-    if let Some(events) = &spec.events {
-        put(
-            "PIPEWRIGHT_CONSUMER_EVENT_TYPES",
-            events
-                .types
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        let mut schemas = serde_json::Map::new();
-        for (i, t) in events.types.iter().enumerate() {
-            let Some(schema) = &t.schema else { continue };
-            if let Some(inline) = &schema.inline {
-                schemas.insert(t.name.clone(), json!({ "inline": inline }));
-            }
-            if let Some(cm) = &schema.config_map_key_ref {
-                let dir = format!("{SCHEMAS_DIR}/{}", cm.name);
-                if !config_map_mounts
-                    .iter()
-                    .any(|m: &ConfigMapMount| m.config_map == cm.name)
-                {
-                    config_map_mounts.push(ConfigMapMount {
-                        volume: format!("schema-{i}"),
-                        config_map: cm.name.clone(),
-                        path: dir.clone(),
+    let processing = worker_config::Processing {
+        concurrency: count("processing.concurrency", p.concurrency)?,
+        ordering: p.ordering,
+        retry: worker_config::Retry {
+            max_attempts: count("processing.retry.maxAttempts", p.retry.max_attempts)?,
+            backoff: worker_config::Backoff {
+                initial: duration("processing.retry.backoff.initial", &p.retry.backoff.initial)?,
+                max: duration("processing.retry.backoff.max", &p.retry.backoff.max)?,
+            },
+        },
+        dead_letter_topic: p.dead_letter_topic.clone(),
+        drain_timeout: duration("processing.drainTimeout", &p.drain_timeout)?,
+        // Worker tuning the API does not offer: the worker's defaults.
+        ..worker_config::Processing::default()
+    };
+    let mut events = worker_config::Events::default();
+    if let Some(declared) = &spec.events {
+        events.on_unknown_type = declared.on_unknown_type;
+        for (i, t) in declared.types.iter().enumerate() {
+            let schema = match &t.schema {
+                None => None,
+                Some(EventSchema {
+                    inline: Some(inline),
+                    ..
+                }) => Some(SchemaSource::Inline(inline.clone())),
+                Some(EventSchema {
+                    config_map_key_ref: Some(cm),
+                    ..
+                }) => {
+                    let dir = format!("{SCHEMAS_DIR}/{}", cm.name);
+                    if !config_map_mounts.iter().any(|m| m.config_map == cm.name) {
+                        config_map_mounts.push(ConfigMapMount {
+                            volume: format!("schema-{i}"),
+                            config_map: cm.name.clone(),
+                            path: dir.clone(),
+                        });
+                    }
+                    Some(SchemaSource::File(format!("{dir}/{}", cm.key).into()))
+                }
+                Some(_) => {
+                    return Err(Error::InvalidSpec {
+                        field: "events.types[].schema",
+                        reason: "exactly one of configMapKeyRef, inline must be set".into(),
                     });
                 }
-                schemas.insert(
-                    t.name.clone(),
-                    json!({ "file": format!("{dir}/{}", cm.key) }),
-                );
-            }
+            };
+            events.types.push(worker_config::EventType {
+                name: t.name.clone(),
+                schema,
+            });
         }
-        if !schemas.is_empty() {
-            put(
-                "PIPEWRIGHT_CONSUMER_EVENT_SCHEMAS",
-                serde_json::to_string(&schemas).map_err(|source| Error::Serialize {
-                    what: "events",
-                    source,
-                })?,
-            );
-        }
-        put(
-            "PIPEWRIGHT_CONSUMER_ON_UNKNOWN_TYPE",
-            match events.on_unknown_type {
-                UnknownTypePolicy::DeadLetter => "dead-letter",
-                UnknownTypePolicy::Skip => "skip",
-                UnknownTypePolicy::Fail => "fail",
-            }
-            .into(),
-        );
     }
-
-    match spec.sink.kind() {
+    let sink = match spec.sink.kind() {
         None => {
             return Err(Error::InvalidSpec {
                 field: "sink",
                 reason: "exactly one of http, kafka, postgres, log must be set".into(),
             });
         }
-        Some(SinkKind::Http(h)) => {
-            put("PIPEWRIGHT_SINK", "http".into());
-            put("PIPEWRIGHT_SINK_HTTP_URL", h.url.clone());
-            put(
-                "PIPEWRIGHT_SINK_HTTP_METHOD",
-                serde_json::to_value(h.method)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_else(|| "POST".into()),
-            );
-            put(
-                "PIPEWRIGHT_SINK_HTTP_TIMEOUT",
-                render_duration(duration("sink.http.timeout", &h.timeout)?),
-            );
-            put(
-                "PIPEWRIGHT_SINK_HTTP_IDEMPOTENCY_HEADER",
-                h.idempotency_header.clone(),
-            );
-            if !h.headers.is_empty() {
-                put(
-                    "PIPEWRIGHT_SINK_HTTP_HEADERS",
-                    serde_json::to_string(&h.headers).map_err(|source| Error::Serialize {
-                        what: "sink.http.headers",
-                        source,
-                    })?,
-                );
-            }
-            if let Some(s) = &h.headers_secret_ref {
-                put(
-                    "PIPEWRIGHT_SINK_HTTP_HEADERS_SECRET_DIR",
-                    HTTP_HEADERS_DIR.into(),
-                );
+        Some(SinkKind::Http(h)) => worker_config::Sink::Http(worker_config::HttpSink {
+            url: h.url.clone(),
+            method: h.method,
+            timeout: duration("sink.http.timeout", &h.timeout)?,
+            headers: h.headers.clone(),
+            headers_secret_dir: h.headers_secret_ref.as_ref().map(|s| {
                 secret_mounts.push(SecretMount {
                     volume: "http-headers".into(),
                     secret: s.name.clone(),
                     items: vec![],
                     path: HTTP_HEADERS_DIR.into(),
                 });
-            }
-        }
-        Some(SinkKind::Kafka(k)) => {
-            put("PIPEWRIGHT_SINK", "kafka".into());
-            put("PIPEWRIGHT_SINK_KAFKA_TOPIC", k.topic.clone());
-            put(
-                "PIPEWRIGHT_SINK_KAFKA_TRANSACTIONAL",
-                k.transactional.to_string(),
-            );
-        }
+                HTTP_HEADERS_DIR.into()
+            }),
+            idempotency_header: h.idempotency_header.clone(),
+        }),
+        Some(SinkKind::Kafka(k)) => worker_config::Sink::Kafka(worker_config::KafkaSink {
+            topic: k.topic.clone(),
+            transactional: k.transactional,
+            // The worker derives it from the group and the pod name ($HOSTNAME).
+            transactional_id: None,
+        }),
         Some(SinkKind::Postgres(pg)) => {
-            put("PIPEWRIGHT_SINK", "postgres".into());
-            put("PIPEWRIGHT_SINK_POSTGRES_TABLE", pg.table.clone());
-            if !pg.upsert_key.is_empty() {
-                put(
-                    "PIPEWRIGHT_SINK_POSTGRES_UPSERT_KEY",
-                    pg.upsert_key.join(","),
-                );
-            }
-            put(
-                "PIPEWRIGHT_SINK_POSTGRES_OFFSETS_TABLE",
-                pg.offsets_table.clone(),
-            );
-            render::database(&mut env, &mut secret_mounts, &pg.dsn_secret_ref);
+            worker_config::Sink::Postgres(worker_config::PostgresSink {
+                dsn_file: Some(render::database(&mut secret_mounts, &pg.dsn_secret_ref)),
+                table: pg.table.clone(),
+                upsert_key: pg.upsert_key.clone(),
+                offsets_table: pg.offsets_table.clone(),
+            })
         }
-        Some(SinkKind::Log(l)) => {
-            put("PIPEWRIGHT_SINK", "log".into());
-            put("PIPEWRIGHT_SINK_LOG_PAYLOAD", l.payload.to_string());
-        }
-    }
-    render::kafka(&mut env, &mut secret_mounts, &spec.kafka)?;
+        Some(SinkKind::Log(l)) => worker_config::Sink::Log(worker_config::LogSink {
+            payload: l.payload,
+        }),
+    };
+    let config = worker_config::Consume {
+        kafka: render::kafka(&mut secret_mounts, &spec.kafka),
+        topics: spec.topics.clone(),
+        group_id: group_id(ec),
+        // Dynamic group membership: see workload.rs.
+        group_instance_id: None,
+        initial_offset: spec.initial_offset,
+        events,
+        processing,
+        sink,
+    };
+    Ok((config, secret_mounts, config_map_mounts))
+}
 
+/// The worker plan of an EventConsumer (pure).
+pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
+    let spec = &ec.spec;
+    let (config, secret_mounts, config_map_mounts) = worker_config(ec)?;
+    let drain = config.processing.drain_timeout;
     Ok(WorkerPlan {
         component: Component::EventConsumer,
         name: ec.name_any(),
@@ -251,7 +174,7 @@ pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
             .image
             .clone()
             .unwrap_or_else(|| settings.worker_image.clone()),
-        env,
+        config: WorkerConfig::Consume(config),
         secret_mounts,
         config_map_mounts,
         replicas: spec.replicas,
@@ -378,6 +301,7 @@ mod tests {
     use super::*;
     use crate::workload::desired;
     use pipewright_crds::EventConsumerSpec;
+    use serde_json::json;
 
     fn consumer(spec: serde_json::Value) -> EventConsumer {
         let mut base = json!({
@@ -401,27 +325,48 @@ mod tests {
         assert_eq!(group_id(&consumer(json!({"groupId": "g"}))), "g");
     }
 
+    /// The rendered configuration, read back as the worker reads it.
+    fn file(p: &WorkerPlan) -> worker_config::Consume {
+        let WorkerConfig::Consume(c) = &p.config else {
+            panic!("not a consume configuration")
+        };
+        let text = worker_config::to_json(c);
+        worker_config::from_json(&text).unwrap()
+    }
+
     #[test]
-    fn the_spec_renders_into_the_consume_environment_contract() {
+    fn the_spec_renders_into_the_consume_configuration_file() {
         let p = plan(
             &consumer(json!({"initialOffset": "latest"})),
             &Settings::default(),
         )
         .unwrap();
-        assert_eq!(
-            p.env["PIPEWRIGHT_KAFKA_BOOTSTRAP_SERVERS"],
-            "kafka-0:9092,kafka-1:9092"
-        );
-        assert_eq!(p.env["PIPEWRIGHT_CONSUMER_TOPICS"], "orders,payments");
-        assert_eq!(p.env["PIPEWRIGHT_CONSUMER_GROUP_ID"], "shop.orders");
-        assert_eq!(p.env["PIPEWRIGHT_CONSUMER_INITIAL_OFFSET"], "latest");
-        assert_eq!(p.env["PIPEWRIGHT_SINK"], "log");
-        assert_eq!(p.env["PIPEWRIGHT_CONSUMER_DRAIN_TIMEOUT"], "30s");
+        let c = file(&p);
+        assert_eq!(c.kafka.bootstrap_servers, ["kafka-0:9092", "kafka-1:9092"]);
+        assert_eq!(c.topics, ["orders", "payments"]);
+        assert_eq!(c.group_id, "shop.orders");
+        assert_eq!(c.initial_offset, pipewright_crds::event_consumer::InitialOffset::Latest);
+        assert_eq!(c.sink, worker_config::Sink::Log(worker_config::LogSink { payload: true }));
+        assert_eq!(c.processing.drain_timeout, std::time::Duration::from_secs(30));
+        // Pods are dynamic group members: a departing pod hands its partitions on at once.
+        assert_eq!(c.group_instance_id, None);
         assert_eq!(p.image, Settings::default().worker_image);
         let d = desired(&p);
         let pod = d.deployment.spec.template.spec.unwrap();
-        assert_eq!(pod.containers[0].args, Some(vec!["consume".to_string()]));
+        assert_eq!(pod.containers[0].args.as_ref().unwrap()[4], "consume");
         assert_eq!(pod.termination_grace_period_seconds, Some(40));
+    }
+
+    #[test]
+    fn http_headers_render_as_a_map_whatever_their_values_hold() {
+        let ec = consumer(json!({"sink": {"http": {"url": "http://h/",
+            "headers": {"X-Source": "pipewright", "X-List": "a=1,b=2"}}}}));
+        let c = file(&plan(&ec, &Settings::default()).unwrap());
+        let worker_config::Sink::Http(h) = c.sink else {
+            panic!("not the http sink")
+        };
+        assert_eq!(h.headers["X-Source"], "pipewright");
+        assert_eq!(h.headers["X-List"], "a=1,b=2");
     }
 
     #[test]
@@ -449,9 +394,12 @@ mod tests {
         let ec = consumer(json!({"sink": {"postgres": {
             "dsnSecretRef": {"name": "db", "key": "dsn"}, "table": "events"}}}));
         let p = plan(&ec, &Settings::default()).unwrap();
+        let worker_config::Sink::Postgres(pg) = file(&p).sink else {
+            panic!("not the postgres sink")
+        };
         assert_eq!(
-            p.env["PIPEWRIGHT_DATABASE_URL_FILE"],
-            "/var/run/secrets/pipewright/database/url"
+            pg.dsn_file.unwrap(),
+            std::path::Path::new("/var/run/secrets/pipewright/database/url")
         );
         assert_eq!(p.secret_mounts[0].secret, "db");
         assert_eq!(
@@ -468,26 +416,25 @@ mod tests {
         let ec = consumer(json!({"kafka": {"bootstrapServers": ["k:9092"],
             "secretRef": {"name": "kafka-creds"}, "config": {"linger.ms": "5"}}}));
         let p = plan(&ec, &Settings::default()).unwrap();
-        assert_eq!(p.env["PIPEWRIGHT_KAFKA_CONFIG"], "linger.ms=5");
+        let c = file(&p);
+        assert_eq!(c.kafka.config["linger.ms"], "5");
         assert_eq!(
-            p.env["PIPEWRIGHT_KAFKA_SECRET_DIR"],
-            render::KAFKA_SECRET_DIR
+            c.kafka.secret_dir.unwrap(),
+            std::path::Path::new(render::KAFKA_SECRET_DIR)
         );
         assert!(p.secret_mounts.iter().any(|m| m.secret == "kafka-creds"));
         assert_eq!(ec.secret_uses()[0].name, "kafka-creds");
     }
 
     #[test]
-    fn a_kafka_setting_with_a_comma_is_an_invalid_spec() {
+    fn a_kafka_setting_with_a_comma_reaches_the_worker_as_it_is() {
         let ec = consumer(json!({"kafka": {"bootstrapServers": ["k:9092"],
             "config": {"partition.assignment.strategy": "range,roundrobin"}}}));
-        assert!(matches!(
-            plan(&ec, &Settings::default()),
-            Err(Error::InvalidSpec {
-                field: "kafka.config",
-                ..
-            })
-        ));
+        let c = file(&plan(&ec, &Settings::default()).unwrap());
+        assert_eq!(
+            c.kafka.config["partition.assignment.strategy"],
+            "range,roundrobin"
+        );
     }
 
     #[test]
@@ -498,19 +445,24 @@ mod tests {
             {"name": "order.shipped"}
         ]}}));
         let p = plan(&ec, &Settings::default()).unwrap();
+        let events = file(&p).events;
+        let names: Vec<&str> = events.types.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["order.created", "order.paid", "order.shipped"]);
         assert_eq!(
-            p.env["PIPEWRIGHT_CONSUMER_EVENT_TYPES"],
-            "order.created,order.paid,order.shipped"
+            events.types[0].schema,
+            Some(SchemaSource::File(
+                "/etc/pipewright/schemas/schemas/order.json".into()
+            ))
         );
-        let schemas: serde_json::Value =
-            serde_json::from_str(&p.env["PIPEWRIGHT_CONSUMER_EVENT_SCHEMAS"]).unwrap();
         assert_eq!(
-            schemas["order.created"]["file"],
-            "/etc/pipewright/schemas/schemas/order.json"
+            events.types[1].schema,
+            Some(SchemaSource::Inline(json!({"type": "object"})))
         );
-        assert_eq!(schemas["order.paid"]["inline"]["type"], "object");
-        assert!(schemas.get("order.shipped").is_none());
-        assert_eq!(p.env["PIPEWRIGHT_CONSUMER_ON_UNKNOWN_TYPE"], "skip");
+        assert_eq!(events.types[2].schema, None);
+        assert_eq!(
+            events.on_unknown_type,
+            pipewright_crds::event_consumer::UnknownTypePolicy::Skip
+        );
         assert_eq!(p.config_map_mounts[0].config_map, "schemas");
     }
 

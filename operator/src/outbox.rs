@@ -1,7 +1,7 @@
 //! `Outbox` → a `pipewright-worker outbox` Deployment, and its backlog in status.
 //!
-//! The spec is rendered into the flags' environment variables of `worker/src/config.rs`
-//! (docs/worker-config.md, "outbox"). The backlog is counted in the outbox table with the DSN
+//! The spec is rendered into the worker's configuration file ([`worker_config::Outbox`],
+//! docs/worker-config.md). The backlog is counted in the outbox table with the DSN
 //! from the referenced Secret ([`crate::measure::postgres`]).
 //!
 //! Autoscaling: the worker runs one active publisher per table (a PostgreSQL advisory lock;
@@ -12,92 +12,76 @@
 //! No finalizer: every child is garbage-collected through its owner reference; the outbox table
 //! and its rows belong to the application.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use pipewright_crds::outbox::CleanupPolicy;
+use pipewright_crds::worker_config;
 use pipewright_crds::{Outbox, OutboxStatus};
 
 use crate::context::Settings;
 use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
 use crate::measure::postgres::{self, Backlog};
-use crate::render;
-use crate::workload::{Component, WorkerPlan, render_duration};
+use crate::render::{self, count, duration};
+use crate::workload::{Component, SecretMount, WorkerConfig, WorkerPlan};
 
-/// The worker's drain deadline (`PIPEWRIGHT_SHUTDOWN_GRACE`); the Outbox spec has no field
+/// The worker's drain deadline (`shutdownGrace`); the Outbox spec has no field
 /// for it.
 pub const SHUTDOWN_GRACE_SECONDS: i64 = 30;
 
-/// The worker plan of an Outbox (pure).
-pub fn plan(obx: &Outbox, settings: &Settings) -> Result<WorkerPlan> {
+/// The worker configuration of an Outbox, and the Secret mounts its paths point into (pure).
+pub fn worker_config(obx: &Outbox) -> Result<(worker_config::Outbox, Vec<SecretMount>)> {
     let spec = &obx.spec;
-    let mut env = BTreeMap::new();
     let mut secret_mounts = Vec::new();
-    let mut put = |k: &str, v: String| {
-        env.insert(k.to_string(), v);
-    };
-    put(
-        "PIPEWRIGHT_LISTEN",
-        format!("0.0.0.0:{}", crate::workload::WORKER_PORT),
-    );
-    put("PIPEWRIGHT_LOG_FORMAT", "json".into());
     if postgres::quoted_table(&spec.table).is_none() {
         return Err(Error::InvalidSpec {
             field: "table",
             reason: "must be a lower-case SQL identifier, optionally schema-qualified".into(),
         });
     }
-    put("PIPEWRIGHT_OUTBOX_TABLE", spec.table.clone());
-    match (&spec.topic, &spec.topic_template) {
-        (Some(t), None) => put("PIPEWRIGHT_OUTBOX_TOPIC", t.clone()),
-        (None, Some(t)) => put("PIPEWRIGHT_OUTBOX_TOPIC_TEMPLATE", t.clone()),
-        _ => {
-            return Err(Error::InvalidSpec {
-                field: "topic",
-                reason: "exactly one of topic, topicTemplate must be set".into(),
-            });
-        }
+    if spec.topic.is_some() == spec.topic_template.is_some() {
+        return Err(Error::InvalidSpec {
+            field: "topic",
+            reason: "exactly one of topic, topicTemplate must be set".into(),
+        });
     }
-    let interval = spec
-        .poll
-        .interval
-        .to_std()
-        .map_err(|e| Error::InvalidSpec {
-            field: "poll.interval",
-            reason: e.to_string(),
-        })?;
-    put("PIPEWRIGHT_OUTBOX_POLL_INTERVAL", render_duration(interval));
-    put(
-        "PIPEWRIGHT_OUTBOX_BATCH_SIZE",
-        spec.poll.batch_size.to_string(),
-    );
-    put(
-        "PIPEWRIGHT_OUTBOX_MAX_IN_FLIGHT",
-        spec.poll.max_in_flight.to_string(),
-    );
-    put("PIPEWRIGHT_OUTBOX_NOTIFY", spec.poll.notify.to_string());
-    match spec.cleanup.policy {
-        CleanupPolicy::Delete => put("PIPEWRIGHT_OUTBOX_CLEANUP", "delete".into()),
-        CleanupPolicy::MarkPublished => {
-            put("PIPEWRIGHT_OUTBOX_CLEANUP", "mark-published".into());
-            if let Some(r) = &spec.cleanup.retention {
-                let r = r.to_std().map_err(|e| Error::InvalidSpec {
-                    field: "cleanup.retention",
-                    reason: e.to_string(),
-                })?;
-                put("PIPEWRIGHT_OUTBOX_RETENTION", render_duration(r));
-            }
-        }
-    }
-    put(
-        "PIPEWRIGHT_SHUTDOWN_GRACE",
-        format!("{SHUTDOWN_GRACE_SECONDS}s"),
-    );
-    render::database(&mut env, &mut secret_mounts, &spec.database.dsn_secret_ref);
-    render::kafka(&mut env, &mut secret_mounts, &spec.kafka)?;
+    let retention = match (spec.cleanup.policy, &spec.cleanup.retention) {
+        (CleanupPolicy::MarkPublished, Some(r)) => Some(duration("cleanup.retention", r)?),
+        _ => None,
+    };
+    let config = worker_config::Outbox {
+        database: worker_config::Database {
+            url_file: Some(render::database(
+                &mut secret_mounts,
+                &spec.database.dsn_secret_ref,
+            )),
+        },
+        table: spec.table.clone(),
+        topic: spec.topic.clone(),
+        topic_template: spec.topic_template.clone(),
+        kafka: render::kafka(&mut secret_mounts, &spec.kafka),
+        poll: worker_config::Poll {
+            interval: duration("poll.interval", &spec.poll.interval)?,
+            batch_size: count("poll.batchSize", spec.poll.batch_size)?,
+            max_in_flight: count("poll.maxInFlight", spec.poll.max_in_flight)?,
+            notify: spec.poll.notify,
+        },
+        cleanup: worker_config::Cleanup {
+            policy: spec.cleanup.policy,
+            retention,
+        },
+        shutdown_grace: std::time::Duration::from_secs(SHUTDOWN_GRACE_SECONDS as u64),
+        // Worker tuning the API does not offer: the worker's default.
+        lock_retry_interval: worker_config::Outbox::default_lock_retry_interval(),
+    };
+    Ok((config, secret_mounts))
+}
+
+/// The worker plan of an Outbox (pure).
+pub fn plan(obx: &Outbox, settings: &Settings) -> Result<WorkerPlan> {
+    let spec = &obx.spec;
+    let (config, secret_mounts) = worker_config(obx)?;
     Ok(WorkerPlan {
         component: Component::Outbox,
         name: obx.name_any(),
@@ -112,7 +96,7 @@ pub fn plan(obx: &Outbox, settings: &Settings) -> Result<WorkerPlan> {
             .image
             .clone()
             .unwrap_or_else(|| settings.worker_image.clone()),
-        env,
+        config: WorkerConfig::Outbox(config),
         secret_mounts,
         config_map_mounts: vec![],
         replicas: spec.replicas,
@@ -249,27 +233,42 @@ mod tests {
         o
     }
 
+    /// The rendered configuration, read back as the worker reads it.
+    fn file(p: &WorkerPlan) -> worker_config::Outbox {
+        let WorkerConfig::Outbox(o) = &p.config else {
+            panic!("not an outbox configuration")
+        };
+        worker_config::from_json(&worker_config::to_json(o)).unwrap()
+    }
+
     #[test]
-    fn the_spec_renders_into_the_outbox_flags_environment() {
+    fn the_spec_renders_into_the_outbox_configuration_file() {
         let p = plan(
             &outbox(json!({"poll": {"interval": "250ms", "batchSize": 50,
             "maxInFlight": 500, "notify": false}})),
             &Settings::default(),
         )
         .unwrap();
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_TABLE"], "outbox");
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_TOPIC"], "orders");
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_POLL_INTERVAL"], "250ms");
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_BATCH_SIZE"], "50");
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_MAX_IN_FLIGHT"], "500");
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_NOTIFY"], "false");
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_CLEANUP"], "delete");
-        assert_eq!(p.env["PIPEWRIGHT_KAFKA_BOOTSTRAP_SERVERS"], "kafka:9092");
+        let o = file(&p);
+        assert_eq!(o.table, "outbox");
+        assert_eq!(o.topic.as_deref(), Some("orders"));
+        assert_eq!(o.topic_template, None);
         assert_eq!(
-            p.env["PIPEWRIGHT_DATABASE_URL_FILE"],
-            "/var/run/secrets/pipewright/database/url"
+            o.poll,
+            worker_config::Poll {
+                interval: std::time::Duration::from_millis(250),
+                batch_size: 50,
+                max_in_flight: 500,
+                notify: false,
+            }
         );
-        assert!(!p.env.contains_key("PIPEWRIGHT_DATABASE_URL"));
+        assert_eq!(o.cleanup, worker_config::Cleanup::default());
+        assert_eq!(o.kafka.bootstrap_servers, ["kafka:9092"]);
+        assert_eq!(
+            o.database.url_file.unwrap(),
+            std::path::Path::new("/var/run/secrets/pipewright/database/url")
+        );
+        assert_eq!(p.secret_mounts[0].secret, "db");
     }
 
     #[test]
@@ -279,25 +278,27 @@ mod tests {
             &Settings::default(),
         )
         .unwrap();
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_CLEANUP"], "mark-published");
-        assert_eq!(p.env["PIPEWRIGHT_OUTBOX_RETENTION"], "7days");
+        let cleanup = file(&p).cleanup;
+        assert_eq!(cleanup.policy, CleanupPolicy::MarkPublished);
+        assert_eq!(
+            cleanup.retention,
+            Some(std::time::Duration::from_secs(168 * 3600))
+        );
     }
 
     #[test]
-    fn a_topic_template_replaces_the_topic_and_every_key_is_a_pipewright_variable() {
+    fn a_topic_template_replaces_the_topic() {
         let p = plan(
             &outbox(json!({"topic": null, "topicTemplate": "outbox.event.{aggregatetype}"})),
             &Settings::default(),
         )
         .unwrap();
-        for key in p.env.keys() {
-            assert!(key.starts_with("PIPEWRIGHT_"), "{key}");
-        }
+        let o = file(&p);
         assert_eq!(
-            p.env["PIPEWRIGHT_OUTBOX_TOPIC_TEMPLATE"],
-            "outbox.event.{aggregatetype}"
+            o.topic_template.as_deref(),
+            Some("outbox.event.{aggregatetype}")
         );
-        assert!(!p.env.contains_key("PIPEWRIGHT_OUTBOX_TOPIC"));
+        assert_eq!(o.topic, None);
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! Rendering pieces both kinds share: the Kafka connection and the database URL as the
-//! worker's environment variables and mounted Secret files (docs/worker-config.md is the
-//! contract).
+//! Rendering pieces both kinds share: the Kafka connection and the database URL as parts of
+//! the worker's configuration file ([`pipewright_crds::worker_config`]) and the Secret mounts
+//! their paths point into (docs/worker-config.md is the contract).
 
-use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use pipewright_crds::KafkaConnection;
 use pipewright_crds::common::SecretKeyRef;
+use pipewright_crds::worker_config;
 
 use crate::controller::{SecretUse, Secrets};
 use crate::error::{Error, Result};
@@ -19,63 +20,49 @@ pub const DATABASE_DIR: &str = "/var/run/secrets/pipewright/database";
 /// The file name of the database URL in [`DATABASE_DIR`].
 pub const DATABASE_FILE: &str = "url";
 
-/// Environment and mounts of the Kafka connection.
-pub fn kafka(
-    env: &mut BTreeMap<String, String>,
-    mounts: &mut Vec<SecretMount>,
-    kafka: &KafkaConnection,
-) -> Result<()> {
-    env.insert(
-        "PIPEWRIGHT_KAFKA_BOOTSTRAP_SERVERS".into(),
-        kafka.bootstrap_servers.join(","),
-    );
-    if !kafka.config.is_empty() {
-        let mut entries = Vec::new();
-        for (k, v) in &kafka.config {
-            if v.contains(',') || k.contains('=') {
-                return Err(Error::InvalidSpec {
-                    field: "kafka.config",
-                    reason: format!(
-                        "the value of {k:?} contains a comma, which the worker's \
-                         PIPEWRIGHT_KAFKA_CONFIG list cannot carry"
-                    ),
-                });
-            }
-            entries.push(format!("{k}={v}"));
-        }
-        env.insert("PIPEWRIGHT_KAFKA_CONFIG".into(), entries.join(","));
-    }
-    if let Some(secret) = &kafka.secret_ref {
-        env.insert(
-            "PIPEWRIGHT_KAFKA_SECRET_DIR".into(),
-            KAFKA_SECRET_DIR.into(),
-        );
+/// A spec duration as a [`std::time::Duration`] (the schema admits only valid ones).
+pub fn duration(field: &'static str, d: &pipewright_crds::Duration) -> Result<std::time::Duration> {
+    d.to_std().map_err(|e| Error::InvalidSpec {
+        field,
+        reason: e.to_string(),
+    })
+}
+
+/// A spec count (an `int32` the schema keeps positive) as the worker's unsigned type.
+pub fn count<T: TryFrom<i32>>(field: &'static str, n: i32) -> Result<T> {
+    T::try_from(n).map_err(|_| Error::InvalidSpec {
+        field,
+        reason: format!("{n} is out of range"),
+    })
+}
+
+/// The Kafka connection of the configuration, and the mount of its Secret.
+pub fn kafka(mounts: &mut Vec<SecretMount>, kafka: &KafkaConnection) -> worker_config::Kafka {
+    let secret_dir = kafka.secret_ref.as_ref().map(|secret| {
         mounts.push(SecretMount {
             volume: "kafka-secret".into(),
             secret: secret.name.clone(),
             items: vec![],
             path: KAFKA_SECRET_DIR.into(),
         });
+        PathBuf::from(KAFKA_SECRET_DIR)
+    });
+    worker_config::Kafka {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        config: kafka.config.clone(),
+        secret_dir,
     }
-    Ok(())
 }
 
-/// Environment and mount of a database URL from a Secret key.
-pub fn database(
-    env: &mut BTreeMap<String, String>,
-    mounts: &mut Vec<SecretMount>,
-    dsn: &SecretKeyRef,
-) {
-    env.insert(
-        "PIPEWRIGHT_DATABASE_URL_FILE".into(),
-        format!("{DATABASE_DIR}/{DATABASE_FILE}"),
-    );
+/// The mount of a database URL from a Secret key, and the path of its file.
+pub fn database(mounts: &mut Vec<SecretMount>, dsn: &SecretKeyRef) -> PathBuf {
     mounts.push(SecretMount {
         volume: "database".into(),
         secret: dsn.name.clone(),
         items: vec![(dsn.key.clone(), DATABASE_FILE.into())],
         path: DATABASE_DIR.into(),
     });
+    PathBuf::from(format!("{DATABASE_DIR}/{DATABASE_FILE}"))
 }
 
 /// The Secret uses of a Kafka connection.

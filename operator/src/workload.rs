@@ -3,23 +3,25 @@
 //! PodDisruptionBudget. Pure functions, no client: the reconcile applies what they return
 //! with server-side apply.
 //!
-//! The worker's configuration is rendered as environment variables into the ConfigMap and
-//! consumed with `envFrom`; credentials are mounted from the referenced Secrets as files (never
-//! copied into the ConfigMap). The pod template carries a hash of the ConfigMap's data and of
-//! the referenced Secrets' data, so that a change to either rolls the pods.
+//! The worker's configuration is one JSON file ([`pipewright_crds::worker_config`]) in the
+//! ConfigMap, mounted read-only and named by `--config`; credentials are mounted from the
+//! referenced Secrets as files whose paths the configuration holds (never copied into the
+//! ConfigMap). The pod template carries a hash of the ConfigMap's data and of the referenced
+//! Secrets' data, so that a change to either rolls the pods.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
     SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pipewright_crds::worker_config::{self, CONFIG_DIR, CONFIG_FILE};
 use sha2::{Digest, Sha256};
 
 /// The annotation holding the hash of the rendered worker configuration.
@@ -70,6 +72,39 @@ impl Component {
     }
 }
 
+/// The worker's configuration file, of either mode.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkerConfig {
+    /// `pipewright-worker consume`.
+    Consume(worker_config::Consume),
+    /// `pipewright-worker outbox`.
+    Outbox(worker_config::Outbox),
+}
+
+impl WorkerConfig {
+    /// The file's content.
+    pub fn to_json(&self) -> String {
+        match self {
+            WorkerConfig::Consume(c) => worker_config::to_json(c),
+            WorkerConfig::Outbox(o) => worker_config::to_json(o),
+        }
+    }
+}
+
+/// The arguments of the worker container: the process flags, the mode, the configuration
+/// file.
+pub fn worker_args(component: Component) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        format!("0.0.0.0:{WORKER_PORT}"),
+        "--log-format".into(),
+        "json".into(),
+        component.mode().into(),
+        "--config".into(),
+        format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+    ]
+}
+
 /// A Secret mounted into the worker as files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretMount {
@@ -101,8 +136,8 @@ pub struct WorkerPlan {
     /// The controller owner reference to the resource.
     pub owner: OwnerReference,
     pub image: String,
-    /// Worker configuration as environment variables (rendered into the ConfigMap).
-    pub env: BTreeMap<String, String>,
+    /// The worker's configuration (rendered into the ConfigMap as [`CONFIG_FILE`]).
+    pub config: WorkerConfig,
     pub secret_mounts: Vec<SecretMount>,
     pub config_map_mounts: Vec<ConfigMapMount>,
     pub replicas: i32,
@@ -218,12 +253,13 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         ..ServiceAccount::default()
     };
 
+    let data: BTreeMap<String, String> = [(CONFIG_FILE.to_string(), plan.config.to_json())].into();
+    let config_hash = data_hash(data.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
     let config_map = ConfigMap {
         metadata: meta(None),
-        data: Some(plan.env.clone()),
+        data: Some(data),
         ..ConfigMap::default()
     };
-    let config_hash = data_hash(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
 
     let mut volumes = vec![Volume {
         name: "tmp".into(),
@@ -240,6 +276,11 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         mount_path: "/tmp".into(),
         ..VolumeMount::default()
     }];
+    let config_mount = ConfigMapMount {
+        volume: "config".into(),
+        config_map: name.clone(),
+        path: CONFIG_DIR.into(),
+    };
     for m in &plan.secret_mounts {
         volumes.push(Volume {
             name: m.volume.clone(),
@@ -268,7 +309,7 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
             ..VolumeMount::default()
         });
     }
-    for m in &plan.config_map_mounts {
+    for m in std::iter::once(&config_mount).chain(&plan.config_map_mounts) {
         volumes.push(Volume {
             name: m.volume.clone(),
             config_map: Some(ConfigMapVolumeSource {
@@ -300,7 +341,7 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
     let container = Container {
         name: "worker".into(),
         image: Some(plan.image.clone()),
-        args: Some(vec![plan.component.mode().into()]),
+        args: Some(worker_args(plan.component)),
         // No static group membership (`group.instance.id`): a Deployment's pods never come
         // back under their name (a rollout, a scale-down, an eviction or a deleted pod each
         // end a name for good), and a static member does not leave the group when it stops,
@@ -308,13 +349,6 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         // before anyone consumed them again. A dynamic member leaves on SIGTERM, after its
         // drain and final commit, and the group hands its partitions on at once.
         env: None,
-        env_from: Some(vec![EnvFromSource {
-            config_map_ref: Some(ConfigMapEnvSource {
-                name: name.clone(),
-                optional: Some(false),
-            }),
-            ..EnvFromSource::default()
-        }]),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: WORKER_PORT,
@@ -437,11 +471,6 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
     }
 }
 
-/// A duration rendered for the worker's flags (humantime syntax, e.g. `1h 30m`).
-pub fn render_duration(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -464,7 +493,7 @@ pub(crate) mod tests {
             namespace: "shop".into(),
             owner: owner(),
             image: "pipewright-worker:dev".into(),
-            env: [("PIPEWRIGHT_OUTBOX_TOPIC".to_string(), "orders".to_string())].into(),
+            config: WorkerConfig::Outbox(worker_config::fixtures::every_field_outbox().remove(0)),
             secret_mounts: vec![SecretMount {
                 volume: "database".into(),
                 secret: "db".into(),
@@ -501,23 +530,38 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn consumer_pods_are_dynamic_group_members_so_a_departing_pod_hands_its_partitions_on_at_once()
-    {
-        for component in [Component::EventConsumer, Component::Outbox] {
-            let d = desired(&WorkerPlan {
-                component,
-                ..plan()
-            });
-            let container = &d.deployment.spec.template.spec.unwrap().containers[0];
-            assert_eq!(container.env, None, "{component:?}: no per-pod environment");
-            assert!(
-                !d.config_map
-                    .data
-                    .unwrap()
-                    .contains_key("PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID"),
-                "{component:?}: no group.instance.id"
-            );
-        }
+    fn the_worker_reads_its_configuration_file_from_the_mounted_config_map() {
+        let p = plan();
+        let d = desired(&p);
+        let data = d.config_map.data.unwrap();
+        assert_eq!(data.len(), 1);
+        let file: worker_config::Outbox = worker_config::from_json(&data[CONFIG_FILE]).unwrap();
+        assert_eq!(WorkerConfig::Outbox(file), p.config);
+        let pod = d.deployment.spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        // No per-pod environment: every pod of the Deployment gets the same configuration.
+        assert_eq!(container.env, None);
+        assert_eq!(container.env_from, None);
+        let args = container.args.clone().unwrap();
+        assert_eq!(
+            args[args.len() - 3..],
+            ["outbox", "--config", "/etc/pipewright/config/worker.json"]
+        );
+        let mount = container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == CONFIG_DIR)
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(volume.config_map.unwrap().name, "orders-outbox");
     }
 
     #[test]
@@ -562,8 +606,10 @@ pub(crate) mod tests {
     fn a_config_or_secret_change_changes_the_pod_template() {
         let base = desired(&plan()).deployment.spec.template;
         let mut p = plan();
-        p.env
-            .insert("PIPEWRIGHT_OUTBOX_BATCH_SIZE".into(), "7".into());
+        let WorkerConfig::Outbox(config) = &mut p.config else {
+            unreachable!("an outbox plan")
+        };
+        config.poll.batch_size = 7;
         assert_ne!(desired(&p).deployment.spec.template, base);
         let mut p = plan();
         p.secrets_hash = "def".into();

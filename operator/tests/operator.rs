@@ -132,7 +132,11 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
         .await
         .unwrap();
     assert!(owned_by_ec(cm.owner_references()));
-    assert_eq!(cm.data.unwrap()["PIPEWRIGHT_CONSUMER_TOPICS"], topic);
+    let file: pipewright_crds::worker_config::Consume = pipewright_crds::worker_config::from_json(
+        &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
+    )
+    .unwrap();
+    assert_eq!(file.topics, [topic.clone()]);
     let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
         .get(child)
         .await

@@ -79,6 +79,8 @@ pub fn exit_code(result: Result<(), Error>) -> ExitCode {
             let config = matches!(
                 e,
                 Error::InvalidConfig { .. }
+                    | Error::ConfigFile { .. }
+                    | Error::InvalidConfigFile(_)
                     | Error::InvalidTableName { .. }
                     | Error::DatabaseUrlFile { .. }
                     | Error::DatabaseUrlMissing

@@ -15,6 +15,16 @@ pub enum Error {
     /// A configuration value out of range or inconsistent with another.
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    /// The configuration file could not be read.
+    #[error("cannot read the configuration file {}", path.display())]
+    ConfigFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration (file or flags) does not match its types: the field path and why.
+    #[error("invalid configuration: {0}")]
+    InvalidConfigFile(pipewright_crds::worker_config::FileError),
     /// The database URL file could not be read.
     #[error("cannot read the database URL from {}", path.display())]
     DatabaseUrlFile {
@@ -24,8 +34,8 @@ pub enum Error {
     },
     /// No database URL in the environment.
     #[error(
-        "the database URL is not set: set PIPEWRIGHT_DATABASE_URL_FILE (a file mounted from a \
-         Secret) or PIPEWRIGHT_DATABASE_URL"
+        "the database URL is not set: name its file in the configuration (database.urlFile, \
+         sink.postgres.dsnFile: a file mounted from a Secret) or set PIPEWRIGHT_DATABASE_URL"
     )]
     DatabaseUrlMissing,
     /// The database URL does not parse. The URL itself is never part of the message.
@@ -103,6 +113,8 @@ impl Error {
             self,
             Error::InvalidTableName { .. }
                 | Error::InvalidConfig { .. }
+                | Error::ConfigFile { .. }
+                | Error::InvalidConfigFile(_)
                 | Error::DatabaseUrlFile { .. }
                 | Error::DatabaseUrlMissing
                 | Error::DatabaseUrlInvalid(_)

@@ -42,12 +42,8 @@ impl KafkaSettings {
         }
     }
 
-    /// Adds a `kafka.config` entry (`key=value`); only the API's allow-listed tuning keys.
-    pub fn add_tuning(&mut self, entry: &str) -> Result<(), Error> {
-        let (key, value) = entry.split_once('=').ok_or_else(|| Error::InvalidConfig {
-            field: "kafka.config",
-            reason: "entries are key=value".into(),
-        })?;
+    /// Adds a `kafka.config` entry; only the API's allow-listed tuning keys.
+    pub fn add_tuning(&mut self, key: &str, value: &str) -> Result<(), Error> {
         if !KAFKA_CONFIG_ALLOWED_KEYS.contains(&key) {
             return Err(Error::InvalidConfig {
                 field: "kafka.config",
@@ -123,10 +119,10 @@ mod tests {
     #[test]
     fn tuning_keys_follow_the_api_allow_list() {
         let mut settings = KafkaSettings::new("k:9092");
-        settings.add_tuning("linger.ms=20").unwrap();
-        let err = settings.add_tuning("sasl.password=x").unwrap_err();
+        settings.add_tuning("linger.ms", "20").unwrap();
+        let err = settings.add_tuning("sasl.password", "x").unwrap_err();
         assert!(err.to_string().contains("kafka.config"), "{err}");
-        let err = settings.add_tuning("enable.idempotence=false").unwrap_err();
+        let err = settings.add_tuning("enable.idempotence", "false").unwrap_err();
         assert!(format!("{err:?}").contains("not an allowed key"), "{err:?}");
         assert_eq!(
             settings.client_config().get("linger.ms"),

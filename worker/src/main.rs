@@ -29,8 +29,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
 }
 
 async fn run_consume(listen: SocketAddr, args: ConsumeArgs) -> Result<(), Error> {
-    let (config, sink_args, types) = args.into_config()?;
-    let (sink, transaction) = sink_args.build(&config).await?;
+    let (config, sink, types) = args.into_config()?;
+    let (sink, transaction) = sink.build(&config).await?;
     let handler = SinkHandler { types, sink };
     let mut registry = Registry::default();
     let metrics = ConsumerMetrics::register(&mut registry);
@@ -56,8 +56,8 @@ async fn run_consume(listen: SocketAddr, args: ConsumeArgs) -> Result<(), Error>
 }
 
 async fn run_outbox(listen: SocketAddr, args: OutboxArgs) -> Result<(), Error> {
-    let config = args.into_config()?;
-    let connect = DatabaseUrl::from_env()?.connect_options()?;
+    let (config, url_file) = args.into_config()?;
+    let connect = DatabaseUrl::load(url_file.as_deref())?.connect_options()?;
     let mut registry = Registry::default();
     let metrics = OutboxMetrics::register(&mut registry);
     let health = Health::default();

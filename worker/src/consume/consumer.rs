@@ -58,7 +58,7 @@ pub enum InitialOffset {
 }
 
 /// Default of [`ConsumerConfig::revoke_timeout`].
-pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REVOKE_TIMEOUT: Duration = pipewright_crds::worker_config::DEFAULT_REVOKE_TIMEOUT;
 
 /// The consumer's prefetch settings (defaults the allow-listed `kafka.config` keys may
 /// override); the benchmark's raw rust-rdkafka loop uses the same, so its ratio measures the

@@ -65,9 +65,11 @@ pub enum Ordering {
 }
 
 /// Default of [`PipelineConfig::max_uncommitted_per_partition`].
-pub const DEFAULT_MAX_UNCOMMITTED_PER_PARTITION: u64 = 10_000;
+pub const DEFAULT_MAX_UNCOMMITTED_PER_PARTITION: u64 =
+    pipewright_crds::worker_config::DEFAULT_MAX_UNCOMMITTED_PER_PARTITION;
 /// Default of [`PipelineConfig::max_buffered_bytes_per_partition`].
-pub const DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION: usize =
+    pipewright_crds::worker_config::DEFAULT_MAX_BUFFERED_BYTES_PER_PARTITION;
 
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]

@@ -21,7 +21,6 @@
 //! of headers) rather than through cloudevents-sdk, whose HTTP bindings target other client
 //! stacks than the hyper client used here.
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +32,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use pipewright_crds::worker_config::HttpMethod;
 
 use crate::Error;
 use crate::consume::events::{GenericEvent, HandlerError, Record};
@@ -75,16 +76,12 @@ fn invalid(field: &'static str, reason: String) -> Error {
 }
 
 impl HttpSinkConfig {
-    /// Parses the settings; `headers` are `name=value`, `secret_dir` holds one file per header.
-    pub fn parse(
-        url: &str,
-        method: &str,
-        timeout: Duration,
-        headers: &[String],
-        secret_dir: Option<&Path>,
-        idempotency_header: &str,
-    ) -> Result<HttpSinkConfig, Error> {
-        let url: Uri = url
+    /// Checks the settings (`sink.http`) and reads the headers Secret directory (one file per
+    /// header).
+    pub fn parse(sink: &pipewright_crds::worker_config::HttpSink) -> Result<HttpSinkConfig, Error> {
+        let timeout = sink.timeout;
+        let url: Uri = sink
+            .url
             .parse()
             .map_err(|e| invalid("sink.http.url", format!("not a URL: {e}")))?;
         match url.scheme_str() {
@@ -102,15 +99,9 @@ impl HttpSinkConfig {
                 "must not contain credentials (use the headers Secret)".into(),
             ));
         }
-        let method = match method.to_ascii_uppercase().as_str() {
-            "POST" => Method::POST,
-            "PUT" => Method::PUT,
-            other => {
-                return Err(invalid(
-                    "sink.http.method",
-                    format!("{other:?}: POST or PUT"),
-                ));
-            }
+        let method = match sink.method {
+            HttpMethod::Post => Method::POST,
+            HttpMethod::Put => Method::PUT,
         };
         if timeout.is_zero() || timeout > Duration::from_secs(300) {
             return Err(invalid(
@@ -130,10 +121,7 @@ impl HttpSinkConfig {
             Ok((n, v))
         };
         let mut parsed = Vec::new();
-        for entry in headers {
-            let (name, value) = entry
-                .split_once('=')
-                .ok_or_else(|| invalid("sink.http.headers", "entries are name=value".into()))?;
+        for (name, value) in &sink.headers {
             let lower = name.to_ascii_lowercase();
             if ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str())
                 || lower.ends_with("api-key")
@@ -147,7 +135,7 @@ impl HttpSinkConfig {
             parsed.push(header("sink.http.headers", name, value)?);
         }
         let mut secret_headers = Vec::new();
-        if let Some(dir) = secret_dir {
+        if let Some(dir) = &sink.headers_secret_dir {
             let field = "sink.http.headersSecretRef";
             let entries = std::fs::read_dir(dir)
                 .map_err(|e| invalid(field, format!("cannot read {}: {e}", dir.display())))?;
@@ -172,10 +160,10 @@ impl HttpSinkConfig {
             timeout,
             headers: parsed,
             secret_headers,
-            idempotency_header: HeaderName::try_from(idempotency_header).map_err(|_| {
+            idempotency_header: HeaderName::try_from(sink.idempotency_header.as_str()).map_err(|_| {
                 invalid(
                     "sink.http.idempotencyHeader",
-                    format!("{idempotency_header:?} is not a header name"),
+                    format!("{:?} is not a header name", sink.idempotency_header),
                 )
             })?,
         })
@@ -285,25 +273,35 @@ impl HttpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipewright_crds::worker_config::HttpSink;
+
+    fn sink(url: &str, headers: std::collections::BTreeMap<String, String>) -> HttpSink {
+        HttpSink {
+            url: url.into(),
+            method: HttpMethod::Post,
+            timeout: Duration::from_secs(1),
+            headers,
+            headers_secret_dir: None,
+            idempotency_header: "Idempotency-Key".into(),
+        }
+    }
 
     #[test]
     fn urls_with_credentials_and_credential_headers_are_refused() {
-        let parse = |url: &str, headers: &[&str]| {
-            let headers: Vec<String> = headers.iter().map(|s| s.to_string()).collect();
-            HttpSinkConfig::parse(
+        let parse = |url: &str, headers: &[(&str, &str)]| {
+            HttpSinkConfig::parse(&sink(
                 url,
-                "POST",
-                Duration::from_secs(1),
-                &headers,
-                None,
-                "Idempotency-Key",
-            )
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ))
         };
-        assert!(parse("http://h:8080/x", &["X-Team=a"]).is_ok());
+        assert!(parse("http://h:8080/x", &[("X-Team", "a")]).is_ok());
         assert!(parse("http://user:pw@h/x", &[]).is_err());
         assert!(parse("ftp://h/x", &[]).is_err());
-        assert!(parse("http://h/x", &["Authorization=Bearer x"]).is_err());
-        assert!(parse("http://h/x", &["X-Api-Key=x"]).is_err());
+        assert!(parse("http://h/x", &[("Authorization", "Bearer x")]).is_err());
+        assert!(parse("http://h/x", &[("X-Api-Key", "x")]).is_err());
     }
 
     #[test]
@@ -311,14 +309,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pw-http-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("authorization"), "Bearer s3cret\n").unwrap();
-        let config = HttpSinkConfig::parse(
-            "https://h/x",
-            "PUT",
-            Duration::from_secs(1),
-            &[],
-            Some(&dir),
-            "Idempotency-Key",
-        )
+        let config = HttpSinkConfig::parse(&HttpSink {
+            method: HttpMethod::Put,
+            headers_secret_dir: Some(dir.clone()),
+            ..sink("https://h/x", Default::default())
+        })
         .unwrap();
         assert_eq!(config.secret_headers[0].1, "Bearer s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
