@@ -678,7 +678,7 @@ mod tests {
     fn an_unknown_field_is_an_error_naming_its_path() {
         let text = minimal_consume().replace("\"headers\"", "\"headerz\"");
         let err = from_json::<Consume>(&text).unwrap_err();
-        assert_eq!(err.path, "sink.http");
+        assert_eq!(err.path, "sink.http.headerz");
         assert!(err.message.contains("headerz"), "{err}");
         let text = minimal_consume().replace("\"groupId\": \"g\",", "\"groupId\": \"g\", \"processing\": {\"retry\": {\"backoff\": {\"initial\": \"soon\"}}},");
         let err = from_json::<Consume>(&text).unwrap_err();

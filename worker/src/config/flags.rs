@@ -73,7 +73,7 @@ pub struct KafkaFlags {
     pub bootstrap_servers: Vec<String>,
     /// kafka.config: an extra librdkafka setting, `key=value` (repeat the flag; allow-listed
     /// tuning keys only).
-    #[arg(long = "kafka-config", value_parser = pair)]
+    #[arg(id = "kafka_config", long = "kafka-config", value_parser = pair)]
     pub config: Vec<(String, String)>,
     /// kafka.secretDir: directory of the mounted `kafka.secretRef` Secret (one file per
     /// librdkafka security setting).

@@ -425,6 +425,7 @@ mod tests {
         ]);
         let mut from_flags = paths_of_flags(&argv);
         let mut argv = vec!["outbox", "--kafka-bootstrap-servers", "k:9092"];
+        argv.extend(["--database-url-file", "/s/db"]);
         argv.extend(["--topic-template", "o.{aggregatetype}"]);
         from_flags.extend(paths_of_flags(&argv));
         let mut every = BTreeSet::new();
