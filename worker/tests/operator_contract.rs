@@ -1,210 +1,656 @@
-//! The contract between the operator and the worker: the worker binary, started with exactly
-//! the environment the operator renders for an EventConsumer and an Outbox (the ConfigMap's
-//! variables; Secret files at temporary paths instead of their mount points), accepts it,
-//! joins its group or takes its table, and does its job against the real Kafka and PostgreSQL.
+//! The contract between the operator and the worker, tested by running one on the other's
+//! output: for every resource in `examples/` and for generated specs that set every optional
+//! field with every sink, the operator's render ([`event_consumer::plan`], [`outbox::plan`],
+//! [`workload::desired`]) is turned into a pod run as a local process (its arguments, its
+//! ConfigMap and stand-ins for its Secrets and ConfigMaps at their mount points, see
+//! `common/pod.rs`), and the real `pipewright-worker` must accept it and do what the spec
+//! says against the test environment's Kafka and PostgreSQL: log, HTTP (with the configured
+//! headers, method and idempotency header), Kafka (transactional) and PostgreSQL sinks
+//! deliver, schemas (inline and from a ConfigMap) send invalid events to the dead-letter
+//! topic, and outboxes publish with their cleanup policy.
+//!
+//! A resource is bound to the test environment only where it names the environment: the
+//! bootstrap servers, topic and table names (made unique), the HTTP URL (the receiver here),
+//! the consumer group. Everything else is the file's.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
-use common::consume::produce;
-use common::{OutboxFixture, Recorder, http_get};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::routing::any;
+use common::consume::{TopicReader, produce};
+use common::pod::{Objects, Pod, WAIT};
+use common::{OutboxFixture, Recorder};
+use pipewright_crds::event_consumer::{EventSchema, Sink};
+use pipewright_crds::outbox::CleanupPolicy;
+use pipewright_crds::worker_config;
 use pipewright_crds::{EventConsumer, Outbox};
 use pipewright_operator::context::Settings;
-use pipewright_testenv::{TestEnv, create_topic, eventually, unique_name};
-use serde_json::json;
+use pipewright_operator::workload::WorkerConfig;
+use pipewright_operator::{event_consumer, outbox};
+use pipewright_testenv::{TestEnv, TestSchema, create_topic, eventually, unique_name};
+use serde_json::{Map, Value, json};
 
-const WAIT: Duration = Duration::from_secs(120);
-
-struct Worker {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
+/// One request the HTTP receiver answered (200).
+#[derive(Debug, Clone)]
+struct Received {
+    method: Method,
+    headers: HeaderMap,
+    body: String,
 }
 
-impl Worker {
-    /// Runs `pipewright-worker <mode>` with only the rendered variables (plus PATH), the
-    /// listener moved to a free port and Secret mount paths mapped to `files`.
-    fn start(mode: &str, env: &BTreeMap<String, String>, files: &[(&str, PathBuf)]) -> Worker {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("pw-contract")));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pipewright-worker"));
-        command.env_clear().envs(env).arg(mode);
-        command.env("PIPEWRIGHT_LISTEN", addr.to_string());
-        command.env("PIPEWRIGHT_CONSUMER_GROUP_INSTANCE_ID", unique_name("pod"));
-        for (var, path) in files {
-            assert!(env.contains_key(*var), "the operator renders {var}");
-            command.env(var, path);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start pipewright-worker");
-        Worker { child, addr, log }
+/// An HTTP endpoint in the test process that records every request.
+#[derive(Debug, Clone)]
+struct Receiver {
+    url: String,
+    log: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn record(
+    State(log): State<Arc<Mutex<Vec<Received>>>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    log.lock().unwrap().push(Received {
+        method,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
+    StatusCode::OK
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let log: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let app = Router::new()
+            .route("/events", any(record))
+            .with_state(log.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, log }
     }
 
-    async fn wait_ready(&mut self) {
-        let addr = self.addr;
-        let ready = eventually("the worker's /readyz", WAIT, || {
-            let exited = self.child.try_wait().ok().flatten();
-            async move {
-                if let Some(status) = exited {
-                    return Some(Err(status));
-                }
-                let code = http_get(addr, "/readyz").await.map(|r| r.0);
-                (code == Some(200)).then_some(Ok(()))
+    fn with(&self, marker: &str) -> Option<Received> {
+        let log = self.log.lock().unwrap();
+        log.iter().find(|r| r.body.contains(marker)).cloned()
+    }
+}
+
+/// A topic of the test environment standing in for the one a resource names.
+async fn topic_for(name: &str) -> String {
+    create_topic(&name.replace(['.', '_'], "-"), 1).await
+}
+
+/// A JSON value valid against the small schemas of the examples (required properties of type
+/// string, integer, number or boolean, with `const` and `minimum`).
+fn sample(schema: &Value) -> Map<String, Value> {
+    let mut event = Map::new();
+    for name in schema["required"].as_array().into_iter().flatten() {
+        let name = name.as_str().unwrap();
+        let property = &schema["properties"][name];
+        let value = match (property.get("const"), property["type"].as_str()) {
+            (Some(c), _) => c.clone(),
+            (None, Some("integer" | "number")) => property
+                .get("minimum")
+                .cloned()
+                .unwrap_or_else(|| json!(1)),
+            (None, Some("boolean")) => json!(true),
+            _ => json!("contract"),
+        };
+        event.insert(name.to_string(), value);
+    }
+    event
+}
+
+/// What a bound EventConsumer must be seen doing.
+enum Delivery {
+    Log { payload: bool },
+    Http { receiver: Receiver },
+    Kafka { reader: TopicReader },
+    Postgres { schema: TestSchema, table: String },
+}
+
+/// Binds `ec` to the test environment, runs its worker, produces a valid event (and an
+/// invalid one where a schema and a dead-letter topic allow), and checks the sink delivered
+/// it as the spec says. `objects` are the Secret and ConfigMap stand-ins.
+async fn event_consumer_does_what_its_spec_says(what: &str, mut ec: EventConsumer, mut objects: Objects) {
+    let env = TestEnv::get();
+    let spec = &mut ec.spec;
+    spec.kafka.bootstrap_servers = vec![env.kafka_bootstrap_servers.clone()];
+    if let Some(secret) = &spec.kafka.secret_ref {
+        objects
+            .secrets
+            .entry(secret.name.clone())
+            .or_insert_with(|| [("security.protocol".to_string(), "plaintext".to_string())].into());
+    }
+    for topic in &mut spec.topics {
+        *topic = topic_for(topic).await;
+    }
+    spec.group_id = Some(unique_name("contract"));
+    let dead_letters = match &mut spec.processing.dead_letter_topic {
+        Some(dlq) => {
+            *dlq = topic_for(dlq).await;
+            Some(TopicReader::start(dlq, "read_committed"))
+        }
+        None => None,
+    };
+    let marker = unique_name("marker");
+    // A valid event of the first declared type (any type when none is declared), and an
+    // invalid one of the first type with a schema.
+    let declared = spec.events.as_ref().map(|e| e.types.clone()).unwrap_or_default();
+    let schema_of = |t: &pipewright_crds::event_consumer::EventType| -> Option<Value> {
+        match t.schema.as_ref()? {
+            EventSchema {
+                inline: Some(s), ..
+            } => Some(s.clone()),
+            EventSchema {
+                config_map_key_ref: Some(r),
+                ..
+            } => Some(serde_json::from_str(&objects.config_maps[&r.name][&r.key]).unwrap()),
+            _ => None,
+        }
+    };
+    let (event_type, mut event) = match declared.first() {
+        Some(t) => (
+            t.name.clone(),
+            schema_of(t).map(|s| sample(&s)).unwrap_or_default(),
+        ),
+        None => ("contract.event".to_string(), Map::new()),
+    };
+    let invalid = declared.iter().find_map(|t| {
+        let schema = schema_of(t)?;
+        let required = schema["required"].as_array()?;
+        required
+            .iter()
+            .any(|r| r != "event_type")
+            .then(|| json!({"event_type": t.name, "marker": marker}))
+    });
+    event.insert("event_type".into(), json!(event_type));
+    event.insert("marker".into(), json!(marker));
+
+    let delivery = match &mut spec.sink {
+        Sink { log: Some(l), .. } => Delivery::Log { payload: l.payload },
+        Sink { http: Some(h), .. } => {
+            let receiver = Receiver::start().await;
+            h.url = receiver.url.clone();
+            if let Some(secret) = &h.headers_secret_ref {
+                objects.secrets.entry(secret.name.clone()).or_insert_with(|| {
+                    [("authorization".to_string(), "Bearer contract".to_string())].into()
+                });
             }
-        })
-        .await;
-        if let Err(status) = ready {
-            panic!(
-                "the worker refused the operator's configuration ({status}):\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+            Delivery::Http { receiver }
+        }
+        Sink { kafka: Some(k), .. } => {
+            k.topic = topic_for(&k.topic).await;
+            let isolation = if k.transactional {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            };
+            Delivery::Kafka {
+                reader: TopicReader::start(&k.topic, isolation),
+            }
+        }
+        Sink {
+            postgres: Some(pg), ..
+        } => {
+            let schema = TestSchema::create("contract").await;
+            let name = pg.table.rsplit('.').next().unwrap().to_string();
+            let mut columns: Vec<String> = pg.upsert_key.iter().map(|c| format!("{c} text")).collect();
+            columns.push("marker text".into());
+            let key = if pg.upsert_key.is_empty() {
+                String::new()
+            } else {
+                format!(", PRIMARY KEY ({})", pg.upsert_key.join(", "))
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE {}.{name} ({}{key})",
+                schema.name,
+                columns.join(", ")
+            )))
+            .execute(&schema.pool)
+            .await
+            .unwrap();
+            for column in &pg.upsert_key {
+                event.entry(column.clone()).or_insert_with(|| json!("k1"));
+            }
+            pg.table = format!("{}.{name}", schema.name);
+            if pg.offsets_table.contains('.') {
+                let offsets = pg.offsets_table.rsplit('.').next().unwrap();
+                pg.offsets_table = format!("{}.{offsets}", schema.name);
+            }
+            objects.secrets.insert(
+                pg.dsn_secret_ref.name.clone(),
+                [(pg.dsn_secret_ref.key.clone(), env.database_url.clone())].into(),
+            );
+            let table = pg.table.clone();
+            Delivery::Postgres { schema, table }
+        }
+        _ => panic!("{what}: no sink"),
+    };
+
+    let plan = event_consumer::plan(&ec, &Settings::default())
+        .unwrap_or_else(|e| panic!("{what}: the operator renders it: {e}"));
+    let mut pod = Pod::start(&plan, &objects);
+    pod.wait_ready(what).await;
+    let mut records = vec![(
+        Some("k1".to_string()),
+        Some(Value::Object(event).to_string().into_bytes()),
+    )];
+    if let (Some(invalid), Some(_)) = (&invalid, &dead_letters) {
+        records.push((Some("k2".into()), Some(invalid.to_string().into_bytes())));
+    }
+    produce(&ec.spec.topics[0], records).await;
+
+    match delivery {
+        Delivery::Log { payload } => {
+            eventually(&format!("{what}: the event is logged"), WAIT, || async {
+                (pod.counter("pipewright_consumer_processed_total").await >= 1.0).then_some(())
+            })
+            .await;
+            assert_eq!(
+                pod.log_text().contains(&marker),
+                payload,
+                "{what}: the payload is logged exactly when sink.log.payload says so"
             );
         }
+        Delivery::Http { receiver } => {
+            let got = eventually(&format!("{what}: the event reaches the receiver"), WAIT, || {
+                let got = receiver.with(&marker);
+                async move { got }
+            })
+            .await;
+            let http = ec.spec.sink.http.as_ref().unwrap();
+            let method = serde_json::to_value(http.method).unwrap();
+            assert_eq!(got.method.as_str(), method.as_str().unwrap(), "{what}");
+            for (name, value) in &http.headers {
+                assert_eq!(
+                    got.headers.get(name).map(|v| v.to_str().unwrap()),
+                    Some(value.as_str()),
+                    "{what}: the configured header {name}"
+                );
+            }
+            if let Some(secret) = &http.headers_secret_ref {
+                for (name, value) in &objects.secrets[&secret.name] {
+                    assert_eq!(
+                        got.headers.get(name).map(|v| v.to_str().unwrap()),
+                        Some(value.as_str()),
+                        "{what}: the header {name} from the headers Secret"
+                    );
+                }
+            }
+            let id = got
+                .headers
+                .get(&http.idempotency_header)
+                .unwrap_or_else(|| panic!("{what}: no {} header", http.idempotency_header));
+            assert!(
+                id.to_str().unwrap().starts_with(&ec.spec.topics[0]),
+                "{what}: {id:?}"
+            );
+        }
+        Delivery::Kafka { reader } => {
+            eventually(&format!("{what}: the event reaches the sink topic"), WAIT, || {
+                let found = reader.snapshot().into_iter().any(|r| {
+                    r.value
+                        .is_some_and(|v| String::from_utf8_lossy(&v).contains(&marker))
+                });
+                async move { found.then_some(()) }
+            })
+            .await;
+        }
+        Delivery::Postgres { schema, table } => {
+            let query = format!("SELECT count(*) FROM {table} WHERE marker = '{marker}'");
+            eventually(&format!("{what}: the event is a row"), WAIT, || async {
+                let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query.clone()))
+                    .fetch_one(&schema.pool)
+                    .await
+                    .unwrap();
+                (rows == 1).then_some(())
+            })
+            .await;
+            drop(pod);
+            schema.drop().await;
+            return;
+        }
     }
-
-    async fn counter(&self, name: &str) -> f64 {
-        let body = http_get(self.addr, "/metrics")
-            .await
-            .map(|r| r.1)
-            .unwrap_or_default();
-        body.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    if let (Some(_), Some(reader)) = (invalid, dead_letters) {
+        eventually(
+            &format!("{what}: the event its schema refuses is dead-lettered"),
+            WAIT,
+            || {
+                let found = reader.snapshot().into_iter().any(|r| {
+                    r.value
+                        .is_some_and(|v| String::from_utf8_lossy(&v).contains(&marker))
+                });
+                async move { found.then_some(()) }
+            },
+        )
+        .await;
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+/// Binds `obx` to the test environment, runs its worker, enqueues rows and checks they are
+/// published and cleaned up as the spec says.
+async fn outbox_does_what_its_spec_says(what: &str, mut obx: Outbox, mut objects: Objects) {
+    let env = TestEnv::get();
+    let fx = OutboxFixture::new("contract_obx", 1).await;
+    let spec = &mut obx.spec;
+    spec.kafka.bootstrap_servers = vec![env.kafka_bootstrap_servers.clone()];
+    if let Some(secret) = &spec.kafka.secret_ref {
+        objects
+            .secrets
+            .entry(secret.name.clone())
+            .or_insert_with(|| [("security.protocol".to_string(), "plaintext".to_string())].into());
+    }
+    spec.table = fx.table();
+    let recorder = if spec.topic_template.is_some() {
+        // The fixture's events have the aggregate type `order`.
+        let topic = create_topic("order", 1).await;
+        let suffix = topic.strip_prefix("order").unwrap();
+        spec.topic_template = Some(format!("{{aggregatetype}}{suffix}"));
+        Recorder::start(&topic)
+    } else {
+        spec.topic = Some(fx.topic.clone());
+        Recorder::start(&fx.topic)
+    };
+    let dsn = &spec.database.dsn_secret_ref;
+    objects.secrets.insert(
+        dsn.name.clone(),
+        [(dsn.key.clone(), env.database_url.clone())].into(),
+    );
+    let plan = outbox::plan(&obx, &Settings::default())
+        .unwrap_or_else(|e| panic!("{what}: the operator renders it: {e}"));
+    let mut pod = Pod::start(&plan, &objects);
+    pod.wait_ready(what).await;
+
+    let ids = fx.enqueue_many(10, 3).await;
+    let published = format!(
+        "SELECT count(*) FROM {} WHERE published_at IS NOT NULL",
+        fx.table()
+    );
+    eventually(&format!("{what}: every row published and cleaned up"), WAIT, || async {
+        let got = recorder.ids();
+        if !ids.iter().all(|id| got.contains(id)) {
+            return None;
+        }
+        let done = match obx.spec.cleanup.policy {
+            CleanupPolicy::Delete => fx.pending().await == 0,
+            CleanupPolicy::MarkPublished => {
+                let marked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(published.clone()))
+                    .fetch_one(&fx.schema.pool)
+                    .await
+                    .unwrap();
+                marked == 10 && fx.pending().await == 10
+            }
+        };
+        done.then_some(())
+    })
+    .await;
+    drop(pod);
+    fx.schema.drop().await;
+}
+
+/// Every pipewright resource in the YAML files of `examples/` (recursively), with its file.
+fn examples() -> Vec<(String, Value)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, Value)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                for doc in docs {
+                    if doc["apiVersion"] == "pipewright.io/v1alpha1" {
+                        let name = format!("{} ({})", path.display(), doc["metadata"]["name"]);
+                        out.push((name, doc));
+                    }
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut out = Vec::new();
+    walk(&root, &mut out);
+    out
+}
+
+/// A resource as the apiserver stores it: a uid (the operator's owner references need one)
+/// and a namespace.
+fn stored(mut resource: Value) -> Value {
+    let meta = resource["metadata"].as_object_mut().unwrap();
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.entry("namespace").or_insert(json!("contract"));
+    resource
+}
+
+async fn run(what: String, resource: Value, objects: Objects) {
+    match resource["kind"].as_str() {
+        Some("EventConsumer") => {
+            let ec: EventConsumer = serde_json::from_value(stored(resource)).unwrap();
+            event_consumer_does_what_its_spec_says(&what, ec, objects).await
+        }
+        Some("Outbox") => {
+            let obx: Outbox = serde_json::from_value(stored(resource)).unwrap();
+            outbox_does_what_its_spec_says(&what, obx, objects).await
+        }
+        other => panic!("{what}: unknown kind {other:?}"),
     }
 }
 
-#[tokio::test]
-async fn the_worker_runs_an_event_consumer_from_the_operators_rendered_config() {
-    let topic = create_topic("contract-ec", 2).await;
-    let dlq = create_topic("contract-ec-dlq", 1).await;
-    let ec: EventConsumer = serde_json::from_value(json!({
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_runs_every_example_as_the_operator_renders_it() {
+    let examples = examples();
+    let kinds: BTreeSet<&str> = examples
+        .iter()
+        .filter_map(|(_, r)| r["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["EventConsumer", "Outbox"]));
+    futures::future::join_all(
+        examples
+            .into_iter()
+            .map(|(what, resource)| run(what, resource, Objects::default())),
+    )
+    .await;
+}
+
+/// A JSON Schema served from a ConfigMap in the generated specs.
+fn order_schema() -> Value {
+    json!({"type": "object", "required": ["order_id", "total_cents"],
+        "properties": {"order_id": {"type": "string"}, "total_cents": {"type": "integer", "minimum": 0}}})
+}
+
+/// An EventConsumer that sets every optional field, with `sink`.
+fn every_field_event_consumer(sink: Value) -> Value {
+    json!({
         "apiVersion": "pipewright.io/v1alpha1", "kind": "EventConsumer",
-        "metadata": {"name": "audit", "namespace": "contract", "uid": "00000000-0000-0000-0000-00000000ec01"},
+        "metadata": {"name": "every-field"},
         "spec": {
             "kafka": {
-                "bootstrapServers": [TestEnv::get().kafka_bootstrap_servers],
-                "config": {"client.rack": "r1", "fetch.wait.max.ms": "50"},
+                "bootstrapServers": ["kafka:9092"],
+                "secretRef": {"name": "kafka-credentials"},
+                // A value with commas and `=`: a map entry, not a list item.
+                "config": {"client.rack": "r1", "partition.assignment.strategy": "range,roundrobin",
+                    "fetch.wait.max.ms": "50"},
             },
-            "topics": [topic],
-            "groupId": unique_name("contract"),
+            "topics": ["orders"],
+            "groupId": "every-field",
             "initialOffset": "earliest",
             "events": {
                 "types": [
-                    {"name": "order.created", "schema": {"inline": {
-                        "type": "object", "required": ["order_id"]}}},
-                    {"name": "order.cancelled"},
+                    {"name": "order.placed", "schema": {"configMapKeyRef": {"name": "schemas", "key": "order.json"}}},
+                    {"name": "order.paid", "schema": {"inline": {"type": "object", "required": ["order_id"]}}},
+                    {"name": "order.shipped"},
                 ],
                 "onUnknownType": "deadLetter",
             },
             "processing": {
-                "concurrency": 8, "ordering": "key", "deadLetterTopic": dlq,
-                "retry": {"maxAttempts": 3, "backoff": {"initial": "100ms", "max": "1s"}},
-                "drainTimeout": "10s",
+                "concurrency": 4, "ordering": "partition", "deadLetterTopic": "orders.dlq",
+                "retry": {"maxAttempts": 3, "backoff": {"initial": "50ms", "max": "1s"}},
+                "drainTimeout": "5s",
             },
-            "sink": {"log": {}},
+            "sink": sink,
+            "image": "pipewright-worker:contract",
+            "replicas": 1,
         },
-    }))
-    .unwrap();
-    let plan = pipewright_operator::event_consumer::plan(&ec, &Settings::default())
-        .expect("the operator renders the EventConsumer");
-    let mut worker = Worker::start("consume", &plan.env, &[]);
-    worker.wait_ready().await;
-
-    produce(
-        &topic,
-        vec![
-            (
-                Some("o1".into()),
-                Some(br#"{"event_type":"order.created","order_id":"o1"}"#.to_vec()),
-            ),
-            (
-                Some("o1".into()),
-                Some(br#"{"event_type":"order.cancelled"}"#.to_vec()),
-            ),
-            (
-                Some("o2".into()),
-                Some(br#"{"event_type":"order.created"}"#.to_vec()),
-            ),
-        ],
-    )
-    .await;
-    eventually("two events delivered, one dead-lettered", WAIT, || async {
-        let processed = worker.counter("pipewright_consumer_processed_total").await;
-        let dead = worker
-            .counter("pipewright_consumer_dead_lettered_total")
-            .await;
-        (processed >= 2.0 && dead >= 1.0).then_some(())
     })
-    .await;
+}
+
+/// The sinks of the generated specs, every optional field set.
+fn every_sink() -> Vec<(&'static str, Value)> {
+    vec![
+        ("log", json!({"log": {"payload": false}})),
+        (
+            "http",
+            json!({"http": {
+                "url": "https://hooks.example.com/orders", "method": "PUT", "timeout": "3s",
+                "headers": {"X-Source": "pipewright", "X-Filter": "region=eu,tier=gold"},
+                "headersSecretRef": {"name": "hook-auth"}, "idempotencyHeader": "X-Dedup-Key",
+            }}),
+        ),
+        (
+            "kafka",
+            json!({"kafka": {"topic": "orders.copy", "transactional": true}}),
+        ),
+        (
+            "postgres",
+            json!({"postgres": {
+                "dsnSecretRef": {"name": "read-model-db", "key": "dsn"}, "table": "read_model.orders",
+                "upsertKey": ["order_id"], "offsetsTable": "read_model.offsets",
+            }}),
+        ),
+    ]
+}
+
+/// An Outbox that sets every optional field.
+fn every_field_outbox() -> Value {
+    json!({
+        "apiVersion": "pipewright.io/v1alpha1", "kind": "Outbox",
+        "metadata": {"name": "every-field"},
+        "spec": {
+            "database": {"dsnSecretRef": {"name": "orders-db", "key": "dsn"}},
+            "table": "public.outbox",
+            "kafka": {"bootstrapServers": ["kafka:9092"], "secretRef": {"name": "kafka-credentials"},
+                "config": {"linger.ms": "5", "client.rack": "a,b"}},
+            "topicTemplate": "outbox.event.{aggregatetype}",
+            "poll": {"interval": "100ms", "batchSize": 5, "maxInFlight": 20, "notify": false},
+            "cleanup": {"policy": "markPublished", "retention": "1h"},
+            "image": "pipewright-worker:contract",
+            "replicas": 1,
+        },
+    })
 }
 
 #[tokio::test]
-async fn the_worker_runs_an_outbox_from_the_operators_rendered_config() {
-    let fx = OutboxFixture::new("contract_obx", 1).await;
-    let recorder = Recorder::start(&fx.topic);
-    let obx: Outbox = serde_json::from_value(json!({
-        "apiVersion": "pipewright.io/v1alpha1", "kind": "Outbox",
-        "metadata": {"name": "orders", "namespace": "contract", "uid": "00000000-0000-0000-0000-0000000000b1"},
-        "spec": {
-            "database": {"dsnSecretRef": {"name": "db", "key": "dsn"}},
-            "table": fx.table(),
-            "kafka": {"bootstrapServers": [TestEnv::get().kafka_bootstrap_servers]},
-            "topic": fx.topic,
-            "poll": {"interval": "200ms", "batchSize": 50, "maxInFlight": 100, "notify": true},
-            "cleanup": {"policy": "markPublished", "retention": "1h"},
-        },
-    }))
-    .unwrap();
-    let plan = pipewright_operator::outbox::plan(&obx, &Settings::default())
-        .expect("the operator renders the Outbox");
-    // The DSN Secret key, as the operator mounts it.
-    let dsn = std::env::temp_dir().join(unique_name("pw-dsn"));
-    std::fs::write(&dsn, &TestEnv::get().database_url).unwrap();
-    let mut worker = Worker::start(
-        "outbox",
-        &plan.env,
-        &[("PIPEWRIGHT_DATABASE_URL_FILE", dsn.clone())],
-    );
-    worker.wait_ready().await;
+async fn the_generated_specs_render_every_field_of_the_worker_configuration_the_api_offers() {
+    // What only a hand-run worker sets: the rest of the configuration comes from the API.
+    let worker_only: BTreeSet<&str> = ["groupInstanceId", "sink.kafka.transactionalId", "sink.discard"].into();
+    let mut rendered = BTreeSet::new();
+    for (_, sink) in every_sink() {
+        let ec: EventConsumer =
+            serde_json::from_value(stored(every_field_event_consumer(sink))).unwrap();
+        let WorkerConfig::Consume(c) = event_consumer::plan(&ec, &Settings::default()).unwrap().config
+        else {
+            panic!("not a consume configuration")
+        };
+        rendered.extend(worker_config::field_paths(&serde_json::to_value(c).unwrap()));
+    }
+    let mut every = BTreeSet::new();
+    for c in worker_config::fixtures::every_field_consume() {
+        every.extend(worker_config::field_paths(&serde_json::to_value(c).unwrap()));
+    }
+    every.retain(|p| !worker_only.contains(p.as_str()));
+    assert_eq!(rendered, every, "consume");
 
-    let ids = fx.enqueue_many(20, 4).await;
-    // markPublished: the rows stay, stamped with published_at.
-    let unpublished = format!(
-        "SELECT count(*) FROM {} WHERE published_at IS NULL",
-        fx.table()
-    );
-    eventually("every row published and marked", WAIT, || async {
-        let got = recorder.ids();
-        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(unpublished.clone()))
-            .fetch_one(&fx.schema.pool)
-            .await
+    let obx: Outbox = serde_json::from_value(stored(every_field_outbox())).unwrap();
+    let WorkerConfig::Outbox(o) = outbox::plan(&obx, &Settings::default()).unwrap().config else {
+        panic!("not an outbox configuration")
+    };
+    let rendered = worker_config::field_paths(&serde_json::to_value(o).unwrap());
+    let mut every = BTreeSet::new();
+    for o in worker_config::fixtures::every_field_outbox() {
+        every.extend(worker_config::field_paths(&serde_json::to_value(o).unwrap()));
+    }
+    // `topic` is the other destination: examples/outbox-orders.yaml renders it.
+    every.remove("topic");
+    assert_eq!(rendered, every, "outbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_runs_generated_specs_with_every_sink_and_every_optional_field() {
+    let objects = Objects {
+        secrets: BTreeMap::new(),
+        config_maps: [(
+            "schemas".to_string(),
+            [("order.json".to_string(), order_schema().to_string())].into(),
+        )]
+        .into(),
+    };
+    let mut runs: Vec<_> = every_sink()
+        .into_iter()
+        .map(|(name, sink)| {
+            run(
+                format!("generated EventConsumer, {name} sink"),
+                every_field_event_consumer(sink),
+                objects.clone(),
+            )
+        })
+        .collect();
+    runs.push(run(
+        "generated Outbox".to_string(),
+        every_field_outbox(),
+        objects.clone(),
+    ));
+    futures::future::join_all(runs).await;
+}
+
+#[tokio::test]
+async fn a_configuration_with_an_unknown_field_is_refused_naming_the_field() {
+    let ec: EventConsumer =
+        serde_json::from_value(stored(every_field_event_consumer(every_sink()[1].1.clone())))
             .unwrap();
-        (ids.iter().all(|id| got.contains(id)) && left == 0).then_some(())
-    })
-    .await;
-    assert_eq!(fx.pending().await, 20, "markPublished keeps the rows");
-    drop(worker);
-    std::fs::remove_file(dsn).unwrap();
-    fx.schema.drop().await;
+    let plan = event_consumer::plan(&ec, &Settings::default()).unwrap();
+    // The operator and worker of different versions: a field the worker does not know.
+    let WorkerConfig::Consume(c) = &plan.config else {
+        unreachable!()
+    };
+    let mut file = serde_json::to_value(c).unwrap();
+    file["sink"]["http"]["headerz"] = json!({"X-Source": "pipewright"});
+    let text = file.to_string();
+    let err = worker_config::from_json::<worker_config::Consume>(&text).unwrap_err();
+    assert_eq!(err.path, "sink.http.headerz");
+    // And the binary: exit code 2, the path in the termination message.
+    let dir = std::env::temp_dir().join(unique_name("pw-bad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("worker.json");
+    std::fs::write(&path, text).unwrap();
+    let report = dir.join("termination-log");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pipewright-worker"))
+        .env_clear()
+        .env("PIPEWRIGHT_TERMINATION_LOG", &report)
+        .args(["consume", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let message = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        message.starts_with("WorkerConfigRejected: ") && message.contains("sink.http.headerz"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }

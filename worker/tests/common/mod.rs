@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod consume;
+pub mod pod;
 pub mod receiver;
 
 use std::collections::{HashMap, HashSet};
