@@ -22,6 +22,7 @@ use kube::{Api, Client, Config};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -271,14 +272,17 @@ pub fn kafka_config() -> ClientConfig {
 }
 
 /// Creates a topic of its own for one test (auto-creation is off on the test broker) and
-/// returns its name. Fails with [`HOW_TO_START`] when the broker does not answer.
+/// returns its name once the broker's metadata shows every partition with a leader (a
+/// consumer subscribing earlier may be told the topic is unknown). Fails with
+/// [`HOW_TO_START`] when the broker does not answer.
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     let name = unique_name(prefix);
     create_topic_named(&name, partitions).await;
     name
 }
 
-/// Creates the topic `name` (for a test that first needs it to be missing).
+/// Creates the topic `name` (for a test that first needs it to be missing), and waits until
+/// the broker's metadata shows it.
 pub async fn create_topic_named(name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         kafka_config().create().expect("rdkafka admin client");
@@ -297,6 +301,28 @@ pub async fn create_topic_named(name: &str, partitions: i32) {
             panic!("create topic {topic}: {code}");
         }
     }
+    let consumer: BaseConsumer = kafka_config().create().expect("rdkafka consumer");
+    let consumer = std::sync::Arc::new(consumer);
+    eventually(&format!("topic {name} in the metadata"), Duration::from_secs(60), || {
+        let consumer = consumer.clone();
+        let topic = name.to_string();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let metadata = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .ok()?;
+                let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+                (t.error().is_none()
+                    && t.partitions().len() == partitions as usize
+                    && t.partitions().iter().all(|p| p.leader() >= 0))
+                .then_some(())
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+    })
+    .await;
 }
 
 /// A PostgreSQL schema of its own for one test, and a pool whose connections use it as
