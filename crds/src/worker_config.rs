@@ -111,7 +111,9 @@ mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration (like 250ms, 1h 30m): {e}"))
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration (like 250ms, 1h 30m): {e}"
+            ))
         })
     }
 

@@ -43,7 +43,11 @@ pub fn group_id(ec: &EventConsumer) -> String {
 /// point into (pure).
 pub fn worker_config(
     ec: &EventConsumer,
-) -> Result<(worker_config::Consume, Vec<SecretMount>, Vec<ConfigMapMount>)> {
+) -> Result<(
+    worker_config::Consume,
+    Vec<SecretMount>,
+    Vec<ConfigMapMount>,
+)> {
     let spec = &ec.spec;
     let mut secret_mounts = Vec::new();
     let mut config_map_mounts: Vec<ConfigMapMount> = Vec::new();
@@ -137,9 +141,9 @@ pub fn worker_config(
                 offsets_table: pg.offsets_table.clone(),
             })
         }
-        Some(SinkKind::Log(l)) => worker_config::Sink::Log(worker_config::LogSink {
-            payload: l.payload,
-        }),
+        Some(SinkKind::Log(l)) => {
+            worker_config::Sink::Log(worker_config::LogSink { payload: l.payload })
+        }
     };
     let config = worker_config::Consume {
         kafka: render::kafka(&mut secret_mounts, &spec.kafka),
@@ -345,9 +349,18 @@ mod tests {
         assert_eq!(c.kafka.bootstrap_servers, ["kafka-0:9092", "kafka-1:9092"]);
         assert_eq!(c.topics, ["orders", "payments"]);
         assert_eq!(c.group_id, "shop.orders");
-        assert_eq!(c.initial_offset, pipewright_crds::event_consumer::InitialOffset::Latest);
-        assert_eq!(c.sink, worker_config::Sink::Log(worker_config::LogSink { payload: true }));
-        assert_eq!(c.processing.drain_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(
+            c.initial_offset,
+            pipewright_crds::event_consumer::InitialOffset::Latest
+        );
+        assert_eq!(
+            c.sink,
+            worker_config::Sink::Log(worker_config::LogSink { payload: true })
+        );
+        assert_eq!(
+            c.processing.drain_timeout,
+            std::time::Duration::from_secs(30)
+        );
         // Pods are dynamic group members: a departing pod hands its partitions on at once.
         assert_eq!(c.group_instance_id, None);
         assert_eq!(p.image, Settings::default().worker_image);

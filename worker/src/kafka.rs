@@ -122,7 +122,9 @@ mod tests {
         settings.add_tuning("linger.ms", "20").unwrap();
         let err = settings.add_tuning("sasl.password", "x").unwrap_err();
         assert!(err.to_string().contains("kafka.config"), "{err}");
-        let err = settings.add_tuning("enable.idempotence", "false").unwrap_err();
+        let err = settings
+            .add_tuning("enable.idempotence", "false")
+            .unwrap_err();
         assert!(format!("{err:?}").contains("not an allowed key"), "{err:?}");
         assert_eq!(
             settings.client_config().get("linger.ms"),

@@ -97,10 +97,9 @@ fn sample(schema: &Value) -> Map<String, Value> {
         let property = &schema["properties"][name];
         let value = match (property.get("const"), property["type"].as_str()) {
             (Some(c), _) => c.clone(),
-            (None, Some("integer" | "number")) => property
-                .get("minimum")
-                .cloned()
-                .unwrap_or_else(|| json!(1)),
+            (None, Some("integer" | "number")) => {
+                property.get("minimum").cloned().unwrap_or_else(|| json!(1))
+            }
             (None, Some("boolean")) => json!(true),
             _ => json!("contract"),
         };
@@ -120,7 +119,11 @@ enum Delivery {
 /// Binds `ec` to the test environment, runs its worker, produces a valid event (and an
 /// invalid one where a schema and a dead-letter topic allow), and checks the sink delivered
 /// it as the spec says. `objects` are the Secret and ConfigMap stand-ins.
-async fn event_consumer_does_what_its_spec_says(what: &str, mut ec: EventConsumer, mut objects: Objects) {
+async fn event_consumer_does_what_its_spec_says(
+    what: &str,
+    mut ec: EventConsumer,
+    mut objects: Objects,
+) {
     let env = TestEnv::get();
     let spec = &mut ec.spec;
     spec.kafka.bootstrap_servers = vec![env.kafka_bootstrap_servers.clone()];
@@ -144,7 +147,11 @@ async fn event_consumer_does_what_its_spec_says(what: &str, mut ec: EventConsume
     let marker = unique_name("marker");
     // A valid event of the first declared type (any type when none is declared), and an
     // invalid one of the first type with a schema.
-    let declared = spec.events.as_ref().map(|e| e.types.clone()).unwrap_or_default();
+    let declared = spec
+        .events
+        .as_ref()
+        .map(|e| e.types.clone())
+        .unwrap_or_default();
     let schema_of = |t: &pipewright_crds::event_consumer::EventType| -> Option<Value> {
         match t.schema.as_ref()? {
             EventSchema {
@@ -181,9 +188,12 @@ async fn event_consumer_does_what_its_spec_says(what: &str, mut ec: EventConsume
             let receiver = Receiver::start().await;
             h.url = receiver.url.clone();
             if let Some(secret) = &h.headers_secret_ref {
-                objects.secrets.entry(secret.name.clone()).or_insert_with(|| {
-                    [("authorization".to_string(), "Bearer contract".to_string())].into()
-                });
+                objects
+                    .secrets
+                    .entry(secret.name.clone())
+                    .or_insert_with(|| {
+                        [("authorization".to_string(), "Bearer contract".to_string())].into()
+                    });
             }
             Delivery::Http { receiver }
         }
@@ -203,7 +213,8 @@ async fn event_consumer_does_what_its_spec_says(what: &str, mut ec: EventConsume
         } => {
             let schema = TestSchema::create("contract").await;
             let name = pg.table.rsplit('.').next().unwrap().to_string();
-            let mut columns: Vec<String> = pg.upsert_key.iter().map(|c| format!("{c} text")).collect();
+            let mut columns: Vec<String> =
+                pg.upsert_key.iter().map(|c| format!("{c} text")).collect();
             columns.push("marker text".into());
             let key = if pg.upsert_key.is_empty() {
                 String::new()
@@ -262,10 +273,14 @@ async fn event_consumer_does_what_its_spec_says(what: &str, mut ec: EventConsume
             );
         }
         Delivery::Http { receiver } => {
-            let got = eventually(&format!("{what}: the event reaches the receiver"), WAIT, || {
-                let got = receiver.with(&marker);
-                async move { got }
-            })
+            let got = eventually(
+                &format!("{what}: the event reaches the receiver"),
+                WAIT,
+                || {
+                    let got = receiver.with(&marker);
+                    async move { got }
+                },
+            )
             .await;
             let http = ec.spec.sink.http.as_ref().unwrap();
             let method = serde_json::to_value(http.method).unwrap();
@@ -296,13 +311,17 @@ async fn event_consumer_does_what_its_spec_says(what: &str, mut ec: EventConsume
             );
         }
         Delivery::Kafka { reader } => {
-            eventually(&format!("{what}: the event reaches the sink topic"), WAIT, || {
-                let found = reader.snapshot().into_iter().any(|r| {
-                    r.value
-                        .is_some_and(|v| String::from_utf8_lossy(&v).contains(&marker))
-                });
-                async move { found.then_some(()) }
-            })
+            eventually(
+                &format!("{what}: the event reaches the sink topic"),
+                WAIT,
+                || {
+                    let found = reader.snapshot().into_iter().any(|r| {
+                        r.value
+                            .is_some_and(|v| String::from_utf8_lossy(&v).contains(&marker))
+                    });
+                    async move { found.then_some(()) }
+                },
+            )
             .await;
         }
         Delivery::Postgres { schema, table } => {
@@ -375,23 +394,27 @@ async fn outbox_does_what_its_spec_says(what: &str, mut obx: Outbox, mut objects
         "SELECT count(*) FROM {} WHERE published_at IS NOT NULL",
         fx.table()
     );
-    eventually(&format!("{what}: every row published and cleaned up"), WAIT, || async {
-        let got = recorder.ids();
-        if !ids.iter().all(|id| got.contains(id)) {
-            return None;
-        }
-        let done = match obx.spec.cleanup.policy {
-            CleanupPolicy::Delete => fx.pending().await == 0,
-            CleanupPolicy::MarkPublished => {
-                let marked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(published.clone()))
-                    .fetch_one(&fx.schema.pool)
-                    .await
-                    .unwrap();
-                marked == 10 && fx.pending().await == 10
+    eventually(
+        &format!("{what}: every row published and cleaned up"),
+        WAIT,
+        || async {
+            let got = recorder.ids();
+            if !ids.iter().all(|id| got.contains(id)) {
+                return None;
             }
-        };
-        done.then_some(())
-    })
+            let done = match obx.spec.cleanup.policy {
+                CleanupPolicy::Delete => fx.pending().await == 0,
+                CleanupPolicy::MarkPublished => {
+                    let marked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(published.clone()))
+                        .fetch_one(&fx.schema.pool)
+                        .await
+                        .unwrap();
+                    marked == 10 && fx.pending().await == 10
+                }
+            };
+            done.then_some(())
+        },
+    )
     .await;
     drop(pod);
     fx.schema.drop().await;
@@ -556,20 +579,31 @@ fn every_field_outbox() -> Value {
 #[tokio::test]
 async fn the_generated_specs_render_every_field_of_the_worker_configuration_the_api_offers() {
     // What only a hand-run worker sets: the rest of the configuration comes from the API.
-    let worker_only: BTreeSet<&str> = ["groupInstanceId", "sink.kafka.transactionalId", "sink.discard"].into();
+    let worker_only: BTreeSet<&str> = [
+        "groupInstanceId",
+        "sink.kafka.transactionalId",
+        "sink.discard",
+    ]
+    .into();
     let mut rendered = BTreeSet::new();
     for (_, sink) in every_sink() {
         let ec: EventConsumer =
             serde_json::from_value(stored(every_field_event_consumer(sink))).unwrap();
-        let WorkerConfig::Consume(c) = event_consumer::plan(&ec, &Settings::default()).unwrap().config
+        let WorkerConfig::Consume(c) = event_consumer::plan(&ec, &Settings::default())
+            .unwrap()
+            .config
         else {
             panic!("not a consume configuration")
         };
-        rendered.extend(worker_config::field_paths(&serde_json::to_value(c).unwrap()));
+        rendered.extend(worker_config::field_paths(
+            &serde_json::to_value(c).unwrap(),
+        ));
     }
     let mut every = BTreeSet::new();
     for c in worker_config::fixtures::every_field_consume() {
-        every.extend(worker_config::field_paths(&serde_json::to_value(c).unwrap()));
+        every.extend(worker_config::field_paths(
+            &serde_json::to_value(c).unwrap(),
+        ));
     }
     every.retain(|p| !worker_only.contains(p.as_str()));
     assert_eq!(rendered, every, "consume");
@@ -581,7 +615,9 @@ async fn the_generated_specs_render_every_field_of_the_worker_configuration_the_
     let rendered = worker_config::field_paths(&serde_json::to_value(o).unwrap());
     let mut every = BTreeSet::new();
     for o in worker_config::fixtures::every_field_outbox() {
-        every.extend(worker_config::field_paths(&serde_json::to_value(o).unwrap()));
+        every.extend(worker_config::field_paths(
+            &serde_json::to_value(o).unwrap(),
+        ));
     }
     // `topic` is the other destination: examples/outbox-orders.yaml renders it.
     every.remove("topic");
@@ -618,9 +654,10 @@ async fn the_worker_runs_generated_specs_with_every_sink_and_every_optional_fiel
 
 #[tokio::test]
 async fn a_configuration_with_an_unknown_field_is_refused_naming_the_field() {
-    let ec: EventConsumer =
-        serde_json::from_value(stored(every_field_event_consumer(every_sink()[1].1.clone())))
-            .unwrap();
+    let ec: EventConsumer = serde_json::from_value(stored(every_field_event_consumer(
+        every_sink()[1].1.clone(),
+    )))
+    .unwrap();
     let plan = event_consumer::plan(&ec, &Settings::default()).unwrap();
     // The operator and worker of different versions: a field the worker does not know.
     let WorkerConfig::Consume(c) = &plan.config else {

@@ -145,10 +145,7 @@ impl SinkSettings {
     }
 
     /// The transactional.id of a transactional kafka sink.
-    fn transactional_id(
-        configured: Option<&str>,
-        config: &ConsumeConfig,
-    ) -> Result<String, Error> {
+    fn transactional_id(configured: Option<&str>, config: &ConsumeConfig) -> Result<String, Error> {
         if let Some(id) = configured.filter(|s| !s.is_empty()) {
             return Ok(id.to_string());
         }
@@ -177,12 +174,11 @@ impl SinkSettings {
     ) -> Result<(Sink, Option<Arc<Transaction>>), Error> {
         self.validate()?;
         match &self.0 {
-            SinkConfig::Log(l) => Ok((
-                Sink::Log(LogSink { payload: l.payload }),
-                None,
-            )),
+            SinkConfig::Log(l) => Ok((Sink::Log(LogSink { payload: l.payload }), None)),
             SinkConfig::Discard(_) => Ok((Sink::Discard, None)),
-            SinkConfig::Http(h) => Ok((Sink::Http(HttpSink::new(HttpSinkConfig::parse(h)?)?), None)),
+            SinkConfig::Http(h) => {
+                Ok((Sink::Http(HttpSink::new(HttpSinkConfig::parse(h)?)?), None))
+            }
             SinkConfig::Kafka(k) => {
                 if config.consumer.topics.contains(&k.topic) {
                     return Err(Error::InvalidConfig {

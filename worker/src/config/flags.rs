@@ -209,7 +209,10 @@ impl ConsumeFlags {
             "processing.retry.backoff.max",
             duration(self.retry_backoff_max),
         );
-        doc.set("processing.deadLetterTopic", self.dead_letter_topic.as_ref());
+        doc.set(
+            "processing.deadLetterTopic",
+            self.dead_letter_topic.as_ref(),
+        );
         doc.set("processing.drainTimeout", duration(self.drain_timeout));
         doc.set("processing.commitInterval", duration(self.commit_interval));
         doc.set("processing.revokeTimeout", duration(self.revoke_timeout));

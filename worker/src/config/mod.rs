@@ -393,7 +393,9 @@ mod tests {
         }
         let mut every = BTreeSet::new();
         for c in worker_config::fixtures::every_field_consume() {
-            every.extend(worker_config::field_paths(&serde_json::to_value(c).unwrap()));
+            every.extend(worker_config::field_paths(
+                &serde_json::to_value(c).unwrap(),
+            ));
         }
         assert_eq!(from_flags, every, "consume: flags vs the type's fields");
 
@@ -430,7 +432,9 @@ mod tests {
         from_flags.extend(paths_of_flags(&argv));
         let mut every = BTreeSet::new();
         for o in worker_config::fixtures::every_field_outbox() {
-            every.extend(worker_config::field_paths(&serde_json::to_value(o).unwrap()));
+            every.extend(worker_config::field_paths(
+                &serde_json::to_value(o).unwrap(),
+            ));
         }
         assert_eq!(from_flags, every, "outbox: flags vs the type's fields");
     }

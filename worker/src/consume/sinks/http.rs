@@ -160,12 +160,14 @@ impl HttpSinkConfig {
             timeout,
             headers: parsed,
             secret_headers,
-            idempotency_header: HeaderName::try_from(sink.idempotency_header.as_str()).map_err(|_| {
-                invalid(
-                    "sink.http.idempotencyHeader",
-                    format!("{:?} is not a header name", sink.idempotency_header),
-                )
-            })?,
+            idempotency_header: HeaderName::try_from(sink.idempotency_header.as_str()).map_err(
+                |_| {
+                    invalid(
+                        "sink.http.idempotencyHeader",
+                        format!("{:?} is not a header name", sink.idempotency_header),
+                    )
+                },
+            )?,
         })
     }
 }
