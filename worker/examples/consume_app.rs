@@ -1,6 +1,6 @@
 //! A custom worker image: the `consume` mode with the application's own typed handler instead
-//! of a configured sink. It takes the same flags and environment as `pipewright-worker consume`
-//! (the operator renders them; the sink settings are ignored).
+//! of a configured sink. It takes the same `--config` file (as the operator renders it) or
+//! flags as `pipewright-worker consume`; the sink settings are ignored.
 //!
 //! ```sh
 //! eval "$(tests/env/up)"
