@@ -136,7 +136,7 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
         &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
     )
     .unwrap();
-    assert_eq!(file.topics, [topic.clone()]);
+    assert_eq!(file.topics, std::slice::from_ref(&topic));
     let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
         .get(child)
         .await
