@@ -1,5 +1,7 @@
 //! pipewright API types: the `EventConsumer` and `Outbox` custom resources in
-//! `pipewright.io/v1alpha1`, and the `crdgen` binary that renders their CRD YAML.
+//! `pipewright.io/v1alpha1`, the `crdgen` binary that renders their CRD YAML, and the
+//! worker's configuration file ([`worker_config`]), the API between the operator and the
+//! worker.
 //!
 //! This crate holds types only, no client code. Validation lives in the generated schema
 //! (ranges, patterns, enums, defaults and CEL `x-kubernetes-validations` rules), so the

@@ -561,99 +561,7 @@ fn default_max_in_flight() -> usize {
     1000
 }
 
-/// Configurations that set every field (one per sink, one per outbox destination): for the
-/// tests that keep the flags, the operator's rendering and docs/worker-config.md complete.
-pub mod fixtures {
-    use super::*;
-
-    fn kafka() -> Kafka {
-        Kafka {
-            bootstrap_servers: vec!["k:9092".into()],
-            config: [("linger.ms".to_string(), "5".to_string())].into(),
-            secret_dir: Some("/s/kafka".into()),
-        }
-    }
-
-    /// Every field of [`Consume`], once with each sink.
-    pub fn every_field_consume() -> Vec<Consume> {
-        let base = |sink| Consume {
-            kafka: kafka(),
-            topics: vec!["a".into()],
-            group_id: "g".into(),
-            group_instance_id: Some("i".into()),
-            initial_offset: InitialOffset::Latest,
-            events: Events {
-                types: vec![
-                    EventType {
-                        name: "x".into(),
-                        schema: Some(SchemaSource::File("/s/x.json".into())),
-                    },
-                    EventType {
-                        name: "y".into(),
-                        schema: Some(SchemaSource::Inline(serde_json::json!({"type": "object"}))),
-                    },
-                ],
-                on_unknown_type: UnknownTypePolicy::Skip,
-            },
-            processing: Processing {
-                dead_letter_topic: Some("d".into()),
-                ..Processing::default()
-            },
-            sink,
-        };
-        vec![
-            base(Sink::Log(LogSink { payload: false })),
-            base(Sink::Http(HttpSink {
-                url: "http://h/".into(),
-                method: HttpMethod::Put,
-                timeout: Duration::from_secs(1),
-                headers: [("X-A".to_string(), "1".to_string())].into(),
-                headers_secret_dir: Some("/s/h".into()),
-                idempotency_header: "X-Id".into(),
-            })),
-            base(Sink::Kafka(KafkaSink {
-                topic: "o".into(),
-                transactional: true,
-                transactional_id: Some("tx".into()),
-            })),
-            base(Sink::Postgres(PostgresSink {
-                dsn_file: Some("/s/db".into()),
-                table: "t".into(),
-                upsert_key: vec!["a".into()],
-                offsets_table: "o".into(),
-            })),
-            base(Sink::Discard(DiscardSink {})),
-        ]
-    }
-
-    /// Every field of [`Outbox`], once with each destination.
-    pub fn every_field_outbox() -> Vec<Outbox> {
-        let base = Outbox {
-            database: Database {
-                url_file: Some("/s/db".into()),
-            },
-            table: "t".into(),
-            topic: Some("o".into()),
-            topic_template: None,
-            kafka: kafka(),
-            poll: Poll::default(),
-            cleanup: Cleanup {
-                policy: CleanupPolicy::MarkPublished,
-                retention: Some(Duration::from_secs(3600)),
-            },
-            lock_retry_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(30),
-        };
-        vec![
-            base.clone(),
-            Outbox {
-                topic: None,
-                topic_template: Some("o.{aggregatetype}".into()),
-                ..base
-            },
-        ]
-    }
-}
+pub mod fixtures;
 
 #[cfg(test)]
 mod tests {
@@ -689,7 +597,7 @@ mod tests {
 
     /// The field paths docs/worker-config.md lists in the table of a section.
     fn documented(section: &str) -> BTreeSet<String> {
-        let doc = include_str!("../../docs/worker-config.md");
+        let doc = include_str!("../../../docs/worker-config.md");
         let start = doc.find(section).expect("the section exists");
         doc[start..]
             .lines()
