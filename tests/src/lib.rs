@@ -303,25 +303,29 @@ pub async fn create_topic_named(name: &str, partitions: i32) {
     }
     let consumer: BaseConsumer = kafka_config().create().expect("rdkafka consumer");
     let consumer = std::sync::Arc::new(consumer);
-    eventually(&format!("topic {name} in the metadata"), Duration::from_secs(60), || {
-        let consumer = consumer.clone();
-        let topic = name.to_string();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let metadata = consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                    .ok()?;
-                let t = metadata.topics().iter().find(|t| t.name() == topic)?;
-                (t.error().is_none()
-                    && t.partitions().len() == partitions as usize
-                    && t.partitions().iter().all(|p| p.leader() >= 0))
-                .then_some(())
-            })
-            .await
-            .ok()
-            .flatten()
-        }
-    })
+    eventually(
+        &format!("topic {name} in the metadata"),
+        Duration::from_secs(60),
+        || {
+            let consumer = consumer.clone();
+            let topic = name.to_string();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let metadata = consumer
+                        .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                        .ok()?;
+                    let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+                    (t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0))
+                    .then_some(())
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+        },
+    )
     .await;
 }
 

@@ -59,7 +59,10 @@ pub fn every_field_consume() -> Vec<Consume> {
             upsert_key: vec!["a".into()],
             offsets_table: "o".into(),
         })),
-        base(Sink::Discard(DiscardSink {})),
+        base(Sink::Discard(DiscardSink {
+            delay: Duration::from_millis(1),
+            jitter: Duration::from_millis(2),
+        })),
     ]
 }
 

@@ -413,10 +413,18 @@ pub struct PostgresSink {
     pub offsets_table: String,
 }
 
-/// The discard sink (no settings).
+/// The discard sink: each delivery takes `delay` plus a uniform `0..=jitter` (a slow handler
+/// for benchmarks that holds its concurrency slot; both zero by default).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DiscardSink {}
+pub struct DiscardSink {
+    /// How long each delivery takes.
+    #[serde(default, with = "duration")]
+    pub delay: Duration,
+    /// Each delivery takes up to this much longer than `delay`, uniformly distributed.
+    #[serde(default, with = "duration")]
+    pub jitter: Duration,
+}
 
 /// `pipewright-worker outbox`: an `Outbox`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

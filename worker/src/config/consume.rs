@@ -9,6 +9,7 @@ use super::{DatabaseUrl, kafka_settings};
 use crate::Error;
 use crate::consume::events::JsonSchema;
 use crate::consume::sinks::Sink;
+use crate::consume::sinks::discard::DiscardSink;
 use crate::consume::sinks::http::{HttpSink, HttpSinkConfig};
 use crate::consume::sinks::kafka::{KafkaSink, Transaction};
 use crate::consume::sinks::log::LogSink;
@@ -175,7 +176,9 @@ impl SinkSettings {
         self.validate()?;
         match &self.0 {
             SinkConfig::Log(l) => Ok((Sink::Log(LogSink { payload: l.payload }), None)),
-            SinkConfig::Discard(_) => Ok((Sink::Discard, None)),
+            SinkConfig::Discard(d) => {
+                Ok((Sink::Discard(DiscardSink::new(d.delay, d.jitter)), None))
+            }
             SinkConfig::Http(h) => {
                 Ok((Sink::Http(HttpSink::new(HttpSinkConfig::parse(h)?)?), None))
             }

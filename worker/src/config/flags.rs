@@ -281,6 +281,14 @@ pub struct SinkFlags {
     /// sink.postgres.offsetsTable: the table of applied offsets.
     #[arg(long = "sink-postgres-offsets-table")]
     pub postgres_offsets_table: Option<String>,
+    /// sink.discard.delay: how long each delivery takes (a benchmarking aid: a slow handler
+    /// that holds its slot of --concurrency; default 0s).
+    #[arg(long = "sink-discard-delay")]
+    pub discard_delay: Option<humantime::Duration>,
+    /// sink.discard.jitter: each delivery takes up to this much longer than
+    /// --sink-discard-delay, uniformly distributed (default 0s).
+    #[arg(long = "sink-discard-jitter")]
+    pub discard_jitter: Option<humantime::Duration>,
 }
 
 impl SinkFlags {
@@ -325,7 +333,11 @@ impl SinkFlags {
                     self.postgres_offsets_table.as_ref(),
                 );
             }
-            // `discard` has no settings; an unknown sink is refused by the type.
+            "discard" => {
+                doc.set("sink.discard.delay", duration(self.discard_delay));
+                doc.set("sink.discard.jitter", duration(self.discard_jitter));
+            }
+            // An unknown sink is refused by the type.
             _ => {}
         }
     }

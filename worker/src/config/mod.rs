@@ -381,7 +381,14 @@ mod tests {
                 "--sink-postgres-offsets-table",
                 "o",
             ],
-            &["--sink", "discard"],
+            &[
+                "--sink",
+                "discard",
+                "--sink-discard-delay",
+                "1ms",
+                "--sink-discard-jitter",
+                "2ms",
+            ],
         ];
         let mut from_flags = BTreeSet::new();
         for sink in sinks {
