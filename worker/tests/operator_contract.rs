@@ -582,7 +582,8 @@ async fn the_generated_specs_render_every_field_of_the_worker_configuration_the_
     let worker_only: BTreeSet<&str> = [
         "groupInstanceId",
         "sink.kafka.transactionalId",
-        "sink.discard",
+        "sink.discard.delay",
+        "sink.discard.jitter",
     ]
     .into();
     let mut rendered = BTreeSet::new();
