@@ -30,9 +30,9 @@ pub fn settings(file: worker_config::Outbox) -> Result<PollerConfig, Error> {
         }
         (CleanupPolicy::MarkPublished, retention) => Cleanup::MarkPublished { retention },
     };
-    let kafka = kafka_settings(&file.kafka)?;
     let mut config = PollerConfig::new(table, destination, "");
-    config.kafka = kafka;
+    // The connection with its tuning keys and credentials, not only the bootstrap servers.
+    config.kafka = kafka_settings(&file.kafka)?;
     config.poll_interval = file.poll.interval;
     config.batch_size = file.poll.batch_size;
     config.max_in_flight = file.poll.max_in_flight;
