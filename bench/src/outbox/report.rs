@@ -224,8 +224,7 @@ impl OutboxResults {
             duration_s,
             machine: crate::machine(),
             versions: Versions {
-                worker_git: crate::command_output("git", &["describe", "--always", "--dirty"])
-                    .unwrap_or_else(|| "unknown".into()),
+                worker_git: crate::git_describe(),
                 debezium: jar_version(&setup.debezium_classpath, "debezium-embedded-")
                     .unwrap_or_else(|| "unknown".into()),
                 postgres: crate::command_output("psql", &["--version"])
