@@ -209,6 +209,17 @@ pub fn start_debezium(
     )
 }
 
+/// What the SQL ceiling reads of each row: the columns a relay publishes.
+type ClaimedRow = (
+    i64,
+    uuid::Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
 /// The SQL ceiling's run: the wall-clock window from its first claim to the claim that emptied
 /// the table, and the rows it claimed.
 #[derive(Debug, Clone, Copy)]
@@ -233,15 +244,7 @@ pub async fn sql_ceiling(database_url: &str, table: &str) -> Result<CeilingRun> 
     let mut rows = 0u64;
     let mut last = first;
     loop {
-        let claimed: Vec<(
-            i64,
-            uuid::Uuid,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-        )> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+        let claimed: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(CEILING_BATCH)
             .fetch_all(&mut conn)
             .await
