@@ -9,12 +9,16 @@
 //! Part 2, key-ordered concurrency with a slow handler ([`ordered`]): the worker against
 //! Confluent Parallel Consumer, as a fraction of the ideal rate.
 //!
+//! Part 3, the outbox relay ([`outbox`]): pipewright's outbox worker against Debezium's
+//! embedded engine on the same table, database and Kafka.
+//!
 //! Parts 4 and 5, the operator and memory ([`operator`]): its reaction against the built-in
 //! deployment controller, a cold start with many resources, and resident memory.
 
 pub mod contenders;
 pub mod operator;
 pub mod ordered;
+pub mod outbox;
 pub mod process;
 pub mod profile;
 pub mod report;
@@ -67,6 +71,20 @@ pub fn render_further_sections(
         }
         md.push('\n');
         md.push_str(&ordered::report::markdown(
+            &results,
+            png.as_deref().map(link).as_deref(),
+        ));
+    }
+    let outbox = results_dir.join("outbox.json");
+    if outbox.is_file() {
+        let results = outbox::report::OutboxResults::read(&outbox)?;
+        let png = plot_path("outbox");
+        if let Some(png) = &png {
+            outbox::report::plot(&results, png)?;
+            progress(&format!("plot: {}", png.display()));
+        }
+        md.push('\n');
+        md.push_str(&outbox::report::markdown(
             &results,
             png.as_deref().map(link).as_deref(),
         ));
@@ -272,7 +290,8 @@ pub fn machine() -> Machine {
     }
 }
 
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
+/// The first line a command prints (stdout, then stderr); `None` when it cannot run.
+pub fn command_output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pipewright_bench::operator::{OperatorSetup, image_archives};
+use pipewright_bench::outbox::{self, OutboxSetup};
 use pipewright_bench::profile::Profile;
 use pipewright_bench::report::{self, Results};
 use pipewright_bench::{HOW_TO_START, progress, setup_from_env, workload};
@@ -61,6 +62,26 @@ enum Cmd {
         /// The results file.
         #[arg(long, default_value = "bench/results/ordered.json")]
         results: PathBuf,
+    },
+    /// Outbox relay (part 3): pipewright's outbox worker against Debezium's embedded engine,
+    /// drain and commit → ack latency. Writes its results file; `render` (or the next
+    /// `consume`) renders it into the markdown with the others. Needs the test environment's
+    /// variables.
+    Outbox {
+        #[arg(long, value_enum, default_value = "full")]
+        profile: Profile,
+        /// The worker binary (default: `pipewright-worker` beside this one).
+        #[arg(long)]
+        worker: Option<PathBuf>,
+        /// Logs of every run.
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        /// The results file.
+        #[arg(long, default_value = "bench/results/outbox.json")]
+        results: PathBuf,
+        /// Also write this part's section alone to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Parts 4 and 5: the operator's reaction against the built-in deployment controller, a
     /// cold start with many resources and its steady state, and memory. Writes its results
@@ -195,6 +216,38 @@ fn main() -> Result<()> {
             rt.block_on(workload::create_topic(&bootstrap, &topic, partitions))?;
             workload::fill_keyed(&bootstrap, &topic, records, keys)?;
             progress(&format!("{records} records in {topic}"));
+            Ok(())
+        }
+        Cmd::Outbox {
+            profile,
+            worker,
+            work_dir,
+            results,
+            markdown,
+        } => {
+            let clock = Instant::now();
+            let here = std::env::current_exe().context("this binary's path")?;
+            let dir = here.parent().context("this binary's directory")?;
+            let worker = worker.unwrap_or_else(|| dir.join("pipewright-worker"));
+            let setup = OutboxSetup::from_env(worker, work_dir)?;
+            let measured = outbox::run(profile, &setup)?;
+            measured.write(&results)?;
+            progress(&format!("results: {}", results.display()));
+            if let Some(markdown) = markdown {
+                std::fs::write(&markdown, outbox::report::markdown(&measured, None))
+                    .with_context(|| format!("write {}", markdown.display()))?;
+            }
+            for t in &measured.targets {
+                progress(&format!(
+                    "target: {} = {:.2} ({} {:.1}: {})",
+                    t.what,
+                    t.value,
+                    t.op,
+                    t.target,
+                    if t.met { "met" } else { "NOT MET" }
+                ));
+            }
+            progress(&format!("done in {:.0} s", clock.elapsed().as_secs_f64()));
             Ok(())
         }
         Cmd::Operator {

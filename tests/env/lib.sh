@@ -23,10 +23,12 @@ HELM_VERSION=$(awk '$1 == "helm.sh/helm/v4" { print $2 }' "$ENV_DIR/helm/go.mod"
 CONTAINERD_VERSION=$(awk '$1 == "github.com/containerd/containerd/v2" { print $2 }' "$ENV_DIR/containerd/go.mod")
 RUNC_VERSION=$(awk '$1 == "github.com/opencontainers/runc" { print $2 }' "$ENV_DIR/runc/go.mod")
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ENV_DIR/kafka/pom.xml")
+DEBEZIUM_VERSION=$(sed -n 's:.*<debezium.version>\(.*\)</debezium.version>.*:\1:p' "$ENV_DIR/debezium/pom.xml")
 
 K8S_BIN=$CACHE/k8s/$K8S_VERSION/bin
 HELM_BIN=$CACHE/helm/$HELM_VERSION/bin
 KAFKA_LIBS=$CACHE/kafka/$KAFKA_VERSION/libs
+DEBEZIUM_LIBS=$CACHE/debezium/$DEBEZIUM_VERSION/libs
 CONTAINERD_BIN=$CACHE/containerd/$CONTAINERD_VERSION/bin
 RUNC_BIN=$CACHE/runc/$RUNC_VERSION/bin
 PAUSE_DIR=$CACHE/pause

@@ -29,6 +29,9 @@ const LOCK_CLASS: i64 = 0x7077_6f62;
 /// How often the active replica measures the backlog and applies the retention.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The first wait for a pending fence's writers to end.
+const RECHECK_MIN: Duration = Duration::from_millis(5);
+
 /// Rows deleted per retention statement.
 const RETENTION_BATCH: i64 = 10_000;
 
@@ -349,17 +352,29 @@ impl Poller {
 
         let mut fence = Fence::default();
         let mut cursor: i64 = 0;
-        let mut recheck = Duration::from_millis(5);
-        let mut last_maintenance: Option<Instant> = None;
+        let mut recheck = RECHECK_MIN;
+        // Whether the last claim was full: then rows up to the safe bound remain, and the next
+        // claim needs no new fence (a backlog drains at one statement per batch).
+        let mut full = false;
+        // Backlog figures and retention on the pool, beside the reader: a `count(*)` over the
+        // table must not pause the claims (it put a pause every 5 s into the commit -> ack tail).
+        let mut maintenance = tokio::spawn(maintain_every(
+            MAINTENANCE_INTERVAL,
+            pool.clone(),
+            table.sql_name.clone(),
+            config.cleanup,
+            self.metrics.clone(),
+            stop.clone(),
+        ));
         let claim_sql = claim_sql(table, config);
 
         let read: Result<(), Error> = async {
             while !shutdown.is_cancelled() && !stop.is_cancelled() {
-                if last_maintenance.is_none_or(|t| t.elapsed() >= MAINTENANCE_INTERVAL) {
-                    self.maintain(&pool, table).await?;
-                    last_maintenance = Some(Instant::now());
+                if (!full || fence.pending.is_some())
+                    && advance_fence(conn, &table.sql_name, &mut fence).await?
+                {
+                    recheck = RECHECK_MIN;
                 }
-                advance_fence(conn, &table.sql_name, &mut fence).await?;
                 let rows: Vec<Row> = db(
                     "claim",
                     sqlx::query_as(sqlx::AssertSqlSafe(claim_sql.clone()))
@@ -369,7 +384,7 @@ impl Poller {
                         .fetch_all(&mut *conn),
                 )
                 .await?;
-                let full = rows.len() == config.batch_size;
+                full = rows.len() == config.batch_size;
                 if !rows.is_empty() {
                     debug!(first = rows[0].seq, count = rows.len(), "claimed");
                 }
@@ -400,14 +415,15 @@ impl Poller {
                 if full {
                     continue;
                 }
-                // Wait: briefly while a fence is pending (its writers are about to end),
-                // otherwise until NOTIFY or the poll interval.
+                // Wait: briefly while a fence is pending (its writers are about to end; the
+                // wait doubles while the same fence stays pending, and starts over once one
+                // resolves), otherwise until NOTIFY or the poll interval.
                 let wait = if fence.pending.is_some() {
                     let w = recheck;
                     recheck = (recheck * 2).min(config.poll_interval);
                     w
                 } else {
-                    recheck = Duration::from_millis(5);
+                    recheck = RECHECK_MIN;
                     config.poll_interval
                 };
                 tokio::select! {
@@ -426,6 +442,15 @@ impl Poller {
         }
         .await;
 
+        // A failed maintenance statement ends the session like any database error.
+        let read = match maintenance.is_finished() {
+            true => match (&mut maintenance).await {
+                Ok(Err(e)) => read.and(Err(e)),
+                _ => read,
+            },
+            false => read,
+        };
+        maintenance.abort();
         // Finish what is in flight: on shutdown within the grace period; after an error only
         // if the acknowledging task is still healthy (it stops by itself otherwise).
         drop(tx);
@@ -538,44 +563,69 @@ impl Poller {
             }
         }
     }
+}
 
-    /// Measures the backlog and applies the retention.
-    async fn maintain(&self, pool: &PgPool, table: &Resolved) -> Result<(), Error> {
-        let pending_filter = match self.config.cleanup {
-            Cleanup::Delete => "",
-            Cleanup::MarkPublished { .. } => " WHERE published_at IS NULL",
-        };
-        let (count, age): (i64, f64) = db(
-            "measure backlog",
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
-                 FROM {}{pending_filter}",
-                table.sql_name
+/// Runs [`maintain`] every `interval` until `stop` is cancelled; on an error it cancels `stop`
+/// (so the reader ends the session) and returns it.
+async fn maintain_every(
+    interval: Duration,
+    pool: PgPool,
+    table: String,
+    cleanup: Cleanup,
+    metrics: OutboxMetrics,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    loop {
+        if let Err(e) = maintain(&pool, &table, cleanup, &metrics).await {
+            stop.cancel();
+            return Err(e);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Measures the backlog and applies the retention.
+async fn maintain(
+    pool: &PgPool,
+    table: &str,
+    cleanup: Cleanup,
+    metrics: &OutboxMetrics,
+) -> Result<(), Error> {
+    let pending_filter = match cleanup {
+        Cleanup::Delete => "",
+        Cleanup::MarkPublished { .. } => " WHERE published_at IS NULL",
+    };
+    let (count, age): (i64, f64) = db(
+        "measure backlog",
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
+             FROM {table}{pending_filter}"
+        )))
+        .fetch_one(pool),
+    )
+    .await?;
+    metrics.pending.set(count);
+    metrics.oldest_pending_age_seconds.set(age);
+    if let Cleanup::MarkPublished {
+        retention: Some(retention),
+    } = cleanup
+    {
+        db(
+            "retention",
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE published_at < \
+                 now() - make_interval(secs => $1) LIMIT $2)"
             )))
-            .fetch_one(pool),
+            .bind(retention.as_secs_f64())
+            .bind(RETENTION_BATCH)
+            .execute(pool),
         )
         .await?;
-        self.metrics.pending.set(count);
-        self.metrics.oldest_pending_age_seconds.set(age);
-        if let Cleanup::MarkPublished {
-            retention: Some(retention),
-        } = self.config.cleanup
-        {
-            db(
-                "retention",
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE published_at < \
-                     now() - make_interval(secs => $1) LIMIT $2)",
-                    t = table.sql_name
-                )))
-                .bind(retention.as_secs_f64())
-                .bind(RETENTION_BATCH)
-                .execute(pool),
-            )
-            .await?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Bounds a database call by [`DB_TIMEOUT`].
@@ -690,25 +740,17 @@ fn claim_sql(table: &Resolved, config: &PollerConfig) -> String {
     )
 }
 
-/// Moves the fence: resolves a pending fence whose writers have all ended, and sets a new
-/// one when rows beyond the safe bound exist.
+/// Moves the fence: resolves a pending fence whose writers have all ended, sets a new one when
+/// rows beyond the safe bound exist, and checks that new one at once (in a later statement, as
+/// the proof needs): when no writer was open at its allocation it resolves right away, and a
+/// row committed just now is claimed in this round, not the next. Returns whether a fence
+/// resolved.
 async fn advance_fence(
     conn: &mut PgConnection,
     table: &str,
     fence: &mut Fence,
-) -> Result<(), Error> {
-    if let Some((p, m)) = fence.pending {
-        let xmin: i64 = db(
-            "read xmin",
-            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
-                .fetch_one(&mut *conn),
-        )
-        .await?;
-        if xmin >= p {
-            fence.safe = fence.safe.max(m);
-            fence.pending = None;
-        }
-    }
+) -> Result<bool, Error> {
+    let mut resolved = resolve_fence(conn, fence).await?;
     if fence.pending.is_none() {
         // First the highest number (one snapshot), then a fresh transaction id: the order the
         // proof in the module doc needs. Both run in autocommit, each its own statement.
@@ -725,9 +767,30 @@ async fn advance_fence(
             )
             .await?;
             fence.pending = Some((p, m));
+            resolved |= resolve_fence(conn, fence).await?;
         }
     }
-    Ok(())
+    Ok(resolved)
+}
+
+/// Resolves a pending fence `(P, M)` once `xmin >= P`: rows up to `M` are then safe. Returns
+/// whether it resolved.
+async fn resolve_fence(conn: &mut PgConnection, fence: &mut Fence) -> Result<bool, Error> {
+    let Some((p, m)) = fence.pending else {
+        return Ok(false);
+    };
+    let xmin: i64 = db(
+        "read xmin",
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8")
+            .fetch_one(&mut *conn),
+    )
+    .await?;
+    if xmin < p {
+        return Ok(false);
+    }
+    fence.safe = fence.safe.max(m);
+    fence.pending = None;
+    Ok(true)
 }
 
 /// Awaits acknowledgements in send order and cleans acknowledged rows up in batches. Stops
