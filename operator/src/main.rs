@@ -65,7 +65,8 @@ struct Cli {
     #[arg(long, env = "PIPEWRIGHT_MEASURE_TIMEOUT", default_value = "10s")]
     measure_timeout: humantime::Duration,
     /// Reconciles running at once, per kind (EventConsumer, Outbox).
-    #[arg(long, env = "PIPEWRIGHT_RECONCILE_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "PIPEWRIGHT_RECONCILE_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
     reconcile_concurrency: u16,
     /// Worker image for resources that name none.
     #[arg(

@@ -93,6 +93,9 @@ impl Sizes {
     }
 }
 
+/// The pause after each timed create, so that the next one starts on an idle control plane.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// The operator's status period in these runs: its default (the chart's too).
 pub const STATUS_PERIOD: Duration = Duration::from_secs(30);
 
@@ -114,6 +117,7 @@ async fn run_async(profile: Profile, setup: &OperatorSetup) -> Result<OperatorRe
         .await
         .context("a Kubernetes client from KUBECONFIG (the test environment's)")?;
     install_crds(&client).await?;
+    wait_for_earlier_runs(&client).await?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let topic = format!("bench-op-{id}");
     crate::workload::create_topic(&setup.bootstrap, &topic, 6).await?;
@@ -210,9 +214,32 @@ async fn create_namespace(client: &Client, name: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
+/// Deletes a namespace and waits (at most 5 min) until it is gone: its garbage collection
+/// keeps the control plane busy, which would slow the next measurement.
 async fn delete_namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let _ = api.delete(name, &DeleteParams::default()).await;
+    let _ = wait_for(
+        &format!("namespace {name} deleted"),
+        Duration::from_secs(300),
+        || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) },
+    )
+    .await;
+}
+
+/// Waits until no namespace of an earlier run (`bench-op-*`) is still being deleted.
+async fn wait_for_earlier_runs(client: &Client) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for ns in api.list(&ListParams::default()).await?.items {
+        let name = ns.name_any();
+        if name.starts_with("bench-op-") {
+            progress(&format!(
+                "waiting for the namespace {name} of an earlier run to go"
+            ));
+            delete_namespace(client, &name).await;
+        }
+    }
+    Ok(())
 }
 
 /// The release operator watching `ns` only, without leader election, status period
@@ -305,7 +332,8 @@ fn reference_deployment(name: &str) -> Result<Deployment> {
 /// `owner_kind`, through a watch.
 #[derive(Clone)]
 struct FirstSeen {
-    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    /// owner name → (first seen, the owned object's name)
+    seen: Arc<Mutex<HashMap<String, (Instant, String)>>>,
     changed: Arc<Notify>,
 }
 
@@ -328,9 +356,11 @@ impl FirstSeen {
                     _ => continue,
                 };
                 let owners = obj.meta().owner_references.clone().unwrap_or_default();
+                let name = obj.meta().name.clone().unwrap_or_default();
                 let mut seen = seen.lock().unwrap();
                 for owner in owners.iter().filter(|o| o.kind == owner_kind) {
-                    seen.entry(owner.name.clone()).or_insert(now);
+                    seen.entry(owner.name.clone())
+                        .or_insert_with(|| (now, name.clone()));
                 }
                 drop(seen);
                 changed.notify_waiters();
@@ -346,12 +376,12 @@ impl FirstSeen {
         owner: &str,
         timeout: Duration,
         operator: &Mutex<Proc>,
-    ) -> Result<Instant> {
+    ) -> Result<(Instant, String)> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
-            if let Some(t) = self.seen.lock().unwrap().get(owner) {
-                return Ok(*t);
+            if let Some(seen) = self.seen.lock().unwrap().get(owner) {
+                return Ok(seen.clone());
             }
             operator.lock().unwrap().ensure_running()?;
             let tick = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
@@ -406,18 +436,27 @@ async fn reaction(
             )
             .await
             .with_context(|| format!("create EventConsumer {name}"))?;
-            let seen = ours.wait(&name, Duration::from_secs(60), operator).await?;
+            let (seen, child) = ours.wait(&name, Duration::from_secs(60), operator).await?;
             pipewright.push(seen.saturating_duration_since(sent).as_secs_f64() * 1e3);
+            // Let the control plane's controllers finish with what the operator created (its
+            // Deployment's ReplicaSet, then a pause): the built-in measurement must not wait
+            // behind the controller-manager's work for the operator's objects (its client is
+            // rate-limited), nor the operator's behind the built-in's.
+            builtin
+                .wait(&child, Duration::from_secs(60), operator)
+                .await?;
+            tokio::time::sleep(SETTLE).await;
 
             let sent = Instant::now();
             deployments
                 .create(&PostParams::default(), &reference_deployment(&name)?)
                 .await
                 .with_context(|| format!("create Deployment {name}"))?;
-            let seen = builtin
+            let (seen, _) = builtin
                 .wait(&name, Duration::from_secs(60), operator)
                 .await?;
             reference.push(seen.saturating_duration_since(sent).as_secs_f64() * 1e3);
+            tokio::time::sleep(SETTLE).await;
         }
         progress(&format!(
             "operator reaction, round {}/{}: EventConsumer → Deployment p50 {:.0} ms, \
