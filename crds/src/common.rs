@@ -98,7 +98,8 @@ pub const KAFKA_CONFIG_ALLOWED_KEYS: &[&str] = &[
 ];
 
 /// The keys a `kafka.secretRef` Secret may hold: librdkafka security settings, passed to the
-/// client as they are. The worker refuses a Secret with any other key.
+/// client as they are. The worker refuses a Secret with any other key; the operator's own
+/// measurement client takes the same keys from the same Secret.
 pub const KAFKA_SECRET_KEYS: &[&str] = &[
     "security.protocol",
     "sasl.mechanism",
@@ -107,6 +108,8 @@ pub const KAFKA_SECRET_KEYS: &[&str] = &[
     "ssl.ca.pem",
     "ssl.certificate.pem",
     "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
 ];
 
 /// A key in a Secret: where a credential (a DSN, a token) is read from. The Secret must be in
@@ -157,7 +160,9 @@ pub struct KafkaConnection {
     pub bootstrap_servers: Vec<String>,
     /// A Secret whose keys are librdkafka security settings, passed to the client as they are:
     /// `security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
-    /// `ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem`. Unset: plaintext, no authentication.
+    /// `ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem`, `ssl.key.password`,
+    /// `ssl.endpoint.identification.algorithm`; a worker refuses a Secret with any other key.
+    /// Unset: plaintext, no authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
     /// Extra librdkafka settings (tuning only). Allowed keys: client.rack, socket.timeout.ms,
@@ -285,28 +290,6 @@ pub struct ConsumerAutoscaling {
     #[serde(default = "default_lag_threshold")]
     #[schemars(range(min = 1))]
     pub lag_threshold: i64,
-}
-
-/// How many publisher replicas an autoscaler may run for an Outbox, and the backlog that
-/// calls for one more.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.maxReplicas >= self.minReplicas")
-    .message("autoscaling.maxReplicas must be greater than or equal to autoscaling.minReplicas")
-    .field_path(".maxReplicas"))]
-pub struct OutboxAutoscaling {
-    /// The fewest replicas to run. Default 1.
-    #[serde(default = "one")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub min_replicas: i32,
-    /// The most replicas to run.
-    #[schemars(range(min = 1, max = 1024))]
-    pub max_replicas: i32,
-    /// Target backlog (unpublished outbox rows) per replica: the autoscaler runs
-    /// ceil(pending / backlogThreshold) replicas within the bounds. Default 1000.
-    #[serde(default = "default_lag_threshold")]
-    #[schemars(range(min = 1))]
-    pub backlog_threshold: i64,
 }
 
 fn one() -> i32 {

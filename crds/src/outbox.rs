@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    Duration, IMAGE_PATTERN, KafkaConnection, OutboxAutoscaling, SQL_TABLE_PATTERN, SecretKeyRef,
-    TOPIC_PATTERN, duration_between,
+    Duration, IMAGE_PATTERN, KafkaConnection, SQL_TABLE_PATTERN, SecretKeyRef, TOPIC_PATTERN,
+    duration_between,
 };
 
 /// The placeholder a topic template must contain.
@@ -103,14 +103,13 @@ pub struct OutboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512), pattern(IMAGE_PATTERN))]
     pub image: Option<String>,
-    /// Publisher replicas. One publishes each aggregate at a time (ordering); the others stand
-    /// by and take over within seconds when it goes. 0 pauses publishing. Default 1.
+    /// Publisher replicas. One publishes the table at a time (a PostgreSQL advisory lock keeps
+    /// per-aggregate order and the commit-order fence); the others stand by and take over
+    /// within seconds when it goes, so more replicas buy failover, not throughput. There is no
+    /// autoscaling for that reason. 0 pauses publishing. Default 1.
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 1024))]
     pub replicas: i32,
-    /// Scale the publishers on the backlog. Unset: replicas is fixed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaling: Option<OutboxAutoscaling>,
     /// CPU and memory requests and limits of each publisher container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

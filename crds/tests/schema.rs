@@ -432,11 +432,6 @@ fn invalid_outboxes() -> Vec<Case> {
             outbox(json!({"cleanup": {"retention": "1h"}})),
             "cleanup.retention applies only to cleanup.policy markPublished",
         ),
-        (
-            "outbox autoscaling with maxReplicas below minReplicas",
-            outbox(json!({"autoscaling": {"minReplicas": 2, "maxReplicas": 1}})),
-            "autoscaling.maxReplicas must be greater than or equal to autoscaling.minReplicas",
-        ),
     ]
 }
 

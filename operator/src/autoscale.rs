@@ -2,6 +2,11 @@
 //! last change. Scaling up happens at once; scaling down only once `cooldown` has passed since
 //! the last change, so that a lag that drains as soon as a replica joins does not flap.
 //! Replicas never exceed the partitions the consumer group reads (more would sit idle).
+//!
+//! Lag that more replicas cannot drain does not count: the caller leaves out the partitions
+//! whose worker stopped on a poison record, and while the workers are stalled (one
+//! crash-loops, or is stuck on a record) the autoscaler never adds replicas: a crash-looping
+//! group would otherwise grow to the partition count (KEDA issue 3904) and drain nothing.
 
 use std::time::Duration;
 
@@ -22,6 +27,8 @@ pub struct Inputs {
     pub partitions: Option<i32>,
     /// When replicas last changed.
     pub last_scale: Option<Timestamp>,
+    /// The workers are stalled (crash-looping, or stuck on a poison record): no scale-up.
+    pub stalled: bool,
     pub now: Timestamp,
     pub cooldown: Duration,
 }
@@ -38,9 +45,12 @@ pub fn decide(i: &Inputs) -> i32 {
     };
     let threshold = i.threshold.max(1);
     let wanted = (lag.max(0) + threshold - 1) / threshold;
-    let target = i32::try_from(wanted)
+    let mut target = i32::try_from(wanted)
         .unwrap_or(i32::MAX)
         .clamp(lower, upper);
+    if i.stalled && target > i.current {
+        target = i.current.clamp(lower, upper);
+    }
     if target < i.current {
         let cooled = match i.last_scale {
             None => true,
@@ -70,6 +80,7 @@ mod tests {
             max: 10,
             partitions: Some(4),
             last_scale: Some(Timestamp::from_second(1000).unwrap()),
+            stalled: false,
             now: Timestamp::from_second(1010).unwrap(),
             cooldown: Duration::from_secs(60),
         }
@@ -106,6 +117,21 @@ mod tests {
         i.lag = None;
         assert_eq!(decide(&i), 3);
         i.current = 0;
+        assert_eq!(decide(&i), 1);
+    }
+
+    #[test]
+    fn stalled_workers_are_never_scaled_up_but_still_down() {
+        let mut i = inputs(1, 1_000_000);
+        i.stalled = true;
+        assert_eq!(decide(&i), 1);
+        // Below the minimum is still corrected.
+        i.current = 0;
+        assert_eq!(decide(&i), 1);
+        // Scaling down on a drained lag goes on after the cooldown.
+        let mut i = inputs(3, 0);
+        i.stalled = true;
+        i.now = Timestamp::from_second(1060).unwrap();
         assert_eq!(decide(&i), 1);
     }
 

@@ -9,6 +9,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
+use crate::measure::Clients;
 use crate::metrics::Metrics;
 
 /// Settings of the operator process (from its command line).
@@ -47,6 +48,9 @@ pub struct Context {
     /// Cancelled when this process stops leading: a reconcile in flight is dropped at its next
     /// await and sends nothing more ([`crate::Error::NotLeading`]).
     pub leadership: CancellationToken,
+    /// The pooled measurement clients: one Kafka client per cluster, one PostgreSQL pool per
+    /// database.
+    pub clients: Clients,
     failures: Mutex<HashMap<String, u32>>,
     /// The last figures measured per resource, with what they were measured for.
     measured: Mutex<HashMap<String, Measured>>,
@@ -83,6 +87,7 @@ impl Context {
             client,
             settings,
             metrics,
+            clients: Clients::default(),
             failures: Mutex::new(HashMap::new()),
             measured: Mutex::new(HashMap::new()),
         }

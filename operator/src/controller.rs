@@ -42,13 +42,15 @@ use tracing::{debug, info, warn};
 
 use crate::context::{Context, Settings};
 use crate::error::{Chain, Error, Result};
+use crate::measure::Clients;
 use crate::metrics::{ErrorLabels, KindLabels};
-use crate::status::{self, Problem, Rollout, reasons};
+use crate::status::{self, Problem, Rollout, Workers, reasons};
 use crate::workload::{
     self, Component, LAST_SCALE_ANNOTATION, PAUSED_ANNOTATION, WorkerPlan, child_name,
     component_selector, selector_string,
 };
 use pipewright_crds::conditions;
+use pipewright_crds::termination::RecordRef;
 
 /// A Secret (and, optionally, one key in it) that a resource references.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,11 +148,12 @@ pub trait Pipeline:
     /// The worker plan (pure). `replicas`, `secrets_hash` and `last_scale_time` are filled in
     /// by the reconcile.
     fn plan(&self, settings: &Settings) -> Result<WorkerPlan>;
-    /// Measures the figures of the status.
+    /// Measures the figures of the status, with the pooled `clients`.
     fn measure(
         &self,
         secrets: &Secrets,
         settings: &Settings,
+        clients: &Clients,
     ) -> impl Future<Output = Result<Self::Figures>> + Send;
     /// The replicas to run, given those running, the figures and the autoscaler's cooldown.
     fn replicas(&self, scale: Scale<'_, Self::Figures>) -> i32;
@@ -160,6 +163,11 @@ pub trait Pipeline:
     fn conditions_of(status: &Self::Status) -> &[Condition];
     /// The observed generation of a status.
     fn observed_generation_of(status: &Self::Status) -> Option<i64>;
+    /// The figures show the workers moved past `record` (a record a worker stopped on):
+    /// the report of it is history. Kinds without records never do.
+    fn moved_past(_figures: &Self::Figures, _record: &RecordRef) -> bool {
+        false
+    }
     /// The new status: the common part, plus the figures (absent: keep the previous ones;
     /// measuredTime moves only when the figures change).
     fn status(
@@ -179,6 +187,23 @@ pub struct Scale<'a, F> {
     pub last_scale: Option<Timestamp>,
     pub now: Timestamp,
     pub settings: &'a Settings,
+    /// What the worker pods say (absent: not read yet).
+    pub workers: Option<&'a Workers>,
+}
+
+/// Lists the worker pods of `name` and reads what they say ([`status::workers_of`]).
+async fn read_workers<K: Pipeline>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    figures: Option<&K::Figures>,
+) -> Result<Workers> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = selector_string(name, K::COMPONENT);
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(status::workers_of(&list.items, |record| {
+        figures.is_some_and(|f| K::moved_past(f, record))
+    }))
 }
 
 /// True when the resource carries `pipewright.io/paused: "true"`.
@@ -350,6 +375,7 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
     let mut failure: Option<Error> = None;
     let mut figures = None;
     let mut scaled: Option<(i32, i32)> = None;
+    let mut workers: Option<Workers> = None;
 
     match obj.plan(&ctx.settings) {
         Err(e) => {
@@ -379,6 +405,7 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
                         last_scale: previous_scale.as_ref().and_then(|t| t.parse().ok()),
                         now,
                         settings: &ctx.settings,
+                        workers: None,
                     });
                     plan.replicas = kept;
                     plan.last_scale_time = match current {
@@ -403,7 +430,7 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
                 );
                 match ctx.recent_figures::<K::Figures>(&key, &of) {
                     Some(f) => figures = Some(f),
-                    None => match obj.measure(&secrets, &ctx.settings).await {
+                    None => match obj.measure(&secrets, &ctx.settings, &ctx.clients).await {
                         Ok(f) => {
                             ctx.measured(&key, of, f.clone());
                             figures = Some(f);
@@ -414,6 +441,10 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
                         }
                     },
                 }
+                // What the pods say: a poison message, a crash loop (the autoscaler needs it).
+                if deployment.is_some() {
+                    workers = Some(read_workers::<K>(client, &ns, &name, figures.as_ref()).await?);
+                }
                 // Then scale on what was measured.
                 if let (Some(applied), Some(f)) = (applied, figures.as_ref()) {
                     let replicas = obj.replicas(Scale {
@@ -422,6 +453,7 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
                         last_scale: plan.last_scale_time.as_ref().and_then(|t| t.parse().ok()),
                         now,
                         settings: &ctx.settings,
+                        workers: workers.as_ref(),
                     });
                     if replicas != applied {
                         scaled = Some((scaled.map_or(applied, |(from, _)| from), replicas));
@@ -436,11 +468,8 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
     }
 
     // A worker that stopped on a poison message says so in its termination message.
-    if problem.is_none() && deployment.is_some() {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let selector = selector_string(&name, K::COMPONENT);
-        let list = pods.list(&ListParams::default().labels(&selector)).await?;
-        problem = status::poison_of(&list.items);
+    if problem.is_none() {
+        problem = workers.and_then(|w| w.problem);
     }
 
     let previous = obj.stored_status();

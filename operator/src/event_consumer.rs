@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use pipewright_crds::event_consumer::{EventSchema, SinkKind};
+use pipewright_crds::termination::RecordRef;
 use pipewright_crds::worker_config::{self, SchemaSource};
 use pipewright_crds::{EventConsumer, EventConsumerStatus};
 
@@ -22,8 +23,10 @@ use crate::autoscale;
 use crate::context::Settings;
 use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
+use crate::measure::Clients;
 use crate::measure::kafka::{self, Lag, Target};
 use crate::render::{self, count, duration};
+use crate::status::Workers;
 use crate::workload::{Component, ConfigMapMount, SecretMount, WorkerConfig, WorkerPlan};
 
 /// Where the `sink.http.headersSecretRef` Secret is mounted.
@@ -219,7 +222,12 @@ impl Pipeline for EventConsumer {
         plan(self, settings)
     }
 
-    async fn measure(&self, secrets: &Secrets, settings: &Settings) -> Result<Lag> {
+    async fn measure(
+        &self,
+        secrets: &Secrets,
+        settings: &Settings,
+        clients: &Clients,
+    ) -> Result<Lag> {
         let target = Target {
             bootstrap_servers: self.spec.kafka.bootstrap_servers.join(","),
             settings: render::kafka_settings(&self.spec.kafka, secrets),
@@ -227,16 +235,21 @@ impl Pipeline for EventConsumer {
             topics: self.spec.topics.clone(),
             initial_offset: self.spec.initial_offset,
         };
-        kafka::measure(target, settings.measure_timeout).await
+        kafka::measure(&clients.kafka, target, settings.measure_timeout).await
     }
 
     fn replicas(&self, scale: Scale<'_, Lag>) -> i32 {
         let Some(a) = &self.spec.autoscaling else {
             return self.spec.replicas;
         };
+        let stuck = scale
+            .workers
+            .map(|w| w.stuck.as_slice())
+            .unwrap_or_default();
         autoscale::decide(&autoscale::Inputs {
             current: scale.current.unwrap_or(a.min_replicas),
-            lag: scale.figures.map(|l| l.total),
+            lag: scale.figures.map(|l| l.drainable(stuck)),
+            stalled: scale.workers.is_some_and(Workers::stalled),
             threshold: a.lag_threshold,
             min: a.min_replicas,
             max: a.max_replicas,
@@ -245,6 +258,11 @@ impl Pipeline for EventConsumer {
             now: scale.now,
             cooldown: scale.settings.scale_cooldown,
         })
+    }
+
+    fn moved_past(lag: &Lag, record: &RecordRef) -> bool {
+        lag.committed(&record.topic, record.partition)
+            .is_some_and(|c| c > record.offset)
     }
 
     fn stored_status(&self) -> Option<&EventConsumerStatus> {
@@ -503,6 +521,7 @@ mod tests {
             last_scale: None,
             now,
             settings: &settings,
+            workers: None,
         });
         assert_eq!(r, 3);
         let fixed = consumer(json!({"replicas": 7}));
@@ -512,8 +531,60 @@ mod tests {
             last_scale: None,
             now,
             settings: &settings,
+            workers: None,
         });
         assert_eq!(r, 7);
+    }
+
+    #[test]
+    fn lag_behind_a_poison_record_does_not_count_and_stalled_workers_are_not_scaled_up() {
+        let ec = consumer(json!({
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 10, "lagThreshold": 10}}));
+        let partition = |p: i32, lag: i64| pipewright_crds::event_consumer::PartitionStatus {
+            topic: "orders".into(),
+            partition: p,
+            committed: Some(17),
+            end: 17 + lag,
+            lag,
+        };
+        let lag = Lag {
+            partitions: vec![partition(0, 1000), partition(1, 5), partition(2, 5)],
+            total: 1010,
+        };
+        let settings = Settings::default();
+        let scale = |workers: &Workers| {
+            ec.replicas(Scale {
+                current: Some(1),
+                figures: Some(&lag),
+                last_scale: None,
+                now: Timestamp::now(),
+                settings: &settings,
+                workers: Some(workers),
+            })
+        };
+        // Unstalled, the 1,010 records ask for every partition.
+        assert_eq!(scale(&Workers::default()), 3);
+        // A worker stuck on orders/0/17: its partition's 1,000 do not count, and a stalled
+        // group is not scaled up (10 drainable records ask for 1 replica anyway).
+        let stuck = Workers {
+            stuck: vec!["orders/0/17".parse().unwrap()],
+            ..Workers::default()
+        };
+        assert_eq!(lag.drainable(&stuck.stuck), 10);
+        assert_eq!(scale(&stuck), 1);
+        // Crash-looping without a report: the lag counts, but no replica is added.
+        let looping = Workers {
+            crash_looping: true,
+            ..Workers::default()
+        };
+        assert_eq!(scale(&looping), 1);
+        // The group committed past the record: the report is history.
+        let record = "orders/0/16".parse().unwrap();
+        assert!(EventConsumer::moved_past(&lag, &record));
+        assert!(!EventConsumer::moved_past(
+            &lag,
+            &"orders/0/17".parse().unwrap()
+        ));
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! docs/worker-config.md). The backlog is counted in the outbox table with the DSN
 //! from the referenced Secret ([`crate::measure::postgres`]).
 //!
-//! Autoscaling: the worker runs one active publisher per table (a PostgreSQL advisory lock;
-//! the other replicas stand by for failover), so more replicas do not drain a backlog faster.
-//! With `autoscaling` set the operator therefore runs `minReplicas` (the standbys wanted for
-//! failover) and does not scale on the backlog; the backlog is reported in status.
+//! Replicas: the worker runs one active publisher per table (a PostgreSQL advisory lock; the
+//! other replicas stand by for failover), so more replicas do not drain a backlog faster. The
+//! API therefore has no autoscaling for an Outbox: the operator runs `spec.replicas` and
+//! reports the backlog in status.
 //!
 //! No finalizer: every child is garbage-collected through its owner reference; the outbox table
 //! and its rows belong to the application.
@@ -22,6 +22,7 @@ use pipewright_crds::{Outbox, OutboxStatus};
 use crate::context::Settings;
 use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
+use crate::measure::Clients;
 use crate::measure::postgres::{self, Backlog};
 use crate::render::{self, count, duration};
 use crate::workload::{Component, SecretMount, WorkerConfig, WorkerPlan};
@@ -127,7 +128,12 @@ impl Pipeline for Outbox {
         plan(self, settings)
     }
 
-    async fn measure(&self, secrets: &Secrets, settings: &Settings) -> Result<Backlog> {
+    async fn measure(
+        &self,
+        secrets: &Secrets,
+        settings: &Settings,
+        clients: &Clients,
+    ) -> Result<Backlog> {
         let dsn = &self.spec.database.dsn_secret_ref;
         let url = secrets
             .value(&dsn.name, &dsn.key)
@@ -136,7 +142,8 @@ impl Pipeline for Outbox {
                 key: Some(dsn.key.clone()),
             })?;
         // The parse error would not show the URL, but say nothing of it anyway.
-        let options = url.trim().parse().map_err(|_| Error::InvalidSpec {
+        let url = url.trim();
+        let options = url.parse().map_err(|_| Error::InvalidSpec {
             field: "database.dsnSecretRef",
             reason: format!(
                 "the value of key {:?} in Secret {:?} is not a PostgreSQL URL",
@@ -144,7 +151,8 @@ impl Pipeline for Outbox {
             ),
         })?;
         postgres::measure(
-            options,
+            &clients.postgres,
+            (url, options),
             &self.spec.table,
             self.spec.cleanup.policy,
             settings.measure_timeout,
@@ -153,10 +161,7 @@ impl Pipeline for Outbox {
     }
 
     fn replicas(&self, _scale: Scale<'_, Backlog>) -> i32 {
-        match &self.spec.autoscaling {
-            Some(a) => a.min_replicas,
-            None => self.spec.replicas,
-        }
+        self.spec.replicas
     }
 
     fn stored_status(&self) -> Option<&OutboxStatus> {
@@ -299,24 +304,6 @@ mod tests {
             Some("outbox.event.{aggregatetype}")
         );
         assert_eq!(o.topic, None);
-    }
-
-    #[test]
-    fn outbox_autoscaling_runs_the_standbys_it_asks_for() {
-        let o = outbox(json!({"replicas": 5, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}));
-        let settings = Settings::default();
-        let backlog = Backlog {
-            pending: 1_000_000,
-            oldest_age_seconds: Some(60),
-        };
-        let r = o.replicas(Scale {
-            current: Some(2),
-            figures: Some(&backlog),
-            last_scale: None,
-            now: Timestamp::now(),
-            settings: &settings,
-        });
-        assert_eq!(r, 2);
     }
 
     #[test]

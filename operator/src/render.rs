@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 
 use pipewright_crds::KafkaConnection;
-use pipewright_crds::common::SecretKeyRef;
+use pipewright_crds::common::{KAFKA_SECRET_KEYS, SecretKeyRef};
 use pipewright_crds::worker_config;
 
 use crate::controller::{SecretUse, Secrets};
 use crate::error::{Error, Result};
-use crate::measure::kafka;
+
 use crate::workload::SecretMount;
 
 /// Where the `kafka.secretRef` Secret is mounted (one file per key).
@@ -77,7 +77,9 @@ pub fn kafka_secret_uses(kafka: &KafkaConnection) -> Vec<SecretUse> {
         .collect()
 }
 
-/// The operator's own Kafka client settings from the Kafka Secret (security keys only).
+/// The operator's own Kafka client settings from the Kafka Secret: the keys a worker accepts
+/// ([`KAFKA_SECRET_KEYS`], one list for both); a Secret with another key makes the workers
+/// refuse their configuration (`WorkerConfigRejected`), so the operator does not guess.
 pub fn kafka_settings(connection: &KafkaConnection, secrets: &Secrets) -> Vec<(String, String)> {
     let Some(secret) = &connection.secret_ref else {
         return vec![];
@@ -85,6 +87,6 @@ pub fn kafka_settings(connection: &KafkaConnection, secrets: &Secrets) -> Vec<(S
     secrets
         .entries(&secret.name)
         .into_iter()
-        .filter(|(k, _)| kafka::SECRET_KEYS.contains(&k.as_str()))
+        .filter(|(k, _)| KAFKA_SECRET_KEYS.contains(&k.as_str()))
         .collect()
 }

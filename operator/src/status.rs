@@ -10,6 +10,7 @@ use pipewright_crds::conditions::{
     DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, POISON_MESSAGE, PROGRESSING, READY,
     WORKER_CONFIG_REJECTED,
 };
+use pipewright_crds::termination::{RecordRef, Termination};
 
 /// Reasons the operator gives besides the API's own (`pipewright_crds::conditions`).
 pub mod reasons {
@@ -45,48 +46,99 @@ impl Problem {
     }
 }
 
-/// The prefix of the termination message a worker writes when it stops for a poison message
-/// (`pipewright_worker::app::POISON_MESSAGE_PREFIX`).
-pub const POISON_MESSAGE_PREFIX: &str = "PoisonMessage: ";
-
-/// The prefix of the termination message a worker writes when it refuses its configuration
-/// (`pipewright_worker::app::CONFIG_REJECTED_PREFIX`).
-pub const CONFIG_REJECTED_PREFIX: &str = "WorkerConfigRejected: ";
-
-/// Why a worker pod stopped, as it reported it: the kubelet copies the worker's termination
-/// message into the container status (current state, or the last one once the container
-/// restarted). A poison message names the record and the error, never its payload; a refused
-/// configuration names what the worker refused.
-pub fn poison_of(pods: &[Pod]) -> Option<Problem> {
-    let messages: Vec<&str> = pods
+/// Why a worker pod stopped, as it reported it ([`Termination`]): the kubelet copies the
+/// worker's termination message into the container status (current state, or the last one
+/// once the container restarted). A poison message names the record and the error, never its
+/// payload; a refused configuration names what the worker refused.
+///
+/// A report in the *last* state outlives the cause, so it counts only while the cause holds:
+/// a poison message until the group's committed offset is past the record (`moved_past`: the
+/// restarted worker delivered it, or someone moved the group on); a refused configuration
+/// until the restarted container is ready (the worker checks its configuration before it
+/// reports ready). A report in the *current* state (the container is down now) counts unless
+/// the group moved past its record.
+///
+/// Also what the autoscaler must know: the records workers are stuck on (their partitions'
+/// lag cannot drain) and whether a container crash-loops (more replicas of it drain nothing).
+pub fn workers_of(pods: &[Pod], moved_past: impl Fn(&RecordRef) -> bool) -> Workers {
+    let mut poison = None;
+    let mut rejected = None;
+    let mut stuck = Vec::new();
+    let mut crash_looping = false;
+    let statuses = pods
         .iter()
         .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
-        .flatten()
-        .flat_map(|c| {
-            [c.state.as_ref(), c.last_state.as_ref()]
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.terminated.as_ref()?.message.as_deref())
-        })
-        .collect();
-    let poison = messages
-        .iter()
-        .find_map(|m| m.strip_prefix(POISON_MESSAGE_PREFIX));
-    if let Some(report) = poison {
-        return Some(Problem::new(
+        .flatten();
+    for c in statuses {
+        let running_ready = c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some());
+        crash_looping |= c
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref()?.reason.as_deref())
+            == Some(CRASH_LOOP_BACK_OFF);
+        let reports = [(c.state.as_ref(), false), (c.last_state.as_ref(), true)]
+            .into_iter()
+            .filter_map(|(s, last)| {
+                let message = s?.terminated.as_ref()?.message.as_deref()?;
+                Some((Termination::parse(message)?, last))
+            });
+        for (report, last) in reports {
+            match report {
+                Termination::Poison { record, detail } => {
+                    if record.as_ref().is_some_and(&moved_past) {
+                        continue;
+                    }
+                    let at = record.as_ref().map(|r| format!("{r} ")).unwrap_or_default();
+                    poison.get_or_insert(format!("{at}{detail}"));
+                    stuck.extend(record);
+                }
+                Termination::ConfigRejected(error) if !(last && running_ready) => {
+                    rejected.get_or_insert(error);
+                }
+                Termination::ConfigRejected(_) => {}
+            }
+        }
+    }
+    let problem = match (poison, rejected) {
+        (Some(report), _) => Some(Problem::new(
             POISON_MESSAGE,
             format!("a worker stopped on a poison message: {}", report.trim()),
-        ));
+        )),
+        (None, Some(report)) => Some(Problem::new(
+            WORKER_CONFIG_REJECTED,
+            format!("a worker refused its configuration: {}", report.trim()),
+        )),
+        (None, None) => None,
+    };
+    stuck.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    stuck.dedup();
+    Workers {
+        problem,
+        stuck,
+        crash_looping,
     }
-    messages
-        .iter()
-        .find_map(|m| m.strip_prefix(CONFIG_REJECTED_PREFIX))
-        .map(|report| {
-            Problem::new(
-                WORKER_CONFIG_REJECTED,
-                format!("a worker refused its configuration: {}", report.trim()),
-            )
-        })
+}
+
+/// The kubelet's waiting reason of a container that keeps exiting.
+const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+
+/// What the worker pods say about themselves ([`workers_of`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workers {
+    /// A poison message or a refused configuration that still holds.
+    pub problem: Option<Problem>,
+    /// Records workers stopped on and the group has not moved past: their partitions cannot
+    /// drain until someone acts.
+    pub stuck: Vec<RecordRef>,
+    /// Some worker container is in `CrashLoopBackOff`.
+    pub crash_looping: bool,
+}
+
+impl Workers {
+    /// The workers cannot drain lag faster with more replicas: one crash-loops or is stuck.
+    pub fn stalled(&self) -> bool {
+        self.crash_looping || !self.stuck.is_empty()
+    }
 }
 
 /// The figures of a worker Deployment that the conditions are computed from.
@@ -350,29 +402,50 @@ mod tests {
         assert_eq!(degraded.0, at(10));
     }
 
+    /// A pod whose worker container stopped with `message`: now (`last` false) or before a
+    /// restart (`last` true), the restarted container `running_ready` or crash-looping.
+    fn stopped_pod(message: &str, last: bool, running_ready: bool) -> Pod {
+        let terminated = serde_json::json!({"terminated": {"exitCode": 1, "message": message}});
+        let now = if running_ready {
+            serde_json::json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}})
+        } else {
+            serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}})
+        };
+        let status = if last {
+            serde_json::json!({"name": "worker", "ready": running_ready, "restartCount": 1, "image": "i",
+                               "imageID": "", "state": now, "lastState": terminated})
+        } else {
+            serde_json::json!({"name": "worker", "ready": false, "restartCount": 0, "image": "i",
+                               "imageID": "", "state": terminated})
+        };
+        serde_json::from_value(serde_json::json!({"status": {"containerStatuses": [status]}}))
+            .unwrap()
+    }
+
+    fn problem(pods: &[Pod], moved_past: impl Fn(&RecordRef) -> bool) -> Option<Problem> {
+        workers_of(pods, moved_past).problem
+    }
+
     #[test]
     fn a_poison_message_in_a_workers_termination_message_is_a_problem() {
-        let pod = |message: &str, last: bool| -> Pod {
-            let terminated = serde_json::json!({"terminated": {"exitCode": 1, "message": message}});
-            let status = if last {
-                serde_json::json!({"name": "worker", "ready": false, "restartCount": 1, "image": "i", "imageID": "",
-                                   "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": terminated})
-            } else {
-                serde_json::json!({"name": "worker", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
-                                   "state": terminated})
-            };
-            serde_json::from_value(serde_json::json!({"status": {"containerStatuses": [status]}}))
-                .unwrap()
-        };
-        let p = poison_of(&[pod("PoisonMessage: orders/2/17 (invalid): not JSON", true)]).unwrap();
+        let never = |_: &RecordRef| false;
+        let pod = |m: &str, last: bool| stopped_pod(m, last, false);
+        let p = problem(
+            &[pod("PoisonMessage: orders/2/17 (invalid): not JSON", true)],
+            never,
+        )
+        .unwrap();
         assert_eq!(p.reason, POISON_MESSAGE);
-        assert!(p.message.contains("orders/2/17"), "{}", p.message);
-        assert!(poison_of(&[pod("PoisonMessage: t/0/1 (sink): 500", false)]).is_some());
-        assert_eq!(poison_of(&[pod("OOMKilled", true)]), None);
-        let rejected = poison_of(&[pod(
-            "WorkerConfigRejected: invalid configuration: events.types[0].schema: not a JSON Schema",
-            true,
-        )])
+        assert!(p.message.contains("orders/2/17 (invalid)"), "{}", p.message);
+        assert!(problem(&[pod("PoisonMessage: t/0/1 (sink): 500", false)], never).is_some());
+        assert_eq!(problem(&[pod("OOMKilled", true)], never), None);
+        let rejected = problem(
+            &[pod(
+                "WorkerConfigRejected: invalid configuration: events.types[0].schema: not a JSON Schema",
+                true,
+            )],
+            never,
+        )
         .unwrap();
         assert_eq!(rejected.reason, WORKER_CONFIG_REJECTED);
         assert!(
@@ -380,6 +453,40 @@ mod tests {
             "{}",
             rejected.message
         );
-        assert_eq!(poison_of(&[Pod::default()]), None);
+        assert_eq!(problem(&[Pod::default()], never), None);
+    }
+
+    #[test]
+    fn a_poison_message_clears_once_the_group_committed_past_its_record() {
+        let message = "PoisonMessage: orders/2/17 (sink): HTTP 500";
+        let past = |r: &RecordRef| r.topic == "orders" && r.partition == 2 && r.offset < 20;
+        let stuck = |_: &RecordRef| false;
+        // Restarted and ready, but the group is still at the record: still stuck on it.
+        assert!(problem(&[stopped_pod(message, true, true)], stuck).is_some());
+        // The group committed past the record: the restarted worker delivered it.
+        assert_eq!(problem(&[stopped_pod(message, true, true)], past), None);
+        assert_eq!(problem(&[stopped_pod(message, false, false)], past), None);
+    }
+
+    #[test]
+    fn stuck_records_and_crash_loops_stall_the_workers() {
+        let message = "PoisonMessage: orders/2/17 (sink): HTTP 500";
+        let w = workers_of(&[stopped_pod(message, true, false)], |_| false);
+        assert!(w.crash_looping && w.stalled());
+        assert_eq!(w.stuck, vec!["orders/2/17".parse().unwrap()]);
+        let w = workers_of(&[stopped_pod(message, true, true)], |_| true);
+        assert!(!w.crash_looping && w.stuck.is_empty() && !w.stalled());
+        // Crash-looping for another reason (no report) still stalls.
+        let w = workers_of(&[stopped_pod("OOMKilled", true, false)], |_| false);
+        assert!(w.stalled() && w.problem.is_none());
+    }
+
+    #[test]
+    fn a_refused_configuration_clears_once_the_restarted_worker_is_ready() {
+        let message = "WorkerConfigRejected: sink.http.url: relative URL";
+        let never = |_: &RecordRef| false;
+        assert!(problem(&[stopped_pod(message, true, false)], never).is_some());
+        assert!(problem(&[stopped_pod(message, false, false)], never).is_some());
+        assert_eq!(problem(&[stopped_pod(message, true, true)], never), None);
     }
 }

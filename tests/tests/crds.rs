@@ -489,6 +489,44 @@ async fn invalid_outboxes_are_rejected_with_a_message_naming_the_field() {
     ns.delete().await;
 }
 
+/// Outbox autoscaling was accepted and ignored (one publisher per table); it left the API, so
+/// a resource that still sets it is refused (kubectl validates strictly by default) rather
+/// than silently pruned.
+#[tokio::test]
+async fn an_outbox_with_autoscaling_is_refused_by_strict_field_validation_naming_the_field() {
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "crds-obx-autoscaling").await;
+    let object = outbox(
+        "scaled",
+        json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "backlogThreshold": 100}}),
+    );
+    let file = std::env::temp_dir().join(format!("{}.json", unique_name("outbox")));
+    std::fs::write(&file, object.to_string()).unwrap();
+    let path = file.display().to_string();
+    let out = kubectl(&["create", "--dry-run=server", "-n", &ns.name, "-f", &path]);
+    std::fs::remove_file(&file).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "accepted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("unknown field \"spec.autoscaling\""),
+        "{stderr}"
+    );
+    // The same object without the field is valid: the refusal is about autoscaling alone.
+    let mut valid = object.clone();
+    valid["spec"].as_object_mut().unwrap().remove("autoscaling");
+    let file = std::env::temp_dir().join(format!("{}.json", unique_name("outbox")));
+    std::fs::write(&file, valid.to_string()).unwrap();
+    let path = file.display().to_string();
+    kubectl_ok(&["create", "--dry-run=server", "-n", &ns.name, "-f", &path]);
+    std::fs::remove_file(&file).ok();
+    ns.delete().await;
+}
+
 #[tokio::test]
 async fn group_id_and_outbox_table_cannot_change_after_creation() {
     let client = kube_client().await;

@@ -23,9 +23,9 @@ use kube::{Api, ResourceExt};
 use pipewright_crds::{EventConsumer, Outbox};
 use pipewright_testenv::{TestEnv, create_topic, eventually, kafka_config, unique_name};
 use pipewright_worker::outbox::{self, OutboxEvent, Table};
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::json;
 
@@ -577,10 +577,13 @@ async fn e2e_a_burst_raises_lag_autoscaling_adds_workers_lag_drains_then_scales_
 /// A record the worker may neither process nor dead-letter (`onUnknownType: fail`, no DLQ):
 /// the worker pod stops with exit 1 and a termination message, the kubelet reports it, and
 /// the operator (a pod) marks the resource Degraded with reason PoisonMessage naming the
-/// record's topic/partition/offset. The record is not committed: nothing is lost.
+/// record's topic/partition/offset. The record is not committed: nothing is lost. Then a
+/// person moves the group past it (as `kafka-consumer-groups --reset-offsets` does): the
+/// same pod's restarted worker delivers the next record, and Degraded clears although the
+/// container's last state still holds the poison report.
 #[tokio::test]
-async fn e2e_a_poison_record_stops_the_worker_pod_and_the_resource_reports_degraded_poison_message()
-{
+async fn e2e_a_poison_record_stops_the_worker_pod_reports_degraded_poison_message_and_clears_once_the_group_moved_past()
+ {
     let _node = NODE.lock().await;
     let stack = Stack::up("e2e-poison").await;
     let topic = create_topic("e2e-poison", 1).await;
@@ -639,6 +642,57 @@ async fn e2e_a_poison_record_stops_the_worker_pod_and_the_resource_reports_degra
     assert_eq!(
         committed, 1,
         "committed up to the poison record, not past it"
+    );
+
+    // Move the group past the record. The broker takes an offset commit from outside the
+    // group only while the group has no member: retried until the crash-looping worker is
+    // between runs.
+    eventually("the group moved past the poison record", WAIT, || async {
+        let consumer: BaseConsumer = kafka_config()
+            .set("group.id", group.as_str())
+            .create()
+            .ok()?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topic, 0, Offset::Offset(2))
+            .ok()?;
+        consumer.commit(&list, CommitMode::Sync).ok()
+    })
+    .await;
+    // A sentinel after the record: committed past it proves the restarted worker runs.
+    producer
+        .send(
+            FutureRecord::<str, str>::to(&topic)
+                .key("k")
+                .payload(r#"{"event_type":"Tick","id":2}"#),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("acknowledged");
+    let consumers: Api<EventConsumer> = stack.api();
+    let conditions = eventually("Degraded=False and Ready=True", WAIT, || async {
+        let status = consumers.get("strict").await.ok()?.status?;
+        let get = |t: &str| status.conditions.iter().find(|c| c.type_ == t).cloned();
+        let (degraded, ready) = (get("Degraded")?, get("Ready")?);
+        let past = status
+            .partitions
+            .iter()
+            .any(|p| p.partition == 0 && p.committed >= Some(3));
+        (past && degraded.status == "False" && ready.status == "True").then_some((degraded, ready))
+    })
+    .await;
+    let pods = stack.worker_pods("strict").await;
+    let last_report = pods.iter().flat_map(|p| {
+        p.status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+    });
+    assert!(
+        last_report.into_iter().any(|c| c
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref()?.message.as_deref())
+            .is_some_and(|m| m.starts_with("PoisonMessage: "))),
+        "the same pod restarted: its last state still holds the report ({conditions:?})"
     );
     stack.down().await;
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use pipewright_crds::termination::Termination;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -22,16 +23,10 @@ pub const EXIT_CONFIG: u8 = 2;
 /// resource's `Degraded` condition with reason `PoisonMessage`.
 pub const TERMINATION_LOG_ENV: &str = "PIPEWRIGHT_TERMINATION_LOG";
 
-/// The prefix of the termination message that reports a poison message.
-pub const POISON_MESSAGE_PREFIX: &str = "PoisonMessage: ";
-
-/// The prefix of the termination message that reports a configuration the worker refused
-/// (exit code 2).
-pub const CONFIG_REJECTED_PREFIX: &str = "WorkerConfigRejected: ";
-
 /// Reports why the worker stopped where Kubernetes picks it up: a poison message (its
 /// coordinates, the kind of failure and the error; never the record's payload) or a refused
-/// configuration (the error as logged, which never holds a secret value), capped at 1 KiB.
+/// configuration (the error as logged, which never holds a secret value), capped at 1 KiB;
+/// the format is [`Termination`]'s, which the operator parses.
 /// Best effort: a missing or read-only file only loses the report, not the exit code.
 fn report_stop(e: &Error, config: bool) {
     let text = match e {
@@ -39,8 +34,8 @@ fn report_stop(e: &Error, config: bool) {
             record,
             kind,
             message,
-        } => format!("{POISON_MESSAGE_PREFIX}{record} ({kind}): {message}"),
-        _ if config => format!("{CONFIG_REJECTED_PREFIX}{}", Chain(e)),
+        } => Termination::poison(record.clone(), kind, message).message(),
+        _ if config => Termination::ConfigRejected(Chain(e).to_string()).message(),
         _ => return,
     };
     // The default file exists only in a container (the kubelet mounts it): never create it
@@ -49,14 +44,6 @@ fn report_stop(e: &Error, config: bool) {
         Ok(path) => (path, true),
         Err(_) => ("/dev/termination-log".to_string(), false),
     };
-    let mut text = text;
-    if text.len() > 1024 {
-        let mut end = 1024;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
     let written = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)

@@ -89,8 +89,8 @@ pub enum Error {
     /// invalid events is `fail`): the consumer stops without committing it.
     #[error("poison message {record} ({kind}): {message}")]
     PoisonMessage {
-        /// `<topic>/<partition>/<offset>`.
-        record: String,
+        /// The record's coordinates.
+        record: pipewright_crds::termination::RecordRef,
         kind: String,
         message: String,
     },

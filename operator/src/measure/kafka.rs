@@ -12,26 +12,15 @@
 use std::time::Duration;
 
 use pipewright_crds::event_consumer::{InitialOffset, PartitionStatus};
+use pipewright_crds::termination::RecordRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, TopicPartitionList};
 
+use pipewright_kafka_admin as group_offsets;
+
+use super::Pool;
 use crate::error::{Error, Result};
-
-/// Security settings that the operator takes from the `kafka.secretRef` Secret for its own
-/// measurement client (the worker gets the whole Secret mounted).
-pub const SECRET_KEYS: &[&str] = &[
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-    "ssl.ca.pem",
-    "ssl.certificate.pem",
-    "ssl.key.pem",
-    "ssl.key.password",
-    "ssl.endpoint.identification.algorithm",
-];
 
 /// What to measure. `Debug` omits the settings (they may hold credentials).
 #[derive(Clone)]
@@ -62,6 +51,30 @@ pub struct Lag {
 }
 
 impl Lag {
+    /// The group's committed offset of a partition, as measured.
+    pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.partitions
+            .iter()
+            .find(|p| p.topic == topic && p.partition == partition)?
+            .committed
+    }
+
+    /// The lag more replicas could drain: the total without the partitions whose worker is
+    /// stuck on one of `stuck` (a poison record holds the whole partition).
+    pub fn drainable(&self, stuck: &[RecordRef]) -> i64 {
+        let held: i64 = self
+            .partitions
+            .iter()
+            .filter(|p| {
+                stuck
+                    .iter()
+                    .any(|r| r.topic == p.topic && r.partition == p.partition)
+            })
+            .map(|p| p.lag)
+            .sum();
+        (self.total - held).max(0)
+    }
+
     /// Partitions of all consumed topics: the most replicas that get work.
     pub fn partition_count(&self) -> i32 {
         i32::try_from(self.partitions.len()).unwrap_or(i32::MAX)
@@ -82,26 +95,42 @@ pub fn partition_lag(committed: Option<i64>, low: i64, high: i64, initial: Initi
     (high - start).max(0)
 }
 
-/// Measures the lag of `target` (blocking librdkafka calls on the blocking pool).
-pub async fn measure(target: Target, timeout: Duration) -> Result<Lag> {
-    tokio::task::spawn_blocking(move || measure_blocking(&target, timeout))
+/// Measures the lag of `target` (blocking librdkafka calls on the blocking pool) with the
+/// cluster's pooled client.
+pub async fn measure(
+    clients: &Pool<BaseConsumer>,
+    target: Target,
+    timeout: Duration,
+) -> Result<Lag> {
+    let key = (&target.bootstrap_servers, &target.settings);
+    let consumer = clients.get(&key, || client(&target))?;
+    tokio::task::spawn_blocking(move || measure_blocking(&consumer, &target, timeout))
         .await
         .map_err(Error::Join)?
 }
 
-fn measure_blocking(target: &Target, timeout: Duration) -> Result<Lag> {
+/// The measurement client of a cluster: no `group.id` (it never joins a group; committed
+/// offsets are read for any group with [`group_offsets::committed`]).
+fn client(target: &Target) -> Result<BaseConsumer> {
     let mut config = ClientConfig::new();
     for (k, v) in &target.settings {
         config.set(k, v);
     }
     config
         .set("bootstrap.servers", &target.bootstrap_servers)
-        .set("group.id", &target.group_id)
         .set("enable.auto.commit", "false")
         .set("client.id", "pipewright-operator")
         .set("log_level", "3");
-    let consumer: BaseConsumer = config.create().map_err(Error::KafkaUnreachable)?;
+    config.create().map_err(Error::KafkaUnreachable)
+}
 
+fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration) -> Result<Lag> {
+    // Nobody else polls the shared client: drain its event queue (errors, logs) here.
+    for _ in 0..1000 {
+        if consumer.poll(Duration::ZERO).is_none() {
+            break;
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     for topic in &target.topics {
         let metadata = consumer
@@ -128,19 +157,18 @@ fn measure_blocking(target: &Target, timeout: Duration) -> Result<Lag> {
             tpl.add_partition(topic, p.id());
         }
     }
-    let committed = consumer
-        .committed_offsets(tpl, timeout)
+    let committed = group_offsets::committed(consumer, &target.group_id, &tpl, timeout)
         .map_err(Error::KafkaUnreachable)?;
 
     let mut partitions = Vec::new();
-    for elem in committed.elements() {
+    for elem in tpl.elements() {
         let (low, high) = consumer
             .fetch_watermarks(elem.topic(), elem.partition(), timeout)
             .map_err(Error::KafkaUnreachable)?;
-        let committed = match elem.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        };
+        let committed = committed
+            .get(&(elem.topic().to_string(), elem.partition()))
+            .copied()
+            .flatten();
         partitions.push(PartitionStatus {
             topic: elem.topic().to_string(),
             partition: elem.partition(),

@@ -9,7 +9,10 @@
 use std::time::Duration;
 
 use pipewright_crds::outbox::CleanupPolicy;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::{IDLE_CLIENT_TTL, Pool};
 
 use crate::error::{Error, Result};
 
@@ -57,9 +60,14 @@ pub fn backlog_sql(quoted_table: &str, policy: CleanupPolicy) -> String {
     )
 }
 
-/// Counts the backlog of `table` in the database behind `options`.
+/// Connections the operator opens to one database at most (shared by every Outbox on it).
+pub const MAX_CONNECTIONS_PER_DATABASE: u32 = 4;
+
+/// Counts the backlog of `table` in the database at `url` (from the Outbox's Secret, with its
+/// parsed `options`), on the database's pooled connections.
 pub async fn measure(
-    options: PgConnectOptions,
+    pools: &Pool<PgPool>,
+    (url, options): (&str, PgConnectOptions),
     table: &str,
     policy: CleanupPolicy,
     timeout: Duration,
@@ -68,20 +76,23 @@ pub async fn measure(
         field: "table",
         reason: "must be a lower-case SQL identifier, optionally schema-qualified".into(),
     })?;
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(timeout)
-        .connect_with(options.application_name("pipewright-operator"))
-        .await
-        .map_err(Error::DatabaseUnreachable)?;
+    let pool = pools.get(&url, || {
+        Ok::<_, Error>(
+            PgPoolOptions::new()
+                .max_connections(MAX_CONNECTIONS_PER_DATABASE)
+                .min_connections(0)
+                .acquire_timeout(timeout)
+                .idle_timeout(IDLE_CLIENT_TTL)
+                .connect_lazy_with(options.application_name("pipewright-operator")),
+        )
+    })?;
     // The table name is validated and quoted above: safe to splice.
     let row: Result<(i64, Option<i64>), sqlx::Error> = tokio::time::timeout(
         timeout,
-        sqlx::query_as(sqlx::AssertSqlSafe(backlog_sql(&quoted, policy))).fetch_one(&pool),
+        sqlx::query_as(sqlx::AssertSqlSafe(backlog_sql(&quoted, policy))).fetch_one(&*pool),
     )
     .await
     .unwrap_or(Err(sqlx::Error::PoolTimedOut));
-    pool.close().await;
     let (pending, oldest) = row.map_err(Error::DatabaseUnreachable)?;
     Ok(Backlog {
         pending,

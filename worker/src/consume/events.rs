@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use pipewright_crds::termination::RecordRef;
 use serde::de::DeserializeOwned;
 
 use super::offsets::Tp;
@@ -27,9 +28,14 @@ pub struct Record {
 }
 
 impl Record {
-    /// `<topic>/<partition>/<offset>`: unique per record, stable across redeliveries.
-    pub fn id(&self) -> String {
-        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    /// The record's coordinates, written `<topic>/<partition>/<offset>`: unique per record,
+    /// stable across redeliveries.
+    pub fn id(&self) -> RecordRef {
+        RecordRef {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
     }
 
     /// The key as (lossy) UTF-8, for logs.

@@ -202,7 +202,7 @@ impl HttpSink {
         event: &GenericEvent,
         record: &Record,
     ) -> Result<Request<Full<Bytes>>, HandlerError> {
-        let id = record.id();
+        let id = record.id().to_string();
         let mut builder = Request::builder()
             .method(self.config.method.clone())
             .uri(self.config.url.clone())

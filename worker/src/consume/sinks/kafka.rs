@@ -152,7 +152,7 @@ impl KafkaSink {
                 value: v.as_deref(),
             });
         }
-        let source = record.id();
+        let source = record.id().to_string();
         headers = headers.insert(Header {
             key: H_SOURCE,
             value: Some(&source),
