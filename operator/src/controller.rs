@@ -8,7 +8,9 @@
 //!    to concurrently, then the Deployment;
 //! 4. measure (Kafka lag or outbox backlog; unreachable: Degraded with the cause) and, when
 //!    the autoscaler decides other replicas on it, apply the Deployment again;
-//! 5. compute the status and write it only when it differs from the stored one.
+//! 5. read the worker pods' reports (counters, delivery health; [`crate::report`]), at most
+//!    once per status period like the figures;
+//! 6. compute the status and write it only when it differs from the stored one.
 //!
 //! Triggers: the resource itself, filtered to generation and annotation changes (so the
 //! operator's own status writes do not come back as reconciles), its children (metadata
@@ -43,6 +45,7 @@ use tracing::{debug, info, warn};
 use crate::context::{Context, Settings};
 use crate::error::{Chain, Error, Result};
 use crate::metrics::{ErrorLabels, KindLabels};
+use crate::report::{self, Reports};
 use crate::status::{self, Problem, Rollout, reasons};
 use crate::workload::{
     self, Component, LAST_SCALE_ANNOTATION, PAUSED_ANNOTATION, WorkerPlan, child_name,
@@ -161,11 +164,13 @@ pub trait Pipeline:
     /// The observed generation of a status.
     fn observed_generation_of(status: &Self::Status) -> Option<i64>;
     /// The new status: the common part, plus the figures (absent: keep the previous ones;
-    /// measuredTime moves only when the figures change).
+    /// measuredTime moves only when the figures change) and the workers' reports (absent:
+    /// not read, keep the previous ones; reportTime moves only when what they say changes).
     fn status(
         &self,
         common: CommonStatus,
         figures: Option<&Self::Figures>,
+        reports: Option<&Reports>,
         now: Timestamp,
     ) -> Self::Status;
 }
@@ -435,18 +440,42 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
         },
     }
 
-    // A worker that stopped on a poison message says so in its termination message.
-    if problem.is_none() && deployment.is_some() {
+    let mut reports = None;
+    if deployment.is_some() {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let selector = selector_string(&name, K::COMPONENT);
         let list = pods.list(&ListParams::default().labels(&selector)).await?;
-        problem = status::poison_of(&list.items);
+        // A worker that stopped on a poison message says so in its termination message.
+        if problem.is_none() {
+            problem = status::poison_of(&list.items);
+        }
+        // What the workers report, read once per status period like the figures.
+        let key = format!("{}/reports", key_of(obj));
+        let of = obj.meta().uid.clone().unwrap_or_default();
+        reports = match ctx.recent_figures::<Arc<Reports>>(&key, &of) {
+            Some(r) => Some(r),
+            None => {
+                let mut read = report::read(&ctx.reports_client, &list.items).await;
+                ctx.record_reports(&key, &mut read);
+                if read.unanswered > 0 {
+                    debug!(kind = K::KIND, namespace = %ns, name = %name,
+                        unanswered = read.unanswered, "worker pods did not report");
+                }
+                ctx.metrics
+                    .reports_unanswered
+                    .get_or_create(&KindLabels { kind: K::KIND })
+                    .inc_by(read.unanswered as u64);
+                let read = Arc::new(read);
+                ctx.measured(&key, of, read.clone());
+                Some(read)
+            }
+        };
     }
 
     let previous = obj.stored_status();
     let previous_conditions = previous.map(K::conditions_of).unwrap_or_default();
     let rollout = Rollout::of(deployment.as_ref());
-    let conditions = status::conditions(
+    let mut conditions = status::conditions(
         generation,
         problem.as_ref(),
         paused,
@@ -454,6 +483,12 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
         previous_conditions,
         now,
     );
+    conditions.push(report::delivering(
+        reports.as_deref(),
+        generation,
+        previous_conditions,
+        now,
+    ));
     let common = CommonStatus {
         observed_generation: if paused {
             previous.and_then(K::observed_generation_of)
@@ -465,7 +500,7 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
         ready_replicas: rollout.ready,
         selector: Some(selector_string(&name, K::COMPONENT)),
     };
-    let new_status = obj.status(common, figures.as_ref(), now);
+    let new_status = obj.status(common, figures.as_ref(), reports.as_deref(), now);
     if previous != Some(&new_status) {
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
         let body = StatusApply {
