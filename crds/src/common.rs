@@ -26,6 +26,25 @@ pub mod conditions {
     pub const PROGRESSING: &str = "Progressing";
     /// Something needs a person: a bad reference, an unreachable dependency, a poison message.
     pub const DEGRADED: &str = "Degraded";
+    /// Deliveries succeed, as the workers report them (`GET /report`): False once a worker
+    /// has been failing every delivery attempt for longer than [`DELIVERY_FAILING_AFTER`]
+    /// (reason [`DELIVERY_FAILING`], the error class in the message), True when no worker
+    /// has, Unknown when no worker answered. It does not change Ready: Ready says the workers
+    /// run; a sink that is down is not something a rollout caused or can fix.
+    pub const DELIVERING: &str = "Delivering";
+
+    /// How long a worker must have been failing deliveries (no success since its first
+    /// failed attempt) before Delivering turns False: longer than a retry backoff's usual
+    /// span and a receiver's restart, so that one slow record or a brief blip does not flap
+    /// the condition.
+    pub const DELIVERY_FAILING_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Delivering is False: a worker has been failing deliveries for longer than
+    /// [`DELIVERY_FAILING_AFTER`].
+    pub const DELIVERY_FAILING: &str = "DeliveryFailing";
+    /// Delivering is True: no worker has been failing deliveries for that long.
+    pub const DELIVERY_SUCCEEDING: &str = "DeliverySucceeding";
+    /// Delivering is Unknown: no worker pod answered with its report.
+    pub const NO_WORKER_REPORT: &str = "NoWorkerReport";
 
     /// The worker Deployment has fewer available replicas than desired.
     pub const DEPLOYMENT_UNAVAILABLE: &str = "DeploymentUnavailable";

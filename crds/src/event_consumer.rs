@@ -8,6 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+pub use crate::worker_report::{ConsumerCounters, RejectedCounters};
+
 use crate::common::{
     ConfigMapKeyRef, ConsumerAutoscaling, Duration, IMAGE_PATTERN, KafkaConnection,
     SQL_IDENTIFIER_PATTERN, SQL_TABLE_PATTERN, SecretKeyRef, SecretRef, TOPIC_PATTERN,
@@ -512,7 +514,7 @@ pub struct EventConsumerStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing and Degraded, one entry per type.
+    /// Ready, Progressing, Degraded and Delivering, one entry per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -536,13 +538,27 @@ pub struct EventConsumerStatus {
     /// Sum of the partitions' lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_lag: Option<i64>,
-    /// Age in seconds of the oldest record not yet committed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oldest_unprocessed_age_seconds: Option<i64>,
-    /// Records handled since the workers started, as the workers report them.
+    /// Records handled since the current worker pods started: the sum of the counters the
+    /// workers report (`GET /report`), over the reportedReplicas pods that answered at
+    /// reportTime. A pod that restarts or is replaced starts again from 0, so this sum can go
+    /// down; it is no total over the resource's life (Prometheus keeps that, from the workers'
+    /// `pipewright_consumer_*_total` metrics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<ConsumerCounters>,
-    /// When partitions, totalLag and oldestUnprocessedAgeSeconds were measured.
+    /// Records delivered to the sink per minute, over the pods that answered: the growth of
+    /// each pod's `processed` counter since the operator's earlier reading of it that is at
+    /// least a minute old (the oldest one while none is), scaled to one minute. A pod that
+    /// started within that window counts from its start. Absent until a pod was read twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_last_minute: Option<i64>,
+    /// Worker pods whose report counters and processedLastMinute sum up. Pods that run but
+    /// did not answer within 2 s are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_replicas: Option<i32>,
+    /// When the operator last read the workers' reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_time: Option<Time>,
+    /// When partitions and totalLag were measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_time: Option<Time>,
 }
@@ -562,18 +578,4 @@ pub struct PartitionStatus {
     pub end: i64,
     /// end minus committed (from the start offset when nothing is committed).
     pub lag: i64,
-}
-
-/// Counters of records handled.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ConsumerCounters {
-    /// Records delivered to the sink.
-    pub processed: i64,
-    /// Delivery attempts that were retried.
-    pub retried: i64,
-    /// Records sent to the dead-letter topic.
-    pub dead_lettered: i64,
-    /// Records of an undeclared event type.
-    pub unknown_type: i64,
 }

@@ -1,7 +1,7 @@
 //! pipewright API types: the `EventConsumer` and `Outbox` custom resources in
 //! `pipewright.io/v1alpha1`, the `crdgen` binary that renders their CRD YAML, and the
-//! worker's configuration file ([`worker_config`]) and its termination message
-//! ([`termination`]), the APIs between the operator and the worker.
+//! worker's configuration file ([`worker_config`]), its report ([`worker_report`]) and its
+//! termination message ([`termination`]): the APIs between the operator and the worker.
 //!
 //! This crate holds types only, no client code. Validation lives in the generated schema
 //! (ranges, patterns, enums, defaults and CEL `x-kubernetes-validations` rules), so the
@@ -13,6 +13,7 @@ pub mod event_consumer;
 pub mod outbox;
 pub mod termination;
 pub mod worker_config;
+pub mod worker_report;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

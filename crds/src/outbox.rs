@@ -221,7 +221,7 @@ pub struct OutboxStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing and Degraded, one entry per type.
+    /// Ready, Progressing, Degraded and Delivering, one entry per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -240,12 +240,18 @@ pub struct OutboxStatus {
     /// Age in seconds of the oldest unpublished row, at measuredTime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_pending_age_seconds: Option<i64>,
-    /// Rows published since the publishers started, as they report it.
+    /// Rows published by the active publisher (the pod holding the publisher lock) since it
+    /// started, as it reports it (`GET /report`) at reportTime. A standby that takes over
+    /// starts again from 0. Absent while no pod reports holding the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_total: Option<i64>,
-    /// When a row was last published.
+    /// When the active publisher last published a row. Absent while it has published none
+    /// since it started, or no pod reports holding the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_publish_time: Option<Time>,
+    /// When the operator last read the publishers' reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_time: Option<Time>,
     /// When pending and oldestPendingAgeSeconds were measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_time: Option<Time>,

@@ -1,5 +1,6 @@
 //! What every reconcile shares: the client, the operator's settings, metrics, the Event
-//! recorder, the leadership it runs under and a per-object failure count for backoff.
+//! recorder, the leadership it runs under, a per-object failure count for backoff, the last
+//! measured figures and the readings of the workers' reports.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::measure::Clients;
 use crate::metrics::Metrics;
+use crate::report::{HttpClient, Rates, Reports};
 
 /// Settings of the operator process (from its command line).
 #[derive(Clone, Debug)]
@@ -54,6 +56,10 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The last figures measured per resource, with what they were measured for.
     measured: Mutex<HashMap<String, Measured>>,
+    /// The earlier readings of each resource's worker reports (the delivery rate).
+    rates: Mutex<HashMap<String, Rates>>,
+    /// The client that reads the workers' reports.
+    pub reports_client: HttpClient,
 }
 
 /// Figures measured for one resource: reused by the reconciles its own applies trigger, so
@@ -90,7 +96,16 @@ impl Context {
             clients: Clients::default(),
             failures: Mutex::new(HashMap::new()),
             measured: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
+            reports_client: crate::report::client(),
         }
+    }
+
+    /// Records a reading of `key`'s worker reports and fills in its delivery rate from the
+    /// earlier ones.
+    pub fn record_reports(&self, key: &str, reports: &mut Reports) {
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        reports.processed_last_minute = rates.entry(key.to_string()).or_default().record(reports);
     }
 
     /// The figures measured for `key` less than half a status period ago for the same `of`

@@ -8,7 +8,9 @@
 //!    to concurrently, then the Deployment;
 //! 4. measure (Kafka lag or outbox backlog; unreachable: Degraded with the cause) and, when
 //!    the autoscaler decides other replicas on it, apply the Deployment again;
-//! 5. compute the status and write it only when it differs from the stored one.
+//! 5. read the worker pods' reports (counters, delivery health; [`crate::report`]), at most
+//!    once per status period like the figures;
+//! 6. compute the status and write it only when it differs from the stored one.
 //!
 //! Triggers: the resource itself, filtered to generation and annotation changes (so the
 //! operator's own status writes do not come back as reconciles), its children (metadata
@@ -44,6 +46,7 @@ use crate::context::{Context, Settings};
 use crate::error::{Chain, Error, Result};
 use crate::measure::Clients;
 use crate::metrics::{ErrorLabels, KindLabels};
+use crate::report::{self, Reports};
 use crate::status::{self, Problem, Rollout, Workers, reasons};
 use crate::workload::{
     self, Component, LAST_SCALE_ANNOTATION, PAUSED_ANNOTATION, WorkerPlan, child_name,
@@ -169,11 +172,13 @@ pub trait Pipeline:
         false
     }
     /// The new status: the common part, plus the figures (absent: keep the previous ones;
-    /// measuredTime moves only when the figures change).
+    /// measuredTime moves only when the figures change) and the workers' reports (absent:
+    /// not read, keep the previous ones; reportTime moves only when what they say changes).
     fn status(
         &self,
         common: CommonStatus,
         figures: Option<&Self::Figures>,
+        reports: Option<&Reports>,
         now: Timestamp,
     ) -> Self::Status;
 }
@@ -191,19 +196,14 @@ pub struct Scale<'a, F> {
     pub workers: Option<&'a Workers>,
 }
 
-/// Lists the worker pods of `name` and reads what they say ([`status::workers_of`]).
-async fn read_workers<K: Pipeline>(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    figures: Option<&K::Figures>,
-) -> Result<Workers> {
+/// The worker pods of `name`.
+async fn list_worker_pods<K: Pipeline>(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = selector_string(name, K::COMPONENT);
-    let list = pods.list(&ListParams::default().labels(&selector)).await?;
-    Ok(status::workers_of(&list.items, |record| {
-        figures.is_some_and(|f| K::moved_past(f, record))
-    }))
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
 }
 
 /// True when the resource carries `pipewright.io/paused: "true"`.
@@ -376,6 +376,7 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
     let mut figures = None;
     let mut scaled: Option<(i32, i32)> = None;
     let mut workers: Option<Workers> = None;
+    let mut pods: Option<Vec<Pod>> = None;
 
     match obj.plan(&ctx.settings) {
         Err(e) => {
@@ -443,7 +444,11 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
                 }
                 // What the pods say: a poison message, a crash loop (the autoscaler needs it).
                 if deployment.is_some() {
-                    workers = Some(read_workers::<K>(client, &ns, &name, figures.as_ref()).await?);
+                    let list = list_worker_pods::<K>(client, &ns, &name).await?;
+                    workers = Some(status::workers_of(&list, |record| {
+                        figures.as_ref().is_some_and(|f| K::moved_past(f, record))
+                    }));
+                    pods = Some(list);
                 }
                 // Then scale on what was measured.
                 if let (Some(applied), Some(f)) = (applied, figures.as_ref()) {
@@ -471,11 +476,38 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
     if problem.is_none() {
         problem = workers.and_then(|w| w.problem);
     }
+    if pods.is_none() && deployment.is_some() {
+        pods = Some(list_worker_pods::<K>(client, &ns, &name).await?);
+    }
+    let mut reports = None;
+    if let Some(pods) = &pods {
+        // What the workers report, read once per status period like the figures.
+        let key = format!("{}/reports", key_of(obj));
+        let of = obj.meta().uid.clone().unwrap_or_default();
+        reports = match ctx.recent_figures::<Arc<Reports>>(&key, &of) {
+            Some(r) => Some(r),
+            None => {
+                let mut read = report::read(&ctx.reports_client, pods).await;
+                ctx.record_reports(&key, &mut read);
+                if read.unanswered > 0 {
+                    debug!(kind = K::KIND, namespace = %ns, name = %name,
+                        unanswered = read.unanswered, "worker pods did not report");
+                }
+                ctx.metrics
+                    .reports_unanswered
+                    .get_or_create(&KindLabels { kind: K::KIND })
+                    .inc_by(read.unanswered as u64);
+                let read = Arc::new(read);
+                ctx.measured(&key, of, read.clone());
+                Some(read)
+            }
+        };
+    }
 
     let previous = obj.stored_status();
     let previous_conditions = previous.map(K::conditions_of).unwrap_or_default();
     let rollout = Rollout::of(deployment.as_ref());
-    let conditions = status::conditions(
+    let mut conditions = status::conditions(
         generation,
         problem.as_ref(),
         paused,
@@ -483,6 +515,12 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
         previous_conditions,
         now,
     );
+    conditions.push(report::delivering(
+        reports.as_deref(),
+        generation,
+        previous_conditions,
+        now,
+    ));
     let common = CommonStatus {
         observed_generation: if paused {
             previous.and_then(K::observed_generation_of)
@@ -494,7 +532,7 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
         ready_replicas: rollout.ready,
         selector: Some(selector_string(&name, K::COMPONENT)),
     };
-    let new_status = obj.status(common, figures.as_ref(), now);
+    let new_status = obj.status(common, figures.as_ref(), reports.as_deref(), now);
     if previous != Some(&new_status) {
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
         let body = StatusApply {

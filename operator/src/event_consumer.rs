@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::measure::Clients;
 use crate::measure::kafka::{self, Lag, Target};
 use crate::render::{self, count, duration};
+use crate::report::Reports;
 use crate::status::Workers;
 use crate::workload::{Component, ConfigMapMount, SecretMount, WorkerConfig, WorkerPlan};
 
@@ -192,6 +193,11 @@ pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
     })
 }
 
+/// A pod count as the API's int32.
+fn count_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 impl Pipeline for EventConsumer {
     const COMPONENT: Component = Component::EventConsumer;
     const KIND: &'static str = "EventConsumer";
@@ -281,6 +287,7 @@ impl Pipeline for EventConsumer {
         &self,
         common: CommonStatus,
         figures: Option<&Lag>,
+        reports: Option<&Reports>,
         now: Timestamp,
     ) -> EventConsumerStatus {
         let previous = self.status.clone().unwrap_or_default();
@@ -302,6 +309,33 @@ impl Pipeline for EventConsumer {
                 previous.measured_time,
             ),
         };
+        let read = reports.map(|r| (r.counters(), r.processed_last_minute, r.pods.len()));
+        let (counters, processed_last_minute, reported_replicas, report_time) = match read {
+            Some((counters, rate, answered))
+                if previous.counters == counters
+                    && previous.processed_last_minute == rate
+                    && previous.reported_replicas == Some(count_i32(answered)) =>
+            {
+                (
+                    counters,
+                    rate,
+                    Some(count_i32(answered)),
+                    previous.report_time,
+                )
+            }
+            Some((counters, rate, answered)) => (
+                counters,
+                rate,
+                Some(count_i32(answered)),
+                reports.map(|r| Time(r.at)),
+            ),
+            None => (
+                previous.counters,
+                previous.processed_last_minute,
+                previous.reported_replicas,
+                previous.report_time,
+            ),
+        };
         EventConsumerStatus {
             observed_generation: common.observed_generation,
             conditions: common.conditions,
@@ -311,8 +345,10 @@ impl Pipeline for EventConsumer {
             group_id: Some(group_id(self)),
             partitions,
             total_lag,
-            oldest_unprocessed_age_seconds: previous.oldest_unprocessed_age_seconds,
-            counters: previous.counters,
+            counters,
+            processed_last_minute,
+            reported_replicas,
+            report_time,
             measured_time,
         }
     }
@@ -595,10 +631,10 @@ mod tests {
             total: 0,
         };
         let t1 = Timestamp::from_second(100).unwrap();
-        let first = ec.status(CommonStatus::default(), Some(&lag), t1);
+        let first = ec.status(CommonStatus::default(), Some(&lag), None, t1);
         ec.status = Some(first.clone());
         let t2 = Timestamp::from_second(200).unwrap();
-        let second = ec.status(CommonStatus::default(), Some(&lag), t2);
+        let second = ec.status(CommonStatus::default(), Some(&lag), None, t2);
         assert_eq!(first, second);
     }
 }

@@ -5,7 +5,8 @@
 //! [`event_consumer::plan`], [`outbox::plan`]) and applied with server-side apply under one
 //! field manager ([`MANAGER`]). The status carries conditions and figures measured from
 //! ground truth: consumer lag from the Kafka cluster, outbox backlog from the table
-//! ([`measure`]). See docs/operator.md.
+//! ([`measure`]); counters, delivery rate and the `Delivering` condition from the workers'
+//! own reports ([`report`]). See docs/operator.md.
 
 pub mod autoscale;
 pub mod context;
@@ -18,6 +19,7 @@ pub mod measure;
 pub mod metrics;
 pub mod outbox;
 pub mod render;
+pub mod report;
 pub mod status;
 pub mod telemetry;
 pub mod workload;

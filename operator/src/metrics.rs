@@ -1,5 +1,5 @@
 //! Prometheus metrics of the operator: reconciles, errors by reason, reconcile durations, and
-//! whether this process holds the leader Lease.
+//! whether this process holds the leader Lease, status writes and unanswered worker reports.
 
 use std::sync::atomic::AtomicI64;
 
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub duration: Family<KindLabels, Histogram>,
     pub leader: Gauge<i64, AtomicI64>,
     pub status_writes: Family<KindLabels, Counter>,
+    /// Running worker pods that did not answer their report in time.
+    pub reports_unanswered: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -44,6 +46,7 @@ impl Metrics {
             }),
             leader: Gauge::default(),
             status_writes: Family::default(),
+            reports_unanswered: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("pipewright_operator");
         r.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -66,6 +69,11 @@ impl Metrics {
             "status_writes",
             "Status updates written (only when something changed)",
             m.status_writes.clone(),
+        );
+        r.register(
+            "worker_reports_unanswered",
+            "Running worker pods that did not answer their report within 2 s",
+            m.reports_unanswered.clone(),
         );
         m
     }

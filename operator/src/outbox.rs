@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::measure::Clients;
 use crate::measure::postgres::{self, Backlog};
 use crate::render::{self, count, duration};
+use crate::report::Reports;
 use crate::workload::{Component, SecretMount, WorkerConfig, WorkerPlan};
 
 /// The worker's drain deadline (`shutdownGrace`); the Outbox spec has no field
@@ -180,6 +181,7 @@ impl Pipeline for Outbox {
         &self,
         common: CommonStatus,
         figures: Option<&Backlog>,
+        reports: Option<&Reports>,
         now: Timestamp,
     ) -> OutboxStatus {
         let previous = self.status.clone().unwrap_or_default();
@@ -201,6 +203,26 @@ impl Pipeline for Outbox {
                 previous.measured_time,
             ),
         };
+        let read = reports.map(|r| {
+            let active = r.active_publisher();
+            (
+                active.map(|a| a.published_total),
+                active.and_then(|a| a.last_publish_time.clone()),
+            )
+        });
+        let (published_total, last_publish_time, report_time) = match read {
+            Some((total, last))
+                if previous.published_total == total && previous.last_publish_time == last =>
+            {
+                (total, last, previous.report_time)
+            }
+            Some((total, last)) => (total, last, reports.map(|r| Time(r.at))),
+            None => (
+                previous.published_total,
+                previous.last_publish_time,
+                previous.report_time,
+            ),
+        };
         OutboxStatus {
             observed_generation: common.observed_generation,
             conditions: common.conditions,
@@ -209,8 +231,9 @@ impl Pipeline for Outbox {
             selector: common.selector,
             pending,
             oldest_pending_age_seconds: oldest,
-            published_total: previous.published_total,
-            last_publish_time: previous.last_publish_time,
+            published_total,
+            last_publish_time,
+            report_time,
             measured_time,
         }
     }

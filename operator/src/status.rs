@@ -307,7 +307,22 @@ pub fn condition(
     previous: &[Condition],
     now: Timestamp,
 ) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = if status { "True" } else { "False" };
+    condition_of(type_, status, reason, message, generation, previous, now)
+}
+
+/// One condition of status `True`, `False` or `Unknown`; its lastTransitionTime is the
+/// previous one's when the status is the same.
+pub fn condition_of(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Condition {
+    let status = status.to_string();
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use pipewright_crds::event_consumer::{
-    ConsumerCounters, InitialOffset, PartitionStatus, Processing,
+    ConsumerCounters, InitialOffset, PartitionStatus, Processing, RejectedCounters,
 };
 use pipewright_crds::outbox::{Cleanup, Poll};
 use pipewright_crds::{EventConsumer, EventConsumerStatus, Outbox, OutboxStatus, conditions};
@@ -690,13 +690,19 @@ async fn status_round_trips_through_patch_status_and_shows_in_printer_columns() 
             lag: 42,
         }],
         total_lag: Some(42),
-        oldest_unprocessed_age_seconds: Some(3),
         counters: Some(ConsumerCounters {
             processed: 58,
             retried: 2,
             dead_lettered: 1,
-            unknown_type: 0,
+            skipped: 0,
+            rejected: RejectedCounters {
+                unknown_type: 1,
+                ..RejectedCounters::default()
+            },
         }),
+        processed_last_minute: Some(120),
+        reported_replicas: Some(1),
+        report_time: Some(Time(Timestamp::from_second(1_800_000_090).unwrap())),
         measured_time: Some(Time(Timestamp::from_second(1_800_000_100).unwrap())),
     };
     let patched = consumers
@@ -725,6 +731,7 @@ async fn status_round_trips_through_patch_status_and_shows_in_printer_columns() 
         oldest_pending_age_seconds: Some(12),
         published_total: Some(1000),
         last_publish_time: Some(Time(Timestamp::from_second(1_800_000_000).unwrap())),
+        report_time: Some(Time(Timestamp::from_second(1_800_000_090).unwrap())),
         measured_time: Some(Time(Timestamp::from_second(1_800_000_100).unwrap())),
     };
     outboxes

@@ -735,3 +735,166 @@ async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_worker_con
     );
     stack.down().await;
 }
+
+/// An HTTP sink that answers 503 to everything: the workers keep retrying, the operator pod
+/// reads their reports and sets Delivering=False/DeliveryFailing once they have failed for
+/// longer than a minute, with the error class in the message (no payload, no header value, no
+/// URL) while Ready stays True (the workers run). Once the receiver answers again,
+/// Delivering=True and the status counts the delivered records.
+#[tokio::test]
+async fn e2e_a_sink_answering_503_sets_delivering_false_with_the_error_class_then_true_and_counts_deliveries_once_it_recovers()
+ {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let _node = NODE.lock().await;
+    let stack = Stack::up("e2e-delivering").await;
+    let topic = create_topic("e2e-delivering", 2).await;
+    let dlq = create_topic("e2e-delivering-dlq", 1).await;
+    let up = Arc::new(AtomicBool::new(false));
+    let node_ip = var("PIPEWRIGHT_NODE_IP");
+    let listener = tokio::net::TcpListener::bind((node_ip.as_str(), 0))
+        .await
+        .unwrap();
+    let url = format!(
+        "http://{}/hook/url-path-marker",
+        listener.local_addr().unwrap()
+    );
+    let app = axum::Router::new().route(
+        "/hook/url-path-marker",
+        axum::routing::post({
+            let up = up.clone();
+            move || {
+                let up = up.clone();
+                async move {
+                    if up.load(Ordering::Relaxed) {
+                        axum::http::StatusCode::NO_CONTENT
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let headers: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hook-auth"},
+        "stringData": {"authorization": "Bearer header-secret-marker"},
+    }))
+    .unwrap();
+    stack
+        .api::<Secret>()
+        .create(&Default::default(), &headers)
+        .await
+        .unwrap();
+
+    let _: EventConsumer = stack
+        .apply(event_consumer(
+            "hook",
+            json!({
+                "kafka": {"bootstrapServers": bootstrap()},
+                "topics": [topic],
+                "groupId": unique_name("e2e-delivering"),
+                // Enough attempts that nothing is dead-lettered while the receiver is down.
+                "processing": {"deadLetterTopic": dlq, "retry": {"maxAttempts": 100,
+                    "backoff": {"initial": "100ms", "max": "1s"}}},
+                "sink": {"http": {"url": url, "headersSecretRef": {"name": "hook-auth"}}},
+            }),
+        ))
+        .await;
+    stack.wait_workers_ready("hook", 1).await;
+    let count = 40_u64;
+    let producer: FutureProducer = kafka_config().create().expect("producer");
+    for id in 0..count {
+        let value =
+            json!({"event_type": "Tick", "id": id, "note": "payload-secret-marker"}).to_string();
+        producer
+            .send(
+                FutureRecord::<str, str>::to(&topic)
+                    .key(&format!("k{id}"))
+                    .payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("acknowledged");
+    }
+
+    let consumers: Api<EventConsumer> = stack.api();
+    let failing = eventually("Delivering=False/DeliveryFailing", WAIT, || async {
+        let status = consumers.get("hook").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Delivering")?;
+        (c.status == "False" && c.reason == "DeliveryFailing").then(|| status.clone())
+    })
+    .await;
+    let delivering = failing
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Delivering")
+        .unwrap();
+    assert!(
+        delivering.message.contains("http_status_503"),
+        "the condition names the error class: {}",
+        delivering.message
+    );
+    let whole = serde_json::to_string(&failing).unwrap();
+    for secret in [
+        "payload-secret-marker",
+        "header-secret-marker",
+        "url-path-marker",
+        node_ip.as_str(),
+    ] {
+        assert!(
+            !whole.contains(secret),
+            "{secret} reached the status: {whole}"
+        );
+    }
+    // The workers run: Ready says so; Delivering says the sink does not take the events.
+    assert_eq!(
+        condition(&failing.conditions, "Ready").as_deref(),
+        Some("True/DeploymentAvailable")
+    );
+    let counters = failing.counters.as_ref().expect("counters from the report");
+    assert_eq!(
+        counters.processed, 0,
+        "nothing delivered while the sink is down"
+    );
+    assert!(counters.retried > 0, "{counters:?}");
+    assert_eq!(failing.reported_replicas, Some(1));
+
+    up.store(true, Ordering::Relaxed);
+    let recovered = eventually(
+        "Delivering=True and every record counted as processed",
+        WAIT,
+        || async {
+            let status = consumers.get("hook").await.ok()?.status?;
+            let c = status.conditions.iter().find(|c| c.type_ == "Delivering")?;
+            (c.status == "True" && status.counters.as_ref()?.processed == count as i64)
+                .then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&recovered.conditions, "Delivering").as_deref(),
+        Some("True/DeliverySucceeding")
+    );
+    assert_eq!(recovered.counters.as_ref().unwrap().dead_lettered, 0);
+    let events: Api<k8s_openapi::api::core::v1::Event> = stack.api();
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.starts_with("Delivering is False")),
+        "the transition is an Event: {notes:?}"
+    );
+    assert!(
+        notes.iter().all(|n| !n.contains("payload-secret-marker")
+            && !n.contains("header-secret-marker")
+            && !n.contains("url-path-marker")),
+        "{notes:?}"
+    );
+    stack.down().await;
+}

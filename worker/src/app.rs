@@ -12,6 +12,7 @@ use tracing::{error, info};
 
 use crate::config::ConsumeArgs;
 use crate::consume::{self, ConsumerMetrics, Handler};
+use crate::report::Reporter;
 use crate::{Chain, Error, Health, http, shutdown};
 
 /// Exit code of an invalid configuration.
@@ -83,19 +84,21 @@ pub fn exit_code(result: Result<(), Error>) -> ExitCode {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `shutdown`.
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/report` on `listen` until `shutdown`.
 pub async fn serve_http(
     listen: SocketAddr,
     registry: Registry,
     health: Health,
+    reporter: Reporter,
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), Error>>, Error> {
     let listener = http::bind(listen).await?;
-    info!(listen = %listen, "serving /metrics, /healthz, /readyz");
+    info!(listen = %listen, "serving /metrics, /healthz, /readyz, /report");
     Ok(tokio::spawn(http::serve(
         listener,
         registry,
         health,
+        reporter,
         shutdown.clone(),
     )))
 }
@@ -121,7 +124,8 @@ pub async fn consume_with<H: Handler>(
     let metrics = ConsumerMetrics::register(&mut registry);
     let health = Health::default();
     let shutdown = signals()?;
-    let server = serve_http(listen, registry, health.clone(), &shutdown).await?;
+    let reporter = Reporter::consumer(&metrics);
+    let server = serve_http(listen, registry, health.clone(), reporter, &shutdown).await?;
     let result = consume::run(config, handler, metrics, health, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;

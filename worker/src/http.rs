@@ -1,5 +1,7 @@
 //! The worker's HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process
-//! serves) and `/readyz` (the worker's own readiness flag, see [`Health`]).
+//! serves), `/readyz` (the worker's own readiness flag, see [`Health`]) and `/report` (the
+//! JSON [`pipewright_crds::worker_report::WorkerReport`] the operator reads, see
+//! [`crate::report`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +12,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use pipewright_crds::worker_report::REPORT_PATH;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::report::Reporter;
 
 /// Readiness, set by the worker: ready once it reached its dependencies (for the outbox: the
 /// database connection and the table; a standby replica is ready too).
@@ -36,6 +40,7 @@ impl Health {
 struct AppState {
     registry: Arc<Registry>,
     health: Health,
+    reporter: Reporter,
 }
 
 /// Binds `addr` (an error is returned before serving, so a port clash fails fast).
@@ -50,6 +55,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
     health: Health,
+    reporter: Reporter,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(|source| Error::Http {
@@ -60,9 +66,11 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(REPORT_PATH, get(report))
         .with_state(AppState {
             registry: Arc::new(registry),
             health,
+            reporter,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -95,4 +103,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
+}
+
+async fn report(State(state): State<AppState>) -> impl IntoResponse {
+    let body = serde_json::to_string(&state.reporter.report()).unwrap_or_else(|_| "{}".to_string());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }

@@ -21,6 +21,7 @@ mod error;
 pub mod http;
 pub mod kafka;
 pub mod outbox;
+pub mod report;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -11,6 +11,7 @@ use pipewright_worker::config::{Cli, Command, ConsumeArgs, DatabaseUrl, OutboxAr
 use pipewright_worker::consume::sinks::SinkHandler;
 use pipewright_worker::consume::{self, ConsumerMetrics};
 use pipewright_worker::outbox::{OutboxMetrics, Poller};
+use pipewright_worker::report::Reporter;
 use pipewright_worker::{Error, Health, telemetry};
 use prometheus_client::registry::Registry;
 
@@ -36,7 +37,8 @@ async fn run_consume(listen: SocketAddr, args: ConsumeArgs) -> Result<(), Error>
     let metrics = ConsumerMetrics::register(&mut registry);
     let health = Health::default();
     let shutdown = signals()?;
-    let server = serve_http(listen, registry, health.clone(), &shutdown).await?;
+    let reporter = Reporter::consumer(&metrics);
+    let server = serve_http(listen, registry, health.clone(), reporter, &shutdown).await?;
     // On a worker thread of the runtime, not on main's `block_on` thread: a record that ends
     // in a task wakes the fetch loop, which then runs on the same worker (no hop to another
     // thread and back per record; measured with a slow handler, docs/benchmarks.md part 2).
@@ -61,10 +63,11 @@ async fn run_outbox(listen: SocketAddr, args: OutboxArgs) -> Result<(), Error> {
     let mut registry = Registry::default();
     let metrics = OutboxMetrics::register(&mut registry);
     let health = Health::default();
+    let reporter = Reporter::outbox(&metrics);
     let poller = Poller::new(config, connect, metrics, health.clone())?;
 
     let shutdown = signals()?;
-    let server = serve_http(listen, registry, health, &shutdown).await?;
+    let server = serve_http(listen, registry, health, reporter, &shutdown).await?;
     let result = poller.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;

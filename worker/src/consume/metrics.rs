@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::report::DeliveryHealth;
+
 /// Labels of the per-kind rejection counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct KindLabels {
@@ -45,6 +47,8 @@ pub struct ConsumerMetrics {
     pub lag: Family<PartitionLabels, Gauge>,
     /// Offset commits that failed (retried with the next commit).
     pub commit_errors: Counter,
+    /// Whether deliveries currently fail (the report's, not a Prometheus metric).
+    pub delivery: DeliveryHealth,
 }
 
 impl ConsumerMetrics {
@@ -114,6 +118,7 @@ impl ConsumerMetrics {
             handler_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             lag: Family::default(),
             commit_errors: Counter::default(),
+            delivery: DeliveryHealth::default(),
         }
     }
 }

@@ -109,10 +109,12 @@ impl<H: Handler> Processor<H> {
             let err = match result {
                 Ok(()) => {
                     self.metrics.processed.inc();
+                    self.metrics.delivery.succeeded();
                     return Outcome::Finished;
                 }
                 Err(err) => err,
             };
+            self.metrics.delivery.failed(&err.kind);
             let first_failure = *first_failure.get_or_insert_with(Utc::now);
             match err.retryable.then(|| delays.next()).flatten() {
                 Some(delay) => {

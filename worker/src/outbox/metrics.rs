@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::report::{DeliveryHealth, LastPublish};
+
 /// Metrics of one outbox poller, registered under `pipewright_outbox_*`.
 #[derive(Debug, Clone)]
 pub struct OutboxMetrics {
@@ -26,6 +28,10 @@ pub struct OutboxMetrics {
     pub publish_latency_seconds: Histogram,
     /// From the row's created_at to Kafka's acknowledgement.
     pub end_to_end_latency_seconds: Histogram,
+    /// Whether publishing currently fails (the report's, not a Prometheus metric).
+    pub delivery: DeliveryHealth,
+    /// When rows were last published, and whether this replica holds the lock (the report's).
+    pub last_publish: LastPublish,
 }
 
 impl OutboxMetrics {
@@ -40,6 +46,8 @@ impl OutboxMetrics {
             active: Gauge::default(),
             publish_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             end_to_end_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            delivery: DeliveryHealth::default(),
+            last_publish: LastPublish::default(),
         };
         let r = registry.sub_registry_with_prefix("pipewright_outbox");
         r.register(

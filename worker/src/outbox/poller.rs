@@ -254,6 +254,7 @@ impl Poller {
             let started = Instant::now();
             let result = self.session(&shutdown).await;
             self.metrics.active.set(0);
+            self.metrics.last_publish.set_active(false);
             self.metrics.in_flight.set(0);
             match result {
                 Ok(()) => return Ok(()),
@@ -264,6 +265,9 @@ impl Poller {
                 Err(e) => {
                     self.health.set_ready(false);
                     self.metrics.errors.inc();
+                    self.metrics
+                        .delivery
+                        .failed(&crate::report::error_class(&e));
                     if started.elapsed() > Duration::from_secs(60) {
                         backoff = Duration::from_millis(100);
                     }
@@ -298,6 +302,8 @@ impl Poller {
                 break;
             }
             if !standing_by {
+                // Connected, and another replica is responsible: nothing of ours is failing.
+                self.metrics.delivery.succeeded();
                 info!(table = %self.config.table, "another replica publishes; standing by");
                 standing_by = true;
             }
@@ -308,6 +314,7 @@ impl Poller {
         }
         info!(table = %self.config.table, "holding the publisher lock: publishing");
         self.metrics.active.set(1);
+        self.metrics.last_publish.set_active(true);
         let result = self.publish(&mut conn, &table, shutdown).await;
         // Closing the session releases the lock.
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
@@ -875,6 +882,8 @@ async fn clean_up(
     )
     .await?;
     metrics.published.inc_by(seqs.len() as u64);
+    metrics.last_publish.published();
+    metrics.delivery.succeeded();
     metrics.in_flight.dec_by(seqs.len() as i64);
     // Dropping the items releases their in-flight permits.
     done.clear();
