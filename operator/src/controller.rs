@@ -597,7 +597,9 @@ async fn publish_transitions<K: Pipeline>(
         if old.is_some_and(|o| o.status == c.status && o.reason == c.reason) {
             continue;
         }
-        let warning = c.type_ == conditions::DEGRADED && c.status == "True";
+        // A person should look: Degraded, or a sink that takes nothing.
+        let warning = (c.type_ == conditions::DEGRADED && c.status == "True")
+            || (c.type_ == conditions::DELIVERING && c.status == "False");
         let note = if c.message.is_empty() {
             format!("{} is {}", c.type_, c.status)
         } else {

@@ -420,7 +420,12 @@ mod tests {
         );
         // Failing for 30 s: not yet.
         let young = reading(30, &[("a", failing(0, 30, "http_status_503"))]);
-        let c = delivering(Some(&young), Some(1), std::slice::from_ref(&unknown), at(30));
+        let c = delivering(
+            Some(&young),
+            Some(1),
+            std::slice::from_ref(&unknown),
+            at(30),
+        );
         assert_eq!(status_of(&c), ("True", DELIVERY_SUCCEEDING));
         // Failing for 61 s on one of two workers: False, with the error class.
         let old = reading(
