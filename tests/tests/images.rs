@@ -835,3 +835,76 @@ fn operator_image_layer_holds_binary_libraries_ca_bundle_users_and_nothing_else(
 fn worker_image_layer_holds_binary_libraries_ca_bundle_users_and_nothing_else() {
     check_layer_contents("worker");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The two release builds share their dependencies.
+
+/// Every dependency as `name version` → its features, as Cargo resolves them for one package
+/// alone (what `cargo build --release -p <package>` compiles).
+fn resolved_features(package: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(repo_root())
+        .args(["tree", "--locked", "--offline", "-p", package])
+        .args(["-e", "normal,build", "--prefix", "none", "-f", "{p}|{f}"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut features: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let Some((package, enabled)) = line.split_once('|') else {
+            continue;
+        };
+        // `name vX.Y.Z (path)` → `name vX.Y.Z`; a repeated subtree ends in ` (*)`.
+        let id: Vec<&str> = package.split_whitespace().take(2).collect();
+        let enabled = enabled.trim_end_matches(" (*)");
+        features.entry(id.join(" ")).or_default().extend(
+            enabled
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(str::to_string),
+        );
+    }
+    features
+}
+
+/// The images are built one package each (the Dockerfiles' command), so Cargo resolves the
+/// features of each build alone; where they differ for a shared dependency, it and everything
+/// above it is compiled twice (minutes of every cold `make test`). `workspace-hack` lists the
+/// union; this names what it misses.
+#[test]
+fn operator_and_worker_release_builds_resolve_the_same_features_for_every_shared_dependency() {
+    let operator = resolved_features("pipewright-operator");
+    let worker = resolved_features("pipewright-worker");
+    assert!(operator.contains_key("pipewright-workspace-hack v0.1.0"));
+    assert!(worker.contains_key("pipewright-workspace-hack v0.1.0"));
+    let differing: Vec<String> = operator
+        .iter()
+        .filter_map(|(id, op)| {
+            let wk = worker.get(id)?;
+            (op != wk).then(|| {
+                format!(
+                    "{id}: operator only {:?}, worker only {:?}",
+                    op.difference(wk).collect::<Vec<_>>(),
+                    wk.difference(op).collect::<Vec<_>>()
+                )
+            })
+        })
+        .collect();
+    let shared = operator
+        .keys()
+        .filter(|id| worker.contains_key(*id))
+        .count();
+    assert!(
+        shared > 100,
+        "only {shared} shared dependencies: is the tree parsed?"
+    );
+    assert!(
+        differing.is_empty(),
+        "shared dependencies with different features (add the union to workspace-hack/Cargo.toml):\n{}",
+        differing.join("\n")
+    );
+}
