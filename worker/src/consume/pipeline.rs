@@ -25,9 +25,12 @@
 //!
 //! Cost: a record whose processing completes at its first poll (a log or no-op sink, a
 //! rejected record) runs inline on the caller's task: no task, no wake-up. Any other record's
-//! processing continues as a task, which reports its end through a queue the caller drains
-//! ([`Pipeline::drain_done`]). All bookkeeping happens on the caller's side, so it needs no
-//! synchronisation beyond one uncontended lock.
+//! processing continues as a task, which, when the record ended, books the end itself under
+//! the pipeline's one lock and runs the next ready record (its lane's successor or another
+//! waiting for a slot) in the same task: no spawn, no box and no wake-up of the fetch loop
+//! per record. The fetch loop is woken only when it has something to do: a partition to
+//! resume, a commit due, a failure, or someone waiting for the ends (drain, revoke, the
+//! transactional quiesce).
 //!
 //! The pipeline needs no Kafka: a benchmark or test drives it with records and a handler.
 
@@ -35,6 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -175,33 +179,64 @@ struct Done {
     outcome: Outcome,
 }
 
-/// The ends of records that ran as tasks, for the caller to take.
+/// Signals the ends of records that ran as tasks (each task books its own ends) to those who
+/// wait for them: the fetch loop when the flow changed or a commit is due, and while anyone
+/// watches ([`DoneQueue::watch`]: quiesce, drain, revoke) every end.
 #[derive(Debug, Default)]
 struct DoneQueue {
-    items: Mutex<Vec<Done>>,
+    /// Ends signalled to watchers so far: a blocking waiter sleeps until it moves.
+    ends: Mutex<u64>,
     /// For callers that block (rebalance callbacks).
     cond: Condvar,
     /// For callers that await (the fetch loop).
     notify: Notify,
+    /// Callers waiting for every end.
+    watchers: AtomicUsize,
+}
+
+/// A caller that waits for every end, while it lives.
+struct Watch<'a>(&'a DoneQueue);
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, AtomicOrdering::SeqCst);
+    }
 }
 
 impl DoneQueue {
-    fn push(&self, done: Done) {
-        self.items.lock().unwrap().push(done);
-        self.cond.notify_all();
-        self.notify.notify_one();
+    /// A record ended and was booked (after the state's lock is released). Wakes the fetch
+    /// loop when `wake` (the flow changed, a commit is due) or anyone watches.
+    fn ended(&self, wake: bool) {
+        if self.watchers.load(AtomicOrdering::SeqCst) > 0 {
+            *self.ends.lock().unwrap() += 1;
+            self.cond.notify_all();
+            self.notify.notify_one();
+        } else if wake {
+            self.notify.notify_one();
+        }
     }
 
-    fn take(&self) -> Vec<Done> {
-        std::mem::take(&mut *self.items.lock().unwrap())
+    /// Every end is signalled until the guard drops. Take it before reading the state, and
+    /// read [`DoneQueue::seen`] before the state too: an end booked after either is signalled.
+    fn watch(&self) -> Watch<'_> {
+        self.watchers.fetch_add(1, AtomicOrdering::SeqCst);
+        Watch(self)
     }
 
-    /// Blocks until something is queued or `until` passes.
-    fn wait_blocking(&self, until: Instant) {
-        let items = self.items.lock().unwrap();
-        let now = Instant::now();
-        if items.is_empty() && until > now {
-            let _ = self.cond.wait_timeout(items, until - now).unwrap();
+    /// The ends signalled so far (for [`DoneQueue::wait_blocking`]).
+    fn seen(&self) -> u64 {
+        *self.ends.lock().unwrap()
+    }
+
+    /// Blocks until an end after `seen` is signalled or `until` passes (needs a [`Watch`]).
+    fn wait_blocking(&self, seen: u64, until: Instant) {
+        let mut ends = self.ends.lock().unwrap();
+        while *ends == seen {
+            let now = Instant::now();
+            if until <= now {
+                return;
+            }
+            ends = self.cond.wait_timeout(ends, until - now).unwrap().0;
         }
     }
 }
@@ -249,19 +284,50 @@ impl State {
 
 /// The bounded, ordered pipeline over a [`Handler`].
 pub struct Pipeline<H: Handler> {
-    processor: Arc<Processor<H>>,
-    done: Arc<DoneQueue>,
-    tasks: TaskTracker,
+    core: Arc<Core<H>>,
     /// Cancels every running record (drain deadline).
     abort: CancellationToken,
+}
+
+/// What the pipeline shares with its tasks: a task whose record ended books the end itself
+/// and runs the next ready record, without a trip through the fetch loop.
+struct Core<H: Handler> {
+    processor: Arc<Processor<H>>,
+    done: DoneQueue,
+    tasks: TaskTracker,
     state: Mutex<State>,
+}
+
+/// A record holding one slot of `concurrency`, to run.
+struct Started {
+    slot: usize,
+    epoch: u64,
+    lane: Option<LaneKey>,
+    bytes: usize,
+    record: Record,
+    cancel: Arc<CancellationToken>,
+    /// Its assignment (or the pipeline) was cancelled: it ends as cancelled, unrun.
+    cancelled: bool,
+}
+
+impl Started {
+    fn end(&self, outcome: Outcome) -> Done {
+        Done {
+            slot: self.slot,
+            epoch: self.epoch,
+            offset: self.record.offset,
+            lane: self.lane,
+            bytes: self.bytes,
+            outcome,
+        }
+    }
 }
 
 impl<H: Handler> std::fmt::Debug for Pipeline<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("config", &self.processor.config)
-            .field("state", &self.state)
+            .field("config", &self.core.processor.config)
+            .field("state", &self.core.state)
             .finish_non_exhaustive()
     }
 }
@@ -276,7 +342,184 @@ fn record_bytes(record: &Record) -> usize {
     record.payload.as_ref().map_or(0, Vec::len) + record.key.as_ref().map_or(0, Vec::len)
 }
 
-type Processing = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+type Processing = Pin<Box<dyn Future<Output = (Started, Outcome)> + Send>>;
+
+impl<H: Handler> Core<H> {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    fn config(&self) -> &PipelineConfig {
+        &self.processor.config
+    }
+
+    fn has_failed(&self) -> bool {
+        self.processor.failed.is_failed()
+    }
+
+    /// Starts ready records while there is a free slot.
+    fn pump(self: &Arc<Self>, st: &mut State) {
+        while let Some(started) = self.next_ready(st) {
+            if let Some(done) = self.start(started) {
+                self.complete(st, done);
+            }
+        }
+    }
+
+    /// The next ready record that may start now (a free slot, nothing failed), booked as
+    /// running.
+    fn next_ready(&self, st: &mut State) -> Option<Started> {
+        while st.running < self.config().concurrency && !self.has_failed() {
+            let job = st.ready.pop_front()?;
+            if let Some(started) = self.begin(st, job) {
+                return Some(started);
+            }
+        }
+        None
+    }
+
+    /// Books a record as running. `None` when its assignment is gone (the partition's next
+    /// owner delivers it).
+    fn begin(&self, st: &mut State, job: Job) -> Option<Started> {
+        let Job {
+            slot: index,
+            epoch,
+            lane,
+            bytes,
+            record,
+        } = job;
+        let aborted = st.aborted;
+        let Some(slot) = st.slot(index, epoch) else {
+            self.processor.metrics.in_flight.dec();
+            return None;
+        };
+        slot.running += 1;
+        let cancel = slot.cancel.clone();
+        let cancelled = slot.cancelled || aborted;
+        st.running += 1;
+        Some(Started {
+            slot: index,
+            epoch,
+            lane,
+            bytes,
+            record,
+            cancel,
+            cancelled,
+        })
+    }
+
+    /// Starts a record: polls its processing once inline; returns its end when that already
+    /// finished it, else hands it to a task, which books its end and goes on with the next
+    /// ready record ([`Core::run_on`]).
+    fn start(self: &Arc<Self>, started: Started) -> Option<Done> {
+        if started.cancelled {
+            return Some(started.end(Outcome::Cancelled));
+        }
+        let processor = self.processor.clone();
+        let mut processing: Processing = Box::pin(async move {
+            let outcome = processor.process(&started.record, &started.cancel).await;
+            (started, outcome)
+        });
+        // A noop waker: when the processing is not finished, the task polls it again with its
+        // own waker, which every well-behaved future registers anew on each poll.
+        match processing
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready((started, outcome)) => Some(started.end(outcome)),
+            Poll::Pending => {
+                let core = self.clone();
+                self.tasks.spawn(async move {
+                    let (started, outcome) = processing.await;
+                    core.run_on(started.end(outcome)).await;
+                });
+                None
+            }
+        }
+    }
+
+    /// A task's loop: books the end of its record and runs the next ready one, until none
+    /// may start. Per record: no task spawned, no box, no wake-up of the fetch loop (only
+    /// when the flow changed, a commit is due, or someone watches the ends).
+    async fn run_on(self: Arc<Self>, mut end: Done) {
+        loop {
+            let (next, wake) = {
+                let mut st = self.state();
+                self.complete(&mut st, end);
+                let next = self.next_ready(&mut st);
+                // Slots left free (an end without a successor): start the others as tasks.
+                self.pump(&mut st);
+                let wake = !st.flow.is_empty() || st.commit_soon || self.has_failed();
+                (next, wake)
+            };
+            self.done.ended(wake);
+            let Some(started) = next else {
+                return;
+            };
+            let outcome = if started.cancelled {
+                Outcome::Cancelled
+            } else {
+                self.processor
+                    .process(&started.record, &started.cancel)
+                    .await
+            };
+            end = started.end(outcome);
+        }
+    }
+
+    /// Books the end of a record: its offset, its slot of `concurrency`, its lane's next
+    /// record (to the ready queue).
+    fn complete(&self, st: &mut State, d: Done) {
+        st.running -= 1;
+        self.processor.metrics.in_flight.dec();
+        let Some(slot) = st.slot(d.slot, d.epoch) else {
+            // Its assignment is gone: the partition's next owner delivers it.
+            return;
+        };
+        slot.running -= 1;
+        slot.bytes -= d.bytes;
+        if d.outcome == Outcome::Finished {
+            slot.offsets.finish(d.offset);
+        }
+        let revoking = slot.revoking;
+        if let Some(lane) = d.lane
+            && !revoking
+            && d.outcome != Outcome::Failed
+        {
+            match st.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                Some(next) => st.ready.push_back(next),
+                None => {
+                    st.lanes.remove(&lane);
+                }
+            }
+        }
+        if !revoking {
+            self.check_window(st, d.slot);
+        }
+    }
+
+    /// Pauses or resumes a partition by its window; asks for an early commit when a quarter
+    /// of the window is finished and not yet sent.
+    fn check_window(&self, st: &mut State, index: usize) {
+        let config = self.config();
+        let Some(slot) = st.slots[index].as_mut() else {
+            return;
+        };
+        let full = slot.offsets.uncommitted() >= config.max_uncommitted_per_partition
+            || slot.bytes >= config.max_buffered_bytes_per_partition;
+        let early = slot.offsets.unsent() >= (config.max_uncommitted_per_partition / 4).max(1);
+        if full != slot.paused {
+            slot.paused = full;
+            let tp = slot.tp.clone();
+            if full {
+                st.flow.pause.push(tp);
+            } else {
+                st.flow.resume.push(tp);
+            }
+        }
+        st.commit_soon |= early;
+    }
+}
 
 impl<H: Handler> Pipeline<H> {
     /// A pipeline delivering to `handler`; `dead_letters` is required by the dead-letter
@@ -288,52 +531,54 @@ impl<H: Handler> Pipeline<H> {
         metrics: ConsumerMetrics,
     ) -> Pipeline<H> {
         Pipeline {
-            processor: Arc::new(Processor {
-                handler,
-                config,
-                dead_letters,
-                metrics,
-                failed: Failed::default(),
+            core: Arc::new(Core {
+                processor: Arc::new(Processor {
+                    handler,
+                    config,
+                    dead_letters,
+                    metrics,
+                    failed: Failed::default(),
+                }),
+                done: DoneQueue::default(),
+                tasks: TaskTracker::new(),
+                state: Mutex::new(State::default()),
             }),
-            done: Arc::new(DoneQueue::default()),
-            tasks: TaskTracker::new(),
             abort: CancellationToken::new(),
-            state: Mutex::new(State::default()),
         }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap()
+        self.core.state()
     }
 
     fn config(&self) -> &PipelineConfig {
-        &self.processor.config
+        self.core.config()
     }
 
     /// The handler.
     pub fn handler(&self) -> &H {
-        &self.processor.handler
+        &self.core.processor.handler
     }
 
     /// Cancelled when a record could neither be delivered nor dead-lettered (or the policy is
     /// `fail`), or a commit that must not fail failed; [`Pipeline::take_error`] says why.
     pub fn failed(&self) -> CancellationToken {
-        self.processor.failed.token()
+        self.core.processor.failed.token()
     }
 
     /// Stops the pipeline with `e` (the first error wins).
     pub fn fail(&self, e: Error) {
-        self.processor.failed.fail(e);
+        self.core.processor.failed.fail(e);
     }
 
     /// The error that stopped the pipeline.
     pub fn take_error(&self) -> Option<Error> {
-        self.processor.failed.take_error()
+        self.core.processor.failed.take_error()
     }
 
     /// Whether the pipeline failed.
     pub fn has_failed(&self) -> bool {
-        self.processor.failed.is_failed()
+        self.core.processor.failed.is_failed()
     }
 
     /// A partition was assigned (again): a fresh window.
@@ -400,7 +645,7 @@ impl<H: Handler> Pipeline<H> {
         slot.offsets.take(record.offset);
         slot.bytes += bytes;
         let epoch = slot.epoch;
-        self.processor.metrics.in_flight.inc();
+        self.core.processor.metrics.in_flight.inc();
         let lane = match self.config().ordering {
             Ordering::None => None,
             Ordering::Partition => Some(LaneKey {
@@ -429,8 +674,8 @@ impl<H: Handler> Pipeline<H> {
             },
             None => st.ready.push_back(job),
         }
-        self.check_window(&mut st, index);
-        self.pump(&mut st);
+        self.core.check_window(&mut st, index);
+        self.core.pump(&mut st);
         if st.flow.pause.is_empty() {
             Taken::Taken
         } else {
@@ -438,22 +683,17 @@ impl<H: Handler> Pipeline<H> {
         }
     }
 
-    /// Takes the ends of records that ran as tasks, starts what may start now, and returns
-    /// what the consumer must pause or resume.
+    /// Starts what may start now, and returns what the consumer must pause or resume.
     pub fn drain_done(&self) -> Flow {
         let mut st = self.complete_done();
         std::mem::take(&mut st.flow)
     }
 
-    /// Books the ends queued by tasks and starts what may start now; the flow they cause
-    /// stays for [`Pipeline::take_flow`]. Returns the state, locked.
+    /// Starts what may start now (the tasks book their own ends); the flow stays for
+    /// [`Pipeline::take_flow`]. Returns the state, locked.
     fn complete_done(&self) -> MutexGuard<'_, State> {
-        let done = self.done.take();
         let mut st = self.state();
-        for d in done {
-            self.complete(&mut st, d);
-        }
-        self.pump(&mut st);
+        self.core.pump(&mut st);
         st
     }
 
@@ -462,140 +702,23 @@ impl<H: Handler> Pipeline<H> {
         std::mem::take(&mut self.state().flow)
     }
 
-    /// Waits (async) until a record that ran as a task ended, or `until` passes.
-    pub async fn done_or(&self, until: tokio::time::Instant) {
+    /// Waits (async) until a record that ran as a task ended (signalled: see
+    /// [`DoneQueue::ended`]), or `until` passes.
+    async fn done_or(&self, until: tokio::time::Instant) {
         tokio::select! {
-            _ = self.done.notify.notified() => {}
+            _ = self.core.done.notify.notified() => {}
             _ = tokio::time::sleep_until(until) => {}
         }
     }
 
     /// Wakes the caller waiting in [`Pipeline::done_notified`] (something changed the flow).
     pub fn wake(&self) {
-        self.done.notify.notify_one();
+        self.core.done.notify.notify_one();
     }
 
-    /// Resolves when a record that ran as a task ended (cancel-safe).
+    /// Resolves when the flow changed, a commit is due, or the pipeline failed (cancel-safe).
     pub async fn done_notified(&self) {
-        self.done.notify.notified().await
-    }
-
-    /// Starts ready records while there is a free slot.
-    fn pump(&self, st: &mut State) {
-        while st.running < self.config().concurrency && !self.has_failed() {
-            let Some(job) = st.ready.pop_front() else {
-                break;
-            };
-            if let Some(done) = self.start(st, job) {
-                self.complete(st, done);
-            }
-        }
-    }
-
-    /// Starts a record: polls its processing once inline; returns its end when that already
-    /// finished it, else hands it to a task.
-    fn start(&self, st: &mut State, job: Job) -> Option<Done> {
-        let Job {
-            slot: index,
-            epoch,
-            lane,
-            bytes,
-            record,
-        } = job;
-        let aborted = st.aborted;
-        let Some(slot) = st.slot(index, epoch) else {
-            // Its assignment is gone: the partition's next owner delivers it.
-            self.processor.metrics.in_flight.dec();
-            return None;
-        };
-        slot.running += 1;
-        let cancel = slot.cancel.clone();
-        let cancelled = slot.cancelled || aborted;
-        st.running += 1;
-        let offset = record.offset;
-        let processor = self.processor.clone();
-        let mut processing: Processing =
-            Box::pin(async move { processor.process(&record, &cancel).await });
-        let done = move |outcome| Done {
-            slot: index,
-            epoch,
-            offset,
-            lane,
-            bytes,
-            outcome,
-        };
-        if cancelled {
-            return Some(done(Outcome::Cancelled));
-        }
-        // A noop waker: when the processing is not finished, the task polls it again with its
-        // own waker, which every well-behaved future registers anew on each poll.
-        match processing
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(outcome) => Some(done(outcome)),
-            Poll::Pending => {
-                let queue = self.done.clone();
-                self.tasks.spawn(async move {
-                    let outcome = processing.await;
-                    queue.push(done(outcome));
-                });
-                None
-            }
-        }
-    }
-
-    /// Books the end of a record: its offset, its slot of `concurrency`, its lane's next
-    /// record (to the ready queue).
-    fn complete(&self, st: &mut State, d: Done) {
-        st.running -= 1;
-        self.processor.metrics.in_flight.dec();
-        let Some(slot) = st.slot(d.slot, d.epoch) else {
-            // Its assignment is gone: the partition's next owner delivers it.
-            return;
-        };
-        slot.running -= 1;
-        slot.bytes -= d.bytes;
-        if d.outcome == Outcome::Finished {
-            slot.offsets.finish(d.offset);
-        }
-        let revoking = slot.revoking;
-        if let Some(lane) = d.lane
-            && !revoking
-            && d.outcome != Outcome::Failed
-        {
-            match st.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
-                Some(next) => st.ready.push_back(next),
-                None => {
-                    st.lanes.remove(&lane);
-                }
-            }
-        }
-        if !revoking {
-            self.check_window(st, d.slot);
-        }
-    }
-
-    /// Pauses or resumes a partition by its window; asks for an early commit when a quarter
-    /// of the window is finished and not yet sent.
-    fn check_window(&self, st: &mut State, index: usize) {
-        let config = self.config();
-        let Some(slot) = st.slots[index].as_mut() else {
-            return;
-        };
-        let full = slot.offsets.uncommitted() >= config.max_uncommitted_per_partition
-            || slot.bytes >= config.max_buffered_bytes_per_partition;
-        let early = slot.offsets.unsent() >= (config.max_uncommitted_per_partition / 4).max(1);
-        if full != slot.paused {
-            slot.paused = full;
-            let tp = slot.tp.clone();
-            if full {
-                st.flow.pause.push(tp);
-            } else {
-                st.flow.resume.push(tp);
-            }
-        }
-        st.commit_soon |= early;
+        self.core.done.notify.notified().await
     }
 
     /// Whether a partition's window asks for a commit before the next interval.
@@ -628,7 +751,7 @@ impl<H: Handler> Pipeline<H> {
             {
                 slot.offsets.acked(*o);
                 if !slot.revoking {
-                    self.check_window(&mut st, i);
+                    self.core.check_window(&mut st, i);
                 }
             }
         }
@@ -698,7 +821,9 @@ impl<H: Handler> Pipeline<H> {
         };
         let mut cancelled = lost;
         let mut stop_deadline = deadline;
+        let watch = self.core.done.watch();
         loop {
+            let seen = self.core.done.seen();
             {
                 let mut st = self.complete_done();
                 if running(&st) == 0 {
@@ -727,8 +852,9 @@ impl<H: Handler> Pipeline<H> {
                     stop_deadline = Instant::now() + Duration::from_secs(5);
                 }
             }
-            self.done.wait_blocking(stop_deadline);
+            self.core.done.wait_blocking(seen, stop_deadline);
         }
+        drop(watch);
         let mut st = self.state();
         let mut offsets = Vec::new();
         for &i in &revoked {
@@ -778,7 +904,7 @@ impl<H: Handler> Pipeline<H> {
             }
         }
         for job in dropped {
-            self.processor.metrics.in_flight.dec();
+            self.core.processor.metrics.in_flight.dec();
             if let Some(slot) = st.slot(job.slot, job.epoch) {
                 slot.bytes -= job.bytes;
             }
@@ -788,7 +914,9 @@ impl<H: Handler> Pipeline<H> {
     /// Waits (blocking) until no record taken is unfinished, at most until `deadline`;
     /// returns whether it is quiet. Nothing new is taken meanwhile (the caller does not take).
     pub fn quiesce_blocking(&self, deadline: Instant) -> bool {
+        let _watch = self.core.done.watch();
         loop {
+            let seen = self.core.done.seen();
             let st = self.complete_done();
             if st.unfinished() == 0 {
                 return true;
@@ -797,12 +925,13 @@ impl<H: Handler> Pipeline<H> {
                 return false;
             }
             drop(st);
-            self.done.wait_blocking(deadline);
+            self.core.done.wait_blocking(seen, deadline);
         }
     }
 
     /// As [`Pipeline::quiesce_blocking`], awaiting.
     pub async fn quiesce(&self, deadline: tokio::time::Instant) -> bool {
+        let _watch = self.core.done.watch();
         loop {
             let waiting = {
                 let st = self.complete_done();
@@ -848,6 +977,7 @@ impl<H: Handler> Pipeline<H> {
                 let all: Vec<usize> = (0..st.slots.len()).collect();
                 self.drop_waiting(&mut st, &all);
             }
+            let _watch = self.core.done.watch();
             loop {
                 self.drain_done();
                 if self.state().running == 0 {
@@ -857,8 +987,8 @@ impl<H: Handler> Pipeline<H> {
                     .await;
             }
         }
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.core.tasks.close();
+        self.core.tasks.wait().await;
         in_time
     }
 }
