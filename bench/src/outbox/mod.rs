@@ -123,8 +123,9 @@ pub const DRAIN: [Relay; 3] = [
     Relay::SqlCeiling,
 ];
 /// The latency runs' contenders.
-pub const LATENCY: [Relay; 4] = [
+pub const LATENCY: [Relay; 5] = [
     Relay::Worker { notify: true },
+    Relay::WorkerLingerZero,
     Relay::Worker { notify: false },
     Relay::DebeziumLowLatency,
     Relay::Debezium,
@@ -297,6 +298,15 @@ impl Ctx<'_> {
                 &objects.table,
                 &objects.prefix,
                 notify,
+                false,
+                &files.with_extension("log"),
+            ),
+            Relay::WorkerLingerZero => relays::start_worker(
+                self.setup,
+                &objects.table,
+                &objects.prefix,
+                true,
+                true,
                 &files.with_extension("log"),
             ),
             Relay::Debezium | Relay::DebeziumLowLatency => relays::start_debezium(
@@ -358,7 +368,7 @@ impl Ctx<'_> {
             objects.topic,
             marks.records()?
         );
-        if matches!(relay, Relay::Worker { .. }) {
+        if matches!(relay, Relay::Worker { .. } | Relay::WorkerLingerZero) {
             let left = self.rt.block_on(table::count(self.pool, &objects.table))?;
             ensure!(left == 0, "{left} rows left in the table after the drain");
         }

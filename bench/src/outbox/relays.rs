@@ -24,6 +24,9 @@ pub enum Relay {
     /// `pipewright-worker outbox` with its defaults (batch 100, max in flight 1000, delete
     /// after acknowledgement), `--notify` as given.
     Worker { notify: bool },
+    /// The same with NOTIFY on and `--kafka-config linger.ms=0`: the producer sends at once
+    /// instead of waiting up to librdkafka's 5 ms for a batch to fill (docs/outbox.md).
+    WorkerLingerZero,
     /// Debezium's embedded engine, PostgreSQL connector (pgoutput), outbox EventRouter, with
     /// the connector's defaults.
     Debezium,
@@ -42,6 +45,7 @@ impl Relay {
         match self {
             Relay::Worker { notify: true } => "worker-notify",
             Relay::Worker { notify: false } => "worker-poll",
+            Relay::WorkerLingerZero => "worker-notify-linger0",
             Relay::Debezium => "debezium",
             Relay::DebeziumLowLatency => "debezium-poll5ms",
             Relay::SqlCeiling => "sql-ceiling",
@@ -53,6 +57,7 @@ impl Relay {
         match self {
             Relay::Worker { notify: true } => "pipewright worker, NOTIFY on",
             Relay::Worker { notify: false } => "pipewright worker, NOTIFY off (poll every 1 s)",
+            Relay::WorkerLingerZero => "pipewright worker, NOTIFY on, linger.ms=0",
             Relay::Debezium => "Debezium 3.6.1 embedded engine + EventRouter",
             Relay::DebeziumLowLatency => "Debezium, poll.interval.ms=5 (default 500)",
             Relay::SqlCeiling => "SQL ceiling: SKIP LOCKED claim-and-delete, no Kafka",
@@ -64,6 +69,7 @@ impl Relay {
         match self {
             Relay::Worker { notify: true } => "pipewright",
             Relay::Worker { notify: false } => "pipewright no NOTIFY",
+            Relay::WorkerLingerZero => "pipewright linger 0",
             Relay::Debezium => "Debezium",
             Relay::DebeziumLowLatency => "Debezium poll 5 ms",
             Relay::SqlCeiling => "SQL ceiling",
@@ -88,6 +94,7 @@ pub fn start_worker(
     table: &str,
     prefix: &str,
     notify: bool,
+    linger_zero: bool,
     log: &Path,
 ) -> Result<Proc> {
     let mut command = Command::new(&setup.worker);
@@ -98,6 +105,9 @@ pub fn start_worker(
         .arg(format!("--topic-template={prefix}{{aggregatetype}}"))
         .args(["--kafka-bootstrap-servers", &setup.bootstrap])
         .arg(format!("--notify={notify}"));
+    if linger_zero {
+        command.args(["--kafka-config", "linger.ms=0"]);
+    }
     Proc::spawn("pipewright-worker outbox", command, None, log)
 }
 

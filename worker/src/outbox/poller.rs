@@ -546,7 +546,8 @@ impl Poller {
             .set("enable.gapless.guarantee", "true")
             // Kafka unreachable: keep retrying; backpressure bounds what waits.
             .set("message.timeout.ms", "0")
-            .set("linger.ms", "5")
+            // `linger.ms` is librdkafka's (5 ms) unless `kafka.config` sets it: a
+            // latency-sensitive outbox trades batch size for it (docs/outbox.md).
             .create()
             .map_err(Error::Kafka)
     }
