@@ -40,7 +40,7 @@ use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::context::{Context, Settings};
 use crate::error::{Chain, Error, Result};
@@ -316,17 +316,30 @@ fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 /// await, before it sends another request, and ends with [`Error::NotLeading`]. Each
 /// reconcile ends with a debug line `reconcile ended` carrying the wall-clock `started` and
 /// `ended`: every request it sent lies between the two (the record the leader-election test
-/// checks for overlaps).
+/// checks for overlaps). Everything logged during a reconcile is inside a `reconcile` span
+/// with the resource's kind, namespace, name and generation.
 pub async fn reconcile<K: Pipeline>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let started_at = Timestamp::now();
     let started = Instant::now();
     let labels = KindLabels { kind: K::KIND };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = tokio::select! {
-        biased;
-        () = ctx.leadership.cancelled() => Err(Error::NotLeading),
-        r = reconcile_inner(obj.as_ref(), &ctx) => r,
-    };
+    // Every line logged while reconciling carries the resource (the span's fields).
+    let span = info_span!(
+        "reconcile",
+        kind = K::KIND,
+        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        name = %obj.name_any(),
+        generation = obj.meta().generation,
+    );
+    let result = async {
+        tokio::select! {
+            biased;
+            () = ctx.leadership.cancelled() => Err(Error::NotLeading),
+            r = reconcile_inner(obj.as_ref(), &ctx) => r,
+        }
+    }
+    .instrument(span)
+    .await;
     debug!(
         kind = K::KIND,
         namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
