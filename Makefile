@@ -19,8 +19,10 @@ test: ## Start the local test environment and node (building them on first use),
 	@eval "$$($(ENV_UP))"; \
 	  echo "[make] control plane $$($$KUBECTL version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1), node $$PIPEWRIGHT_NODE_NAME ($$PIPEWRIGHT_NODE_IP), Kafka $$KAFKA_BOOTSTRAP_SERVERS, PostgreSQL $${DATABASE_URL##*@}"; \
 	  echo "[make] building the operator and worker release binaries (as their Dockerfiles do) into images for the node, then the workspace and its tests"; \
-	  tests/env/images >/dev/null; \
-	  $(CARGO) test --workspace --locked -- --include-ignored
+	  start=$$SECONDS; tests/env/images >/dev/null && \
+	  echo "[make] images built in $$((SECONDS - start)) s; building and running the tests" && \
+	  start=$$SECONDS && $(CARGO) test --workspace --locked -- --include-ignored && \
+	  echo "[make] cargo test (build and run) took $$((SECONDS - start)) s"
 	@echo "[make] tests passed; the environment keeps running for the next run (make env-down stops it)"
 
 .PHONY: lint
