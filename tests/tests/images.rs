@@ -840,12 +840,14 @@ fn worker_image_layer_holds_binary_libraries_ca_bundle_users_and_nothing_else() 
 // The two release builds share their dependencies.
 
 /// Every dependency as `name version` → its features, as Cargo resolves them for one package
-/// alone (what `cargo build --release -p <package>` compiles).
-fn resolved_features(package: &str) -> BTreeMap<String, BTreeSet<String>> {
+/// alone (what `cargo build --release -p <package>` compiles), over the dependency `edges`:
+/// `normal,no-proc-macro` are the units built for the target; `normal,build` adds those built
+/// for the host (proc macros, build scripts), merged with the target's by name.
+fn resolved_features(package: &str, edges: &str) -> BTreeMap<String, BTreeSet<String>> {
     let out = Command::new(env!("CARGO"))
         .current_dir(repo_root())
         .args(["tree", "--locked", "--offline", "-p", package])
-        .args(["-e", "normal,build", "--prefix", "none", "-f", "{p}|{f}"])
+        .args(["-e", edges, "--prefix", "none", "-f", "{p}|{f}"])
         .output()
         .unwrap();
     assert!(
@@ -877,8 +879,14 @@ fn resolved_features(package: &str) -> BTreeMap<String, BTreeSet<String>> {
 /// union; this names what it misses.
 #[test]
 fn operator_and_worker_release_builds_resolve_the_same_features_for_every_shared_dependency() {
-    let operator = resolved_features("pipewright-operator");
-    let worker = resolved_features("pipewright-worker");
+    for edges in ["normal,no-proc-macro", "normal,build"] {
+        same_features_for_shared_dependencies(edges);
+    }
+}
+
+fn same_features_for_shared_dependencies(edges: &str) {
+    let operator = resolved_features("pipewright-operator", edges);
+    let worker = resolved_features("pipewright-worker", edges);
     assert!(operator.contains_key("pipewright-workspace-hack v0.1.0"));
     assert!(worker.contains_key("pipewright-workspace-hack v0.1.0"));
     let differing: Vec<String> = operator
@@ -904,7 +912,8 @@ fn operator_and_worker_release_builds_resolve_the_same_features_for_every_shared
     );
     assert!(
         differing.is_empty(),
-        "shared dependencies with different features (add the union to workspace-hack/Cargo.toml):\n{}",
+        "shared dependencies with different features over `{edges}` edges (add the union to \
+         workspace-hack/Cargo.toml):\n{}",
         differing.join("\n")
     );
 }
