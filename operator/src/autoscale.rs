@@ -5,7 +5,8 @@
 //!
 //! Lag that more replicas cannot drain does not count: the caller leaves out the partitions
 //! whose worker stopped on a poison record, and while the workers are stalled (one
-//! crash-loops, or is stuck on a record) the autoscaler never adds replicas: a crash-looping
+//! crash-loops, is stuck on a record, or stopped on a refused configuration) the autoscaler
+//! never adds replicas: a crash-looping
 //! group would otherwise grow to the partition count (KEDA issue 3904) and drain nothing.
 
 use std::time::Duration;
@@ -27,7 +28,7 @@ pub struct Inputs {
     pub partitions: Option<i32>,
     /// When replicas last changed.
     pub last_scale: Option<Timestamp>,
-    /// The workers are stalled (crash-looping, or stuck on a poison record): no scale-up.
+    /// The workers are stalled ([`crate::status::Workers::stalled`]): no scale-up.
     pub stalled: bool,
     pub now: Timestamp,
     pub cooldown: Duration,

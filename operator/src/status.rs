@@ -135,9 +135,11 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// The workers cannot drain lag faster with more replicas: one crash-loops or is stuck.
+    /// The workers cannot drain lag faster with more replicas: one crash-loops, is stuck on
+    /// a record, or stopped on a report that still holds (a refused configuration: between
+    /// two back-offs the restarted container runs for a moment, not `CrashLoopBackOff`).
     pub fn stalled(&self) -> bool {
-        self.crash_looping || !self.stuck.is_empty()
+        self.crash_looping || !self.stuck.is_empty() || self.problem.is_some()
     }
 }
 
@@ -503,5 +505,9 @@ mod tests {
         assert!(problem(&[stopped_pod(message, true, false)], never).is_some());
         assert!(problem(&[stopped_pod(message, false, false)], never).is_some());
         assert_eq!(problem(&[stopped_pod(message, true, true)], never), None);
+        // Stalled also while the restarted container runs for a moment between back-offs.
+        let w = workers_of(&[stopped_pod(message, false, false)], never);
+        assert!(!w.crash_looping && w.stalled());
+        assert!(!workers_of(&[stopped_pod(message, true, true)], never).stalled());
     }
 }

@@ -700,12 +700,16 @@ async fn e2e_a_poison_record_stops_the_worker_pod_reports_degraded_poison_messag
 /// A resource the schema accepts but the worker refuses (here an inline event schema that is
 /// no JSON Schema, which only the worker compiles): the worker pod exits 2 with its reason,
 /// and the operator pod marks the resource Degraded/WorkerConfigRejected with that reason
-/// instead of leaving a bare crash loop.
+/// instead of leaving a bare crash loop. Then a backlog of nine times the lag threshold
+/// arrives on its 3 partitions: more workers would crash-loop too, so that lag adds no replica
+/// (KEDA issue 3904): twice more records and a status showing the larger lag (a decision taken
+/// on it), and the Deployment still asks for one replica.
 #[tokio::test]
-async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_worker_config_rejected() {
+async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_and_its_lag_adds_no_replica()
+{
     let _node = NODE.lock().await;
     let stack = Stack::up("e2e-refused").await;
-    let topic = create_topic("e2e-refused", 1).await;
+    let topic = create_topic("e2e-refused", 3).await;
     let dlq = create_topic("e2e-refused-dlq", 1).await;
     let _: EventConsumer = stack
         .apply(event_consumer(
@@ -715,6 +719,7 @@ async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_worker_con
                 "topics": [topic],
                 "events": {"types": [{"name": "Tick", "schema": {"inline": {"type": 12}}}]},
                 "processing": {"deadLetterTopic": dlq},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "lagThreshold": 10},
                 "sink": {"log": {}},
             }),
         ))
@@ -732,6 +737,40 @@ async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_worker_con
         exit,
         Some(2),
         "the worker exits 2 on a refused configuration"
+    );
+
+    // The backlog arrives once the workers are known to be refused (a backlog there at
+    // creation is scaled for before any worker ran: the workers' health is not known yet).
+    // Each round adds 45 records and waits until the status shows the larger lag: a reconcile
+    // measures, then decides the replicas, then writes the status, so seeing that lag means a
+    // decision was taken on it, with the workers refused.
+    let consumers: Api<EventConsumer> = stack.api();
+    let mut lag = 0;
+    for round in 1..=2 {
+        produce_steadily(&topic, 45, 9, 0).await;
+        lag += 45;
+        let expected = i64::try_from(lag).unwrap();
+        eventually(
+            &format!("round {round}: the status shows lag {expected}"),
+            WAIT,
+            || async {
+                let status = consumers.get("bad-schema").await.ok()?.status?;
+                (status.total_lag? >= expected).then_some(())
+            },
+        )
+        .await;
+    }
+    let deployments: Vec<Deployment> = stack
+        .api::<Deployment>()
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/instance=bad-schema"))
+        .await
+        .unwrap()
+        .items;
+    let replicas: Vec<Option<i32>> = deployments.iter().map(|d| d.spec.replicas).collect();
+    assert_eq!(
+        replicas,
+        vec![Some(1)],
+        "a lag of {lag} (threshold 10, 3 partitions) added no replica to refused workers"
     );
     stack.down().await;
 }
