@@ -550,6 +550,24 @@ fn limits(r: &OutboxResults) -> Vec<String> {
              target is taken against the 5 ms configuration.",
             z.median_p50_ms, z.median_p99_ms, t.median_p50_ms, t.median_p99_ms
         ));
+        // Its 5 ms configuration measured p50 33.9 ms, p99 227.5 ms in the full run committed
+        // in 353a794; far above that, the comparison says more about the run than the relays.
+        if t.median_p50_ms > 200.0 {
+            out.push(format!(
+                "**Caveat for this run**: Debezium with `poll.interval.ms=5` measured p50 {:.1} ms \
+                 here, where the full run committed in 353a794 measured p50 33.9 ms, p99 227.5 ms \
+                 with the same relay and load; its rounds spread from p50 {:.1} to {:.1} ms. Not \
+                 investigated in this run: the ratio of pipewright's p99 to Debezium's is not a \
+                 fair comparison this time, and the table's figures for Debezium should not be \
+                 quoted without it.",
+                t.median_p50_ms,
+                t.runs
+                    .iter()
+                    .map(|x| x.p50_ms)
+                    .fold(f64::INFINITY, f64::min),
+                t.runs.iter().map(|x| x.p50_ms).fold(0.0, f64::max),
+            ));
+        }
     }
     out
 }
