@@ -745,7 +745,7 @@ async fn e2e_a_config_only_the_worker_can_refuse_is_reported_degraded_and_its_la
     // measures, then decides the replicas, then writes the status, so seeing that lag means a
     // decision was taken on it, with the workers refused.
     let consumers: Api<EventConsumer> = stack.api();
-    let mut lag = 0;
+    let mut lag: u64 = 0;
     for round in 1..=2 {
         produce_steadily(&topic, 45, 9, 0).await;
         lag += 45;
