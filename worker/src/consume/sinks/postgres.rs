@@ -71,6 +71,15 @@ impl PostgresSink {
             .connect_with(options)
             .await
             .map_err(Error::Database)?;
+        // Replicas start together: two concurrent `CREATE TABLE IF NOT EXISTS` of one table
+        // race in PostgreSQL (a unique violation on pg_type), so they take turns under a
+        // transaction-scoped advisory lock named by the table.
+        let mut tx = pool.begin().await.map_err(Error::Database)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(config.offsets_table.quoted())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::Database)?;
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {} (group_id text NOT NULL, topic text NOT NULL, \
              partition integer NOT NULL, \"offset\" bigint NOT NULL, \
@@ -78,9 +87,10 @@ impl PostgresSink {
              PRIMARY KEY (group_id, topic, partition, \"offset\"))",
             config.offsets_table.quoted()
         )))
-        .execute(&pool)
+        .execute(&mut *tx)
         .await
         .map_err(Error::Database)?;
+        tx.commit().await.map_err(Error::Database)?;
         let columns: Vec<String> = sqlx::query_scalar(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
              AND attnum > 0 AND NOT attisdropped",
