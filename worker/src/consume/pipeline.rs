@@ -292,7 +292,7 @@ pub struct Pipeline<H: Handler> {
 /// What the pipeline shares with its tasks: a task whose record ended books the end itself
 /// and runs the next ready record, without a trip through the fetch loop.
 struct Core<H: Handler> {
-    processor: Arc<Processor<H>>,
+    processor: Processor<H>,
     done: DoneQueue,
     tasks: TaskTracker,
     state: Mutex<State>,
@@ -415,9 +415,12 @@ impl<H: Handler> Core<H> {
         if started.cancelled {
             return Some(started.end(Outcome::Cancelled));
         }
-        let processor = self.processor.clone();
+        let core = self.clone();
         let mut processing: Processing = Box::pin(async move {
-            let outcome = processor.process(&started.record, &started.cancel).await;
+            let outcome = core
+                .processor
+                .process(&started.record, &started.cancel)
+                .await;
             (started, outcome)
         });
         // A noop waker: when the processing is not finished, the task polls it again with its
@@ -532,13 +535,13 @@ impl<H: Handler> Pipeline<H> {
     ) -> Pipeline<H> {
         Pipeline {
             core: Arc::new(Core {
-                processor: Arc::new(Processor {
+                processor: Processor {
                     handler,
                     config,
                     dead_letters,
                     metrics,
                     failed: Failed::default(),
-                }),
+                },
                 done: DoneQueue::default(),
                 tasks: TaskTracker::new(),
                 state: Mutex::new(State::default()),
@@ -685,13 +688,13 @@ impl<H: Handler> Pipeline<H> {
 
     /// Starts what may start now, and returns what the consumer must pause or resume.
     pub fn drain_done(&self) -> Flow {
-        let mut st = self.complete_done();
+        let mut st = self.pumped();
         std::mem::take(&mut st.flow)
     }
 
     /// Starts what may start now (the tasks book their own ends); the flow stays for
     /// [`Pipeline::take_flow`]. Returns the state, locked.
-    fn complete_done(&self) -> MutexGuard<'_, State> {
+    fn pumped(&self) -> MutexGuard<'_, State> {
         let mut st = self.state();
         self.core.pump(&mut st);
         st
@@ -825,7 +828,7 @@ impl<H: Handler> Pipeline<H> {
         loop {
             let seen = self.core.done.seen();
             {
-                let mut st = self.complete_done();
+                let mut st = self.pumped();
                 if running(&st) == 0 {
                     break;
                 }
@@ -917,7 +920,7 @@ impl<H: Handler> Pipeline<H> {
         let _watch = self.core.done.watch();
         loop {
             let seen = self.core.done.seen();
-            let st = self.complete_done();
+            let st = self.pumped();
             if st.unfinished() == 0 {
                 return true;
             }
@@ -934,7 +937,7 @@ impl<H: Handler> Pipeline<H> {
         let _watch = self.core.done.watch();
         loop {
             let waiting = {
-                let st = self.complete_done();
+                let st = self.pumped();
                 // A failed pipeline starts nothing more: only the running records can end.
                 if self.has_failed() {
                     st.running
