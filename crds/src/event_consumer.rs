@@ -555,10 +555,13 @@ pub struct EventConsumerStatus {
     /// did not answer within 2 s are left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_replicas: Option<i32>,
-    /// When the operator last read the workers' reports.
+    /// When the operator last read the workers' reports and found something new: a
+    /// reading that says the same does not move it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_time: Option<Time>,
-    /// When partitions and totalLag were measured.
+    /// When partitions and totalLag were measured with the values shown. They are measured again every
+    /// status period, but the status is written only when something changed: a measurement
+    /// that finds the same values does not move this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_time: Option<Time>,
 }

@@ -249,10 +249,13 @@ pub struct OutboxStatus {
     /// since it started, or no pod reports holding the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_publish_time: Option<Time>,
-    /// When the operator last read the publishers' reports.
+    /// When the operator last read the publishers' reports and found something new: a
+    /// reading that says the same does not move it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_time: Option<Time>,
-    /// When pending and oldestPendingAgeSeconds were measured.
+    /// When pending and oldestPendingAgeSeconds were measured with the values shown. They are measured again every
+    /// status period, but the status is written only when something changed: a measurement
+    /// that finds the same values does not move this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured_time: Option<Time>,
 }

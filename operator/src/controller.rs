@@ -1,22 +1,26 @@
-//! The reconcile both kinds share, generic over [`Pipeline`]:
+//! The reconcile both kinds share, generic over [`Pipeline`], in five steps, one function each:
 //!
-//! 1. build the worker plan from the spec (pure; an invalid spec stops here, Degraded/InvalidSpec);
-//! 2. read the referenced Secrets (missing: Degraded/SecretNotFound, nothing applied);
-//! 3. unless paused: apply the desired children with server-side apply (one field manager,
-//!    [`crate::MANAGER`]) at the replicas they run (a new resource: its minimum) — before any
-//!    measurement, so a new resource gets its Deployment at once; the children the pods refer
-//!    to concurrently, then the Deployment;
-//! 4. measure (Kafka lag or outbox backlog; unreachable: Degraded with the cause) and, when
-//!    the autoscaler decides other replicas on it, apply the Deployment again;
-//! 5. read the worker pods' reports (counters, delivery health; [`crate::report`]), at most
-//!    once per status period like the figures;
-//! 6. compute the status and write it only when it differs from the stored one.
+//! 1. **plan**: the worker plan from the spec (pure; an invalid spec stops here,
+//!    Degraded/InvalidSpec) and the referenced Secrets (missing: Degraded/SecretNotFound), at
+//!    the replicas running now brought within the bounds: complete before anything is sent;
+//! 2. **apply** (unless paused), before any measurement so a new resource gets its Deployment
+//!    at once: server-side apply under one field manager ([`crate::MANAGER`]), the children
+//!    the pods refer to concurrently, then the Deployment; a child that is as this process
+//!    last applied it is skipped ([`crate::children`]);
+//! 3. **observe**: measure (Kafka lag or outbox backlog; unreachable: Degraded with the
+//!    cause), the worker pods from the pod watch's store (a poison record, a crash loop), their
+//!    reports (counters, delivery health; [`crate::report`]); figures and reports at most once
+//!    per status period;
+//! 4. **scale**: the autoscaler on what was observed; the Deployment applied again when it
+//!    decides other replicas;
+//! 5. **report**: the status, written only when it differs from the stored one, and an Event
+//!    per changed condition.
 //!
 //! Triggers: the resource itself, filtered to generation and annotation changes (so the
-//! operator's own status writes do not come back as reconciles), its children (metadata
-//! watches, by owner reference), the Secrets it references (metadata watch, mapped through the
-//! reflector's store), and a requeue after `--status-period` to refresh the measured figures:
-//! the one thing no watch can tell.
+//! operator's own status writes do not come back as reconciles), its children and worker pods
+//! (by owner reference and label; their stores are what the reconcile reads), the Secrets it
+//! references (metadata watch, mapped through the reflector's store), and a requeue after
+//! `--status-period` to refresh the measured figures: the one thing no watch can tell.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -27,11 +31,10 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -42,6 +45,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::children::Children;
 use crate::context::{Context, Settings};
 use crate::error::{Chain, Error, Result};
 use crate::measure::Clients;
@@ -50,7 +54,7 @@ use crate::report::{self, Reports};
 use crate::status::{self, Problem, Rollout, Workers, reasons};
 use crate::workload::{
     self, Component, LAST_SCALE_ANNOTATION, PAUSED_ANNOTATION, WorkerPlan, child_name,
-    component_selector, selector_string,
+    selector_string,
 };
 use pipewright_crds::conditions;
 use pipewright_crds::termination::RecordRef;
@@ -196,16 +200,6 @@ pub struct Scale<'a, F> {
     pub workers: Option<&'a Workers>,
 }
 
-/// The worker pods of `name`.
-async fn list_worker_pods<K: Pipeline>(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = selector_string(name, K::COMPONENT);
-    Ok(pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items)
-}
-
 /// True when the resource carries `pipewright.io/paused: "true"`.
 pub fn is_paused(meta: &ObjectMeta) -> bool {
     meta.annotations
@@ -249,21 +243,6 @@ where
             &Patch::Apply(obj),
         )
         .await?)
-}
-
-/// Applies a resource's children: the ones the pods refer to at once, then the Deployment.
-async fn apply_children(
-    client: &Client,
-    ns: &str,
-    desired: &workload::Desired,
-) -> Result<Deployment> {
-    futures::try_join!(
-        apply(client, ns, &desired.service_account),
-        apply(client, ns, &desired.config_map),
-        apply(client, ns, &desired.service),
-        apply(client, ns, &desired.pod_disruption_budget),
-    )?;
-    apply(client, ns, &desired.deployment).await
 }
 
 /// Reads the referenced Secrets; the first that (or whose key) is missing is an error.
@@ -318,7 +297,8 @@ fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 /// `ended`: every request it sent lies between the two (the record the leader-election test
 /// checks for overlaps). Everything logged during a reconcile is inside a `reconcile` span
 /// with the resource's kind, namespace, name and generation.
-pub async fn reconcile<K: Pipeline>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile<K: Pipeline>(obj: Arc<K>, kc: Arc<KindContext>) -> Result<Action> {
+    let ctx = &kc.ctx;
     let started_at = Timestamp::now();
     let started = Instant::now();
     let labels = KindLabels { kind: K::KIND };
@@ -335,7 +315,7 @@ pub async fn reconcile<K: Pipeline>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
         tokio::select! {
             biased;
             () = ctx.leadership.cancelled() => Err(Error::NotLeading),
-            r = reconcile_inner(obj.as_ref(), &ctx) => r,
+            r = reconcile_inner(obj.as_ref(), &kc) => r,
         }
     }
     .instrument(span)
@@ -368,168 +348,308 @@ pub async fn reconcile<K: Pipeline>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> {
+/// What the reconciles of one kind share: the operator's context and that kind's children.
+#[derive(Debug)]
+pub struct KindContext {
+    pub ctx: Arc<Context>,
+    pub children: Children,
+}
+
+/// A complete plan: everything the reconcile applies, decided before it applies anything.
+struct Plan {
+    /// The worker plan, with the Secrets' hash, the replicas and the last scale time.
+    worker: WorkerPlan,
+    /// The referenced Secrets (the measurement's credentials).
+    secrets: Secrets,
+    /// The replica change the plan makes by itself, (from, to): replicas brought within the
+    /// bounds.
+    scaled: Option<(i32, i32)>,
+}
+
+/// What a reconcile found, for the status.
+struct Seen<F> {
+    /// The Deployment as last applied or seen.
+    deployment: Option<Arc<Deployment>>,
+    /// The first failure: the reconcile ends with it, and the status shows it.
+    failure: Option<Error>,
+    /// The measured figures (absent: not measured; the status keeps the previous ones).
+    figures: Option<F>,
+    /// What the worker pods say (absent: no Deployment).
+    workers: Option<Workers>,
+    /// The workers' reports (absent: no Deployment).
+    reports: Option<Arc<Reports>>,
+}
+
+impl<F> Seen<F> {
+    fn fail(&mut self, e: Error) {
+        self.failure.get_or_insert(e);
+    }
+
+    /// The problem the status shows: the failure's, else what a worker stopped on.
+    fn problem(&self) -> Option<Problem> {
+        match &self.failure {
+            Some(e) => Some(problem_of(e)),
+            None => self.workers.as_ref().and_then(|w| w.problem.clone()),
+        }
+    }
+}
+
+async fn reconcile_inner<K: Pipeline>(obj: &K, kc: &KindContext) -> Result<Action> {
     if obj.meta().deletion_timestamp.is_some() {
         // Being deleted (foreground): the garbage collector removes the children; applying
         // them again would fight it.
         return Ok(Action::await_change());
     }
-    let client = &ctx.client;
+    kc.children.ready().await;
+    let ctx = &*kc.ctx;
+    let now = Timestamp::now();
     let ns = obj.meta().namespace.clone().unwrap_or_default();
+    let paused = is_paused(obj.meta());
+    let running = kc
+        .children
+        .deployment(&ns, &child_name(&obj.name_any(), K::COMPONENT));
+    let mut seen = Seen {
+        deployment: running.clone(),
+        failure: None,
+        figures: None,
+        workers: None,
+        reports: None,
+    };
+
+    // 1. Plan.
+    let planned = match plan(obj, ctx, running.as_deref(), now).await? {
+        Ok(planned) => Some(planned),
+        Err(refused) => {
+            seen.fail(refused);
+            None
+        }
+    };
+    // 2. Apply, before any measurement: a new or changed resource gets its children at once.
+    if let Some(planned) = planned.as_ref().filter(|_| !paused) {
+        let desired = workload::desired(&planned.worker);
+        seen.deployment = Some(
+            kc.children
+                .apply(&ctx.client, &ctx.metrics, &ns, &desired)
+                .await?,
+        );
+    }
+    // 3. Observe.
+    observe(obj, kc, planned.as_ref(), &mut seen).await;
+    // 4. Scale on what was observed.
+    let scaled = match planned {
+        Some(planned) if !paused => scale(obj, kc, planned, &mut seen, now).await?,
+        _ => None,
+    };
+    // 5. Report.
+    if !write_status(obj, ctx, &seen, paused, now).await? {
+        // Deleted meanwhile: its children go with it; nothing left to report on.
+        return Ok(Action::await_change());
+    }
+    if let Some((from, to)) = scaled {
+        info!(from, to, "scaled");
+        publish(
+            obj,
+            ctx,
+            Event {
+                type_: EventType::Normal,
+                reason: "Scaled".into(),
+                note: Some(format!("replicas {from} → {to}")),
+                action: "Scale".into(),
+                secondary: None,
+            },
+        )
+        .await;
+    }
+    match seen.failure {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(ctx.settings.status_period)),
+    }
+}
+
+/// Step 1, plan: the worker plan from the spec and the referenced Secrets (their hash rolls the
+/// pods when they change), at the replicas running now brought within the bounds (a new
+/// resource: its minimum; the autoscaler decides on the measurement in step 4).
+/// `Ok(Err(e))`: the resource cannot run as specified (an invalid spec, a missing Secret): its
+/// status says so and nothing is applied.
+async fn plan<K: Pipeline>(
+    obj: &K,
+    ctx: &Context,
+    running: Option<&Deployment>,
+    now: Timestamp,
+) -> Result<Result<Plan, Error>> {
+    let mut worker = match obj.plan(&ctx.settings) {
+        Ok(worker) => worker,
+        Err(e) => return Ok(Err(e)),
+    };
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    let secrets = match fetch_secrets(&ctx.client, ns, &obj.secret_uses()).await {
+        Ok(secrets) => secrets,
+        Err(e @ Error::SecretNotFound { .. }) => return Ok(Err(e)),
+        Err(e) => return Err(e),
+    };
+    worker.secrets_hash = secrets.hash();
+    let current = running.and_then(|d| d.spec.replicas);
+    let previous_scale = running.and_then(|d| d.annotations().get(LAST_SCALE_ANNOTATION).cloned());
+    worker.replicas = obj.replicas(Scale {
+        current,
+        figures: None,
+        last_scale: previous_scale.as_ref().and_then(|t| t.parse().ok()),
+        now,
+        settings: &ctx.settings,
+        workers: None,
+    });
+    let scaled = current
+        .filter(|c| *c != worker.replicas)
+        .map(|c| (c, worker.replicas));
+    worker.last_scale_time = match scaled {
+        Some(_) => Some(now.to_string()),
+        None => previous_scale,
+    };
+    Ok(Ok(Plan {
+        worker,
+        secrets,
+        scaled,
+    }))
+}
+
+/// Step 3, observe: the figures (Kafka lag or outbox backlog), the worker pods as the pod watch
+/// last saw them (a poison record, a crash loop: the autoscaler needs both) and the workers'
+/// reports. Figures and reports are read at most once per status period: the reconciles a
+/// reconcile's own applies trigger reuse them.
+async fn observe<K: Pipeline>(
+    obj: &K,
+    kc: &KindContext,
+    planned: Option<&Plan>,
+    seen: &mut Seen<K::Figures>,
+) {
+    let ctx = &*kc.ctx;
+    if let Some(planned) = planned {
+        match measure(obj, ctx, planned).await {
+            Ok(figures) => seen.figures = Some(figures),
+            Err(e) => seen.fail(e),
+        }
+    }
+    if seen.deployment.is_none() {
+        return;
+    }
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    let pods = kc.children.pods(ns, &obj.name_any());
+    let figures = seen.figures.as_ref();
+    seen.workers = Some(status::workers_of(&pods, |record| {
+        figures.is_some_and(|f| K::moved_past(f, record))
+    }));
+    seen.reports = Some(read_reports(obj, ctx, &pods).await);
+}
+
+/// The figures of `obj`: the ones measured less than half a status period ago for the same
+/// uid, generation and Secrets, else measured now.
+async fn measure<K: Pipeline>(obj: &K, ctx: &Context, planned: &Plan) -> Result<K::Figures> {
+    let key = key_of(obj);
+    let of = format!(
+        "{}/{}/{}",
+        obj.meta().uid.as_deref().unwrap_or_default(),
+        obj.meta().generation.unwrap_or_default(),
+        planned.worker.secrets_hash
+    );
+    if let Some(figures) = ctx.recent_figures::<K::Figures>(&key, &of) {
+        return Ok(figures);
+    }
+    let figures = obj
+        .measure(&planned.secrets, &ctx.settings, &ctx.clients)
+        .await?;
+    ctx.measured(&key, of, figures.clone());
+    Ok(figures)
+}
+
+/// The reports of `pods`: the reading of less than a status period ago, else read now.
+async fn read_reports<K: Pipeline>(obj: &K, ctx: &Context, pods: &[Arc<Pod>]) -> Arc<Reports> {
+    let key = format!("{}/reports", key_of(obj));
+    let of = obj.meta().uid.clone().unwrap_or_default();
+    if let Some(reports) = ctx.recent_figures::<Arc<Reports>>(&key, &of) {
+        return reports;
+    }
+    let mut read = report::read(&ctx.reports_client, pods).await;
+    ctx.record_reports(&key, &mut read);
+    if read.unanswered > 0 {
+        debug!(unanswered = read.unanswered, "worker pods did not report");
+    }
+    ctx.metrics
+        .reports_unanswered
+        .get_or_create(&KindLabels { kind: K::KIND })
+        .inc_by(read.unanswered as u64);
+    let read = Arc::new(read);
+    ctx.measured(&key, of, read.clone());
+    read
+}
+
+/// Step 4, scale: the replicas the autoscaler decides on the figures and the workers' health; the
+/// Deployment is applied again when they differ from the plan's. Returns the replica change
+/// of this reconcile, (from, to).
+async fn scale<K: Pipeline>(
+    obj: &K,
+    kc: &KindContext,
+    mut planned: Plan,
+    seen: &mut Seen<K::Figures>,
+    now: Timestamp,
+) -> Result<Option<(i32, i32)>> {
+    let Some(figures) = seen.figures.as_ref() else {
+        return Ok(planned.scaled);
+    };
+    let ctx = &*kc.ctx;
+    let planned_replicas = planned.worker.replicas;
+    let replicas = obj.replicas(Scale {
+        current: Some(planned_replicas),
+        figures: Some(figures),
+        last_scale: planned
+            .worker
+            .last_scale_time
+            .as_ref()
+            .and_then(|t| t.parse().ok()),
+        now,
+        settings: &ctx.settings,
+        workers: seen.workers.as_ref(),
+    });
+    if replicas == planned_replicas {
+        return Ok(planned.scaled);
+    }
+    planned.worker.replicas = replicas;
+    planned.worker.last_scale_time = Some(now.to_string());
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    let desired = workload::desired(&planned.worker);
+    seen.deployment = Some(
+        kc.children
+            .apply_deployment(&ctx.client, &ctx.metrics, ns, &desired.deployment)
+            .await?,
+    );
+    let from = planned.scaled.map_or(planned_replicas, |(from, _)| from);
+    Ok(Some((from, replicas)))
+}
+
+/// Step 5, report: the status from what was seen, written (server-side apply of the status
+/// subresource) only when it differs from the stored one, and an Event per condition that
+/// changed. `false`: the resource is gone.
+async fn write_status<K: Pipeline>(
+    obj: &K,
+    ctx: &Context,
+    seen: &Seen<K::Figures>,
+    paused: bool,
+    now: Timestamp,
+) -> Result<bool> {
     let name = obj.name_any();
     let generation = obj.meta().generation;
-    let now = Timestamp::now();
-    let paused = is_paused(obj.meta());
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let child = child_name(&name, K::COMPONENT);
-    let mut deployment = deployments.get_opt(&child).await?;
-
-    let mut problem: Option<Problem> = None;
-    let mut failure: Option<Error> = None;
-    let mut figures = None;
-    let mut scaled: Option<(i32, i32)> = None;
-    let mut workers: Option<Workers> = None;
-    let mut pods: Option<Vec<Pod>> = None;
-
-    match obj.plan(&ctx.settings) {
-        Err(e) => {
-            problem = Some(problem_of(&e));
-            failure = Some(e);
-        }
-        Ok(mut plan) => match fetch_secrets(client, &ns, &obj.secret_uses()).await {
-            Err(e @ Error::SecretNotFound { .. }) => {
-                problem = Some(problem_of(&e));
-                failure = Some(e);
-            }
-            Err(e) => return Err(e),
-            Ok(secrets) => {
-                plan.secrets_hash = secrets.hash();
-                // Apply first: a new or changed resource gets its children without waiting for
-                // a measurement. Replicas stay as they are (a new resource: its minimum), only
-                // brought within the bounds; the measurement below may then scale.
-                let mut applied = None;
-                if !paused {
-                    let current = deployment.as_ref().and_then(|d| d.spec.replicas);
-                    let previous_scale = deployment
-                        .as_ref()
-                        .and_then(|d| d.annotations().get(LAST_SCALE_ANNOTATION).cloned());
-                    let kept = obj.replicas(Scale {
-                        current,
-                        figures: None,
-                        last_scale: previous_scale.as_ref().and_then(|t| t.parse().ok()),
-                        now,
-                        settings: &ctx.settings,
-                        workers: None,
-                    });
-                    plan.replicas = kept;
-                    plan.last_scale_time = match current {
-                        Some(c) if c != kept => {
-                            scaled = Some((c, kept));
-                            Some(now.to_string())
-                        }
-                        _ => previous_scale,
-                    };
-                    deployment =
-                        Some(apply_children(client, &ns, &workload::desired(&plan)).await?);
-                    applied = Some(kept);
-                }
-                // The reconciles this one's applies trigger reuse its figures; the status
-                // period's requeue (or a changed spec or Secret) measures again.
-                let key = key_of(obj);
-                let of = format!(
-                    "{}/{}/{}",
-                    obj.meta().uid.as_deref().unwrap_or_default(),
-                    generation.unwrap_or_default(),
-                    plan.secrets_hash
-                );
-                match ctx.recent_figures::<K::Figures>(&key, &of) {
-                    Some(f) => figures = Some(f),
-                    None => match obj.measure(&secrets, &ctx.settings, &ctx.clients).await {
-                        Ok(f) => {
-                            ctx.measured(&key, of, f.clone());
-                            figures = Some(f);
-                        }
-                        Err(e) => {
-                            problem = Some(problem_of(&e));
-                            failure = Some(e);
-                        }
-                    },
-                }
-                // What the pods say: a poison message, a crash loop (the autoscaler needs it).
-                if deployment.is_some() {
-                    let list = list_worker_pods::<K>(client, &ns, &name).await?;
-                    workers = Some(status::workers_of(&list, |record| {
-                        figures.as_ref().is_some_and(|f| K::moved_past(f, record))
-                    }));
-                    pods = Some(list);
-                }
-                // Then scale on what was measured.
-                if let (Some(applied), Some(f)) = (applied, figures.as_ref()) {
-                    let replicas = obj.replicas(Scale {
-                        current: Some(applied),
-                        figures: Some(f),
-                        last_scale: plan.last_scale_time.as_ref().and_then(|t| t.parse().ok()),
-                        now,
-                        settings: &ctx.settings,
-                        workers: workers.as_ref(),
-                    });
-                    if replicas != applied {
-                        scaled = Some((scaled.map_or(applied, |(from, _)| from), replicas));
-                        plan.replicas = replicas;
-                        plan.last_scale_time = Some(now.to_string());
-                        let desired = workload::desired(&plan);
-                        deployment = Some(apply(client, &ns, &desired.deployment).await?);
-                    }
-                }
-            }
-        },
-    }
-
-    // A worker that stopped on a poison message says so in its termination message.
-    if problem.is_none() {
-        problem = workers.and_then(|w| w.problem);
-    }
-    if pods.is_none() && deployment.is_some() {
-        pods = Some(list_worker_pods::<K>(client, &ns, &name).await?);
-    }
-    let mut reports = None;
-    if let Some(pods) = &pods {
-        // What the workers report, read once per status period like the figures.
-        let key = format!("{}/reports", key_of(obj));
-        let of = obj.meta().uid.clone().unwrap_or_default();
-        reports = match ctx.recent_figures::<Arc<Reports>>(&key, &of) {
-            Some(r) => Some(r),
-            None => {
-                let mut read = report::read(&ctx.reports_client, pods).await;
-                ctx.record_reports(&key, &mut read);
-                if read.unanswered > 0 {
-                    debug!(kind = K::KIND, namespace = %ns, name = %name,
-                        unanswered = read.unanswered, "worker pods did not report");
-                }
-                ctx.metrics
-                    .reports_unanswered
-                    .get_or_create(&KindLabels { kind: K::KIND })
-                    .inc_by(read.unanswered as u64);
-                let read = Arc::new(read);
-                ctx.measured(&key, of, read.clone());
-                Some(read)
-            }
-        };
-    }
-
     let previous = obj.stored_status();
     let previous_conditions = previous.map(K::conditions_of).unwrap_or_default();
-    let rollout = Rollout::of(deployment.as_ref());
+    let rollout = Rollout::of(seen.deployment.as_deref());
     let mut conditions = status::conditions(
         generation,
-        problem.as_ref(),
+        seen.problem().as_ref(),
         paused,
         &rollout,
         previous_conditions,
         now,
     );
     conditions.push(report::delivering(
-        reports.as_deref(),
+        seen.reports.as_deref(),
         generation,
         previous_conditions,
         now,
@@ -545,57 +665,40 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, ctx: &Context) -> Result<Action> 
         ready_replicas: rollout.ready,
         selector: Some(selector_string(&name, K::COMPONENT)),
     };
-    let new_status = obj.status(common, figures.as_ref(), reports.as_deref(), now);
-    if previous != Some(&new_status) {
-        let api: Api<K> = Api::namespaced(client.clone(), &ns);
-        let body = StatusApply {
-            api_version: K::api_version(&()).into_owned(),
-            kind: K::kind(&()).into_owned(),
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..ObjectMeta::default()
-            },
-            status: &new_status,
-        };
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(crate::MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-        {
-            Ok(_) => {}
-            // Deleted meanwhile: its children go with it; nothing left to report on.
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
-            Err(e) => return Err(e.into()),
-        }
-        ctx.metrics
-            .status_writes
-            .get_or_create(&KindLabels { kind: K::KIND })
-            .inc();
-        debug!(kind = K::KIND, namespace = %ns, name = %name, "status written");
-        publish_transitions(obj, ctx, previous_conditions, K::conditions_of(&new_status)).await;
+    let new_status = obj.status(common, seen.figures.as_ref(), seen.reports.as_deref(), now);
+    if previous == Some(&new_status) {
+        return Ok(true);
     }
-    if let Some((from, to)) = scaled {
-        info!(kind = K::KIND, namespace = %ns, name = %name, from, to, "scaled");
-        publish(
-            obj,
-            ctx,
-            Event {
-                type_: EventType::Normal,
-                reason: "Scaled".into(),
-                note: Some(format!("replicas {from} → {to}")),
-                action: "Scale".into(),
-                secondary: None,
-            },
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let body = StatusApply {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        status: &new_status,
+    };
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(crate::MANAGER).force(),
+            &Patch::Apply(&body),
         )
-        .await;
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
+        Err(e) => return Err(e.into()),
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(Action::requeue(ctx.settings.status_period)),
-    }
+    ctx.metrics
+        .status_writes
+        .get_or_create(&KindLabels { kind: K::KIND })
+        .inc();
+    debug!("status written");
+    publish_transitions(obj, ctx, previous_conditions, K::conditions_of(&new_status)).await;
+    Ok(true)
 }
 
 /// One Kubernetes Event per condition whose status or reason changed.
@@ -645,7 +748,8 @@ async fn publish<K: Pipeline>(obj: &K, ctx: &Context, event: Event) {
 
 /// Transient causes back off (measurement failures at most one status period, so the
 /// figures come back soon); a missing Secret or an invalid spec waits for a change.
-pub fn error_policy<K: Pipeline>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: Pipeline>(obj: Arc<K>, error: &Error, kc: Arc<KindContext>) -> Action {
+    let ctx = &kc.ctx;
     let backoff = ctx.failed(&key_of(obj.as_ref()));
     let backoff = match error {
         Error::KafkaUnreachable(_) | Error::TopicNotFound(_) | Error::DatabaseUnreachable(_) => {
@@ -671,88 +775,55 @@ pub async fn run<K: Pipeline>(
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    fn api<T>(client: &Client, ns: &Option<String>) -> Api<T>
-    where
-        T: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
-    {
-        // `Api<PartialObjectMeta<_>>` watches metadata only: no Secret data reaches the
-        // operator through its watches, and the children's specs are not cached.
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let client = ctx.client.clone();
+    let api = |ns: &Option<String>| match ns {
+        Some(ns) => Api::<K>::namespaced(client.clone(), ns),
+        None => Api::<K>::all(client.clone()),
+    };
     let (reader, writer) = reflector::store::<K>();
-    let main = watcher(api::<K>(&client, &namespace), watcher::Config::default())
+    let main = watcher(api(&namespace), watcher::Config::default())
         .default_backoff()
+        // Not read by any reconcile: the field managers' records (the status apply's lists
+        // every partition) and kubectl's copy of the last applied object.
+        .modify(|o| {
+            o.managed_fields_mut().clear();
+            o.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
             predicates::generation.combine(predicates::annotations),
             Default::default(),
         );
-    let children = watcher::Config::default().labels(&component_selector(K::COMPONENT));
-    let pods = children.clone();
+    // The children and worker pods: triggers, and the stores the reconcile reads.
+    let (children, watches) = Children::watch(&client, &namespace, K::COMPONENT);
+    // Secrets, metadata only (`Api<PartialObjectMeta<_>>` asks for nothing else): no Secret
+    // data reaches the operator through a watch; a reconcile reads the ones it references.
+    let secrets_api: Api<PartialObjectMeta<Secret>> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let secrets = watcher(secrets_api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
     let store = reader.clone();
-    let secrets = watcher(
-        api::<PartialObjectMeta<Secret>>(&client, &namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
+    let kc = Arc::new(KindContext {
+        ctx: ctx.clone(),
+        children,
+    });
     Controller::for_stream(main, reader)
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<Deployment>>(&client, &namespace),
-                children.clone(),
-            )
-            .default_backoff()
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<ConfigMap>>(&client, &namespace),
-                children.clone(),
-            )
-            .default_backoff()
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<Service>>(&client, &namespace),
-                children.clone(),
-            )
-            .default_backoff()
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &namespace),
-                children.clone(),
-            )
-            .default_backoff()
-            .touched_objects(),
-        )
-        .owns_stream(
-            watcher(
-                api::<PartialObjectMeta<ServiceAccount>>(&client, &namespace),
-                children,
-            )
-            .default_backoff()
-            .touched_objects(),
-        )
-        // Worker pods (metadata only): a container stopping, e.g. on a poison message, brings
-        // its resource back to read the pods' termination messages.
-        .watches_stream(
-            watcher(api::<PartialObjectMeta<Pod>>(&client, &namespace), pods)
-                .default_backoff()
-                .touched_objects(),
-            |pod| {
-                let name = pod.labels().get("app.kubernetes.io/instance")?;
-                Some(ObjectRef::<K>::new(name).within(&pod.namespace()?))
-            },
-        )
+        .owns_stream(watches.deployments)
+        .owns_stream(watches.config_maps)
+        .owns_stream(watches.services)
+        .owns_stream(watches.pod_disruption_budgets)
+        .owns_stream(watches.service_accounts)
+        // Worker pods: a container stopping, e.g. on a poison message, brings its resource
+        // back to read the pods' termination messages.
+        .watches_stream(watches.pods, |pod| {
+            let name = pod.labels().get("app.kubernetes.io/instance")?;
+            Some(ObjectRef::<K>::new(name).within(&pod.namespace()?))
+        })
         .watches_stream(secrets, move |secret| {
             let ns = secret.namespace();
             let name = secret.name_any();
@@ -765,7 +836,7 @@ pub async fn run<K: Pipeline>(
         })
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .run(reconcile::<K>, error_policy::<K>, kc)
         .for_each(|result| async move {
             if let Err(e) = result {
                 debug!(kind = K::KIND, error = %e, "controller event");

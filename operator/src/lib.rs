@@ -9,6 +9,7 @@
 //! own reports ([`report`]). See docs/operator.md.
 
 pub mod autoscale;
+pub mod children;
 pub mod context;
 pub mod controller;
 pub mod error;

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the operator: reconciles, errors by reason, reconcile durations, and
-//! whether this process holds the leader Lease, status writes and unanswered worker reports.
+//! whether this process holds the leader Lease, status writes, unanswered worker reports and
+//! child applies (sent or skipped).
 
 use std::sync::atomic::AtomicI64;
 
@@ -23,6 +24,14 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the child-apply counter: the child's kind, and `sent` or `unchanged` (skipped:
+/// the child is as last applied, see [`crate::children`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApplyLabels {
+    pub kind: String,
+    pub outcome: &'static str,
+}
+
 /// The operator's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -33,6 +42,8 @@ pub struct Metrics {
     pub status_writes: Family<KindLabels, Counter>,
     /// Running worker pods that did not answer their report in time.
     pub reports_unanswered: Family<KindLabels, Counter>,
+    /// Server-side applies of children, sent or skipped as unchanged.
+    pub applies: Family<ApplyLabels, Counter>,
 }
 
 impl Metrics {
@@ -47,6 +58,7 @@ impl Metrics {
             leader: Gauge::default(),
             status_writes: Family::default(),
             reports_unanswered: Family::default(),
+            applies: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("pipewright_operator");
         r.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -74,6 +86,11 @@ impl Metrics {
             "worker_reports_unanswered",
             "Running worker pods that did not answer their report within 2 s",
             m.reports_unanswered.clone(),
+        );
+        r.register(
+            "child_applies",
+            "Server-side applies of children: sent, or skipped as unchanged since the last one",
+            m.applies.clone(),
         );
         m
     }

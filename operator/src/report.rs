@@ -10,6 +10,8 @@
 //! once (at most [`CONCURRENT_READS`] in flight), each within [`READ_TIMEOUT`]: a pod that does
 //! not answer in time is left out and counted ([`Reports::unanswered`]).
 
+use std::borrow::Borrow;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -97,9 +99,10 @@ pub fn client() -> HttpClient {
 }
 
 /// The pods a report is asked of: running, with an IP.
-fn reachable(pods: &[Pod]) -> Vec<(String, String)> {
+fn reachable<P: Borrow<Pod>>(pods: &[P]) -> Vec<(String, String)> {
     pods.iter()
-        .filter_map(|pod| {
+        .map(Borrow::borrow)
+        .filter_map(|pod: &Pod| {
             let status = pod.status.as_ref()?;
             if status.phase.as_deref() != Some("Running") {
                 return None;
@@ -111,7 +114,7 @@ fn reachable(pods: &[Pod]) -> Vec<(String, String)> {
 
 /// Reads the report of every running pod with an IP, concurrently (bounded), each within
 /// [`READ_TIMEOUT`].
-pub async fn read(client: &HttpClient, pods: &[Pod]) -> Reports {
+pub async fn read<P: Borrow<Pod>>(client: &HttpClient, pods: &[P]) -> Reports {
     let targets = reachable(pods);
     let total = targets.len();
     let answers: Vec<PodReport> = futures::stream::iter(targets)

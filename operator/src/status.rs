@@ -2,6 +2,8 @@
 //! keeping `lastTransitionTime` when a condition's status did not change, so that a status
 //! with nothing new compares equal to the one stored and is not written.
 
+use std::borrow::Borrow;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -60,14 +62,14 @@ impl Problem {
 ///
 /// Also what the autoscaler must know: the records workers are stuck on (their partitions'
 /// lag cannot drain) and whether a container crash-loops (more replicas of it drain nothing).
-pub fn workers_of(pods: &[Pod], moved_past: impl Fn(&RecordRef) -> bool) -> Workers {
+pub fn workers_of<P: Borrow<Pod>>(pods: &[P], moved_past: impl Fn(&RecordRef) -> bool) -> Workers {
     let mut poison = None;
     let mut rejected = None;
     let mut stuck = Vec::new();
     let mut crash_looping = false;
     let statuses = pods
         .iter()
-        .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+        .filter_map(|pod| pod.borrow().status.as_ref()?.container_statuses.as_ref())
         .flatten();
     for c in statuses {
         let running_ready = c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some());

@@ -235,6 +235,103 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
     ns.delete().await;
 }
 
+/// The operator applies a child only when it differs from what it last applied: the reconciles
+/// its own applies trigger, and the status period's requeues, send nothing (counted by
+/// `pipewright_operator_child_applies_total`, over reconciles counted by
+/// `pipewright_operator_reconciles_total`); anyone else's change to a child — a deleted
+/// ConfigMap, a Deployment's replicas changed by hand — is undone by the reconcile its watch
+/// event triggers.
+#[tokio::test]
+async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_them() {
+    let (client, ns, operator) = setup("op-applies").await;
+    let topic = create_topic("op-applies", 1).await;
+    create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({})),
+    )
+    .await;
+    let child = "orders-consumer";
+    let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the first generation's status", WAIT, || async {
+        let ec = ecs.get("orders").await.ok()?;
+        (ec.status?.observed_generation == ec.metadata.generation).then_some(())
+    })
+    .await;
+    let sent = || operator.metric(r#"pipewright_operator_child_applies_total{kind="#);
+    let sent_of = |kind: &str, outcome: &str| {
+        operator.metric(&format!(
+            r#"pipewright_operator_child_applies_total{{kind="{kind}",outcome="{outcome}"}}"#
+        ))
+    };
+    let reconciles = || operator.metric("pipewright_operator_reconciles_total");
+    // Quiet: the applies stop growing while the requeues (every 2 s) go on.
+    let quiet = |what: &'static str| async move {
+        let mut last: Option<(f64, f64)> = None;
+        eventually(what, WAIT, || {
+            let sent_now = sent_of("Deployment", "sent").unwrap_or(0.0)
+                + sent_of("ConfigMap", "sent").unwrap_or(0.0)
+                + sent_of("Service", "sent").unwrap_or(0.0)
+                + sent_of("ServiceAccount", "sent").unwrap_or(0.0)
+                + sent_of("PodDisruptionBudget", "sent").unwrap_or(0.0);
+            let r = reconciles().unwrap_or(0.0);
+            let done = matches!(last, Some((s, r0)) if s == sent_now && r >= r0 + 3.0);
+            if !matches!(last, Some((s, _)) if s == sent_now) {
+                last = Some((sent_now, r));
+            }
+            async move { done.then_some(sent_now) }
+        })
+        .await
+    };
+    let settled = quiet("three reconciles in a row that apply nothing").await;
+    assert!(sent().is_some());
+    assert!(
+        sent_of("ConfigMap", "unchanged").unwrap_or(0.0) >= 3.0
+            && sent_of("Deployment", "unchanged").unwrap_or(0.0) >= 3.0,
+        "the requeues skipped the unchanged children"
+    );
+
+    // Someone deletes the ConfigMap: it comes back, a new object.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let old_uid = uid(&config_maps.get(child).await.unwrap());
+    config_maps
+        .delete(child, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the deleted ConfigMap to be applied again",
+        WAIT,
+        || async {
+            let cm = config_maps.get_opt(child).await.ok()??;
+            (uid(&cm) != old_uid).then_some(())
+        },
+    )
+    .await;
+
+    // Someone scales the Deployment by hand: the operator's replicas come back.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let replicas = deployments.get(child).await.unwrap().spec.replicas;
+    deployments
+        .patch(
+            child,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    eventually("the Deployment's replicas to be restored", WAIT, || async {
+        let d = deployments.get(child).await.ok()?;
+        (d.metadata.generation >= Some(3) && d.spec.replicas == replicas).then_some(())
+    })
+    .await;
+    let after = quiet("quiet again after the repairs").await;
+    assert!(
+        after >= settled + 2.0,
+        "the ConfigMap and the Deployment were applied again ({settled} → {after} applies sent)"
+    );
+    ns.delete().await;
+}
+
 /// Creates an outbox table shaped like the worker's migration (columns only) in `schema`.
 async fn outbox_table(schema: &TestSchema) {
     sqlx::query(

@@ -285,25 +285,27 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
     let _ = writeln!(
         md,
         "**Where the time goes, and what would reach the targets.** Reaction: a reconcile \
-         reads the Deployment and each referenced Secret from the apiserver, applies the \
-         ServiceAccount, ConfigMap, Service and PodDisruptionBudget (concurrently) and then the \
-         Deployment: at least three round trips in a row, where the built-in controller reads \
-         its informer cache and makes one create. Reading the Deployment from a reflector \
-         store would save one; it is not done: the Deployment watch is metadata-only (the \
-         pod templates of 1,200 Deployments would cost RSS, already over its target), and a \
-         replica count read from a store that lags the operator's own last apply could undo \
-         a scale-up. The Deployment waits for the objects its pods refer to (a pod created \
-         before its ServiceAccount exists is refused), so two round trips remain at best. \
-         Cold start: children are applied before anything is measured, and the reconciles the \
-         operator's own applies trigger reuse the figures (before that change: 302 of 1,200 \
-         Deployments after 600 s). Connections: every measurement uses one pooled librdkafka \
-         client per Kafka cluster (the committed offsets of any group through librdkafka's \
-         admin `ListConsumerGroupOffsets`, `kafka-admin/`) and one PostgreSQL pool per \
-         database (at most 4 connections), each closed after 10 idle minutes \
+         reads its Deployment and worker pods from the stores of the watches that trigger it \
+         (`operator/src/children.rs`) and each referenced Secret from the apiserver, then \
+         applies the ServiceAccount, ConfigMap, Service and PodDisruptionBudget \
+         (concurrently) and then the Deployment: two round trips in a row, where the built-in \
+         controller reads its informer cache and makes one create. The Deployment waits for \
+         the objects its pods refer to (a pod created before its ServiceAccount exists is \
+         refused, and the ReplicaSet controller reports a failed create), so two round trips \
+         remain: that is the gap to the 2× target. Cold start: children are applied before \
+         anything is measured; the reconciles the operator's own applies trigger reuse the \
+         figures, and apply nothing when the children are as last applied (same object, same \
+         `generation` or `resourceVersion`; the run committed in 77cbc82, which read the \
+         Deployment and listed the pods with a request each and applied every child on every \
+         reconcile, did not converge in 180 s). Connections: every measurement uses one pooled \
+         librdkafka client per Kafka cluster (the committed offsets of any group through \
+         librdkafka's admin `ListConsumerGroupOffsets`, `kafka-admin/`) and one PostgreSQL pool \
+         per database (at most 4 connections), each closed after 10 idle minutes \
          (`operator/src/measure/`): {:.1} Kafka connections and {:.1} PostgreSQL sessions \
          opened per minute in this run, where a client per measurement opened 1,641 and 399 \
-         (the run committed in 353a794, same sizes). Peak RSS ({} MiB): the reflector store of \
-         1,200 resources, the watch streams' initial lists, the pooled clients, and the \
+         (the run committed in 353a794, same sizes). Peak RSS ({} MiB): the reflector stores \
+         (1,200 resources; their 6,000 children and the worker pods, each reduced to what a \
+         reconcile reads), the watch streams' initial lists, the pooled clients, and the \
          per-resource figures and reports kept between status periods.\n",
         s.kafka_connections_per_minute,
         s.postgres_connections_per_minute,
@@ -312,18 +314,10 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
     if s.all_applied_s.is_none() || s.all_status_s.is_none() {
         let _ = writeln!(
             md,
-            "**Cold start not converged in this run** ({} of {} Deployments after {:.0} s), where \
-             the run committed in 353a794 converged in 41.9 s with the same sizes. Two things \
-             changed since: every reconcile now also lists its worker pods (the poison-record and \
-             crash-loop detection, the workers' reports), one more apiserver round trip on a \
-             control plane busy with 1,200 objects' applies; and this machine was slower (the \
-             built-in controller's p50 reaction above: {:.0} ms, 5 ms in that run). The \
-             operator's metrics, read by hand during the 2026-12-02 run (not part of the \
-             results file), showed reconciles of 0.3 to 1.3 s (mean 0.86 s for EventConsumers) at `--reconcile-concurrency` 16 per kind: the apiserver's \
-             round trips, not the operator's CPU (15 % of a core at steady state). Not profiled \
-             further in this change; what would help: reading the pods from a store fed by the \
-             pod watch the operator already runs (metadata-only today), and applying unchanged \
-             children not at all.\n",
+            "**Cold start not converged in this run** ({} of {} Deployments after {:.0} s; \
+             the built-in controller's p50 reaction above: {:.0} ms, a measure of how busy the \
+             control plane was). The operator's `pipewright_operator_reconcile_duration_seconds` \
+             and `pipewright_operator_child_applies_total` show where its reconciles went.\n",
             s.applied_at_end,
             s.event_consumers + s.outboxes,
             s.limit_s,
