@@ -394,9 +394,9 @@ pub fn markdown(results: &Results, plot: Option<&str>) -> String {
     line("|---|---:|---:|---|");
     for t in &results.targets {
         line(&format!(
-            "| {} | {:.2} | ≥ {:.1} | {} |",
+            "| {} | {} | ≥ {:.1} | {} |",
             t.what,
-            t.value,
+            ratio_text(t.value, t.target),
             t.target,
             if t.met { "met" } else { "**not met**" }
         ));
@@ -410,7 +410,10 @@ pub fn markdown(results: &Results, plot: Option<&str>) -> String {
             "Not met in this run: {}.",
             unmet
                 .iter()
-                .map(|t| format!("{} ({:.2}, target {:.1})", t.what, t.value, t.target))
+                .map(|t| {
+                    let value = ratio_text(t.value, t.target);
+                    format!("{} ({value}, target {:.1})", t.what, t.target)
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         ));
@@ -731,9 +734,29 @@ unset multiplot
     Ok(())
 }
 
+/// A ratio with two decimals, or four where two would round it across its target (0.4996
+/// against 0.5 reads "0.4996", not "0.50 not met").
+pub fn ratio_text(value: f64, target: f64) -> String {
+    let short = format!("{value:.2}");
+    let reads_met = short.parse::<f64>().is_ok_and(|v| v >= target);
+    if reads_met == (value >= target) {
+        short
+    } else {
+        format!("{value:.4}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_is_never_rounded_across_its_target() {
+        assert_eq!(ratio_text(0.4996, 0.5), "0.4996");
+        assert_eq!(ratio_text(0.71, 1.0), "0.71");
+        assert_eq!(ratio_text(0.5004, 0.5), "0.50");
+        assert_eq!(ratio_text(0.98, 0.3), "0.98");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

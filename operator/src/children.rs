@@ -304,6 +304,19 @@ impl Children {
         newest
     }
 
+    /// Drops the records of the children named `child` in `ns` (their resource was deleted).
+    pub fn forget(&self, ns: &str, child: &str) {
+        let suffix = format!("/{ns}/{child}");
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !k.ends_with(&suffix));
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{ns}/{child}"));
+    }
+
     /// The worker pods of resource `resource` in `ns`, as last seen.
     pub fn pods(&self, ns: &str, resource: &str) -> Vec<Arc<Pod>> {
         let selector = selector_labels(resource, self.component);

@@ -143,11 +143,50 @@ impl Context {
         Duration::from_secs(secs.min(300))
     }
 
+    /// Forgets everything kept for the resource `key` (`Kind/namespace/name`) and its
+    /// readings (`<key>/...`): it was deleted.
+    pub fn forget(&self, key: &str) {
+        let of = |k: &String| of_resource(k, key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !of(k));
+        self.measured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !of(k));
+        self.rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !of(k));
+    }
+
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+    }
+}
+
+/// `k` is the key of the resource `key` or of one of its readings (`<key>/...`).
+fn of_resource(k: &str, key: &str) -> bool {
+    k.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::of_resource;
+
+    #[test]
+    fn a_deleted_resource_takes_its_readings_and_nothing_else() {
+        let key = "EventConsumer/ns/orders";
+        assert!(of_resource("EventConsumer/ns/orders", key));
+        assert!(of_resource("EventConsumer/ns/orders/reports", key));
+        assert!(!of_resource("EventConsumer/ns/orders-2", key));
+        assert!(!of_resource("EventConsumer/ns/order", key));
+        assert!(!of_resource("Outbox/ns/orders", key));
     }
 }

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -353,6 +353,16 @@ pub async fn reconcile<K: Pipeline>(obj: Arc<K>, kc: Arc<KindContext>) -> Result
 pub struct KindContext {
     pub ctx: Arc<Context>,
     pub children: Children,
+}
+
+impl KindContext {
+    /// Drops what is kept in memory for `obj` (deleted).
+    fn forget<K: Pipeline>(&self, obj: &K) {
+        let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+        self.ctx.forget(&key_of(obj));
+        self.children
+            .forget(ns, &child_name(&obj.name_any(), K::COMPONENT));
+    }
 }
 
 /// A complete plan: everything the reconcile applies, decided before it applies anything.
@@ -781,21 +791,6 @@ pub async fn run<K: Pipeline>(
         None => Api::<K>::all(client.clone()),
     };
     let (reader, writer) = reflector::store::<K>();
-    let main = watcher(api(&namespace), watcher::Config::default())
-        .default_backoff()
-        // Not read by any reconcile: the field managers' records (the status apply's lists
-        // every partition) and kubectl's copy of the last applied object.
-        .modify(|o| {
-            o.managed_fields_mut().clear();
-            o.annotations_mut()
-                .remove("kubectl.kubernetes.io/last-applied-configuration");
-        })
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            Default::default(),
-        );
     // The children and worker pods: triggers, and the stores the reconcile reads.
     let (children, watches) = Children::watch(&client, &namespace, K::COMPONENT);
     // Secrets, metadata only (`Api<PartialObjectMeta<_>>` asks for nothing else): no Secret
@@ -812,6 +807,28 @@ pub async fn run<K: Pipeline>(
         ctx: ctx.clone(),
         children,
     });
+    let forget = kc.clone();
+    let main = watcher(api(&namespace), watcher::Config::default())
+        .default_backoff()
+        // Not read by any reconcile: the field managers' records (the status apply's lists
+        // every partition) and kubectl's copy of the last applied object.
+        .modify(|o| {
+            o.managed_fields_mut().clear();
+            o.annotations_mut()
+                .remove("kubectl.kubernetes.io/last-applied-configuration");
+        })
+        .reflect(writer)
+        // A deleted resource's figures, report readings, backoff and apply records go with it.
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(obj) = event {
+                forget.forget(obj);
+            }
+        })
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
     Controller::for_stream(main, reader)
         .owns_stream(watches.deployments)
         .owns_stream(watches.config_maps)
