@@ -90,7 +90,9 @@ impl<H: Handler> Processor<H> {
         };
         let event = match decoded {
             Ok(event) => event,
-            Err(rejection) => return self.reject(record, rejection, cancel).await,
+            // Boxed, like the dead-letter path below: rare paths whose futures (a Kafka
+            // produce) would otherwise size every record's future.
+            Err(rejection) => return Box::pin(self.reject(record, rejection, cancel)).await,
         };
         let mut delays = self.config.retry.delays();
         let mut attempts = 0u32;
@@ -136,7 +138,7 @@ impl<H: Handler> Processor<H> {
                         attempts,
                         first_failure,
                     };
-                    return self.dead_letter(record, failure, cancel).await;
+                    return Box::pin(self.dead_letter(record, failure, cancel)).await;
                 }
             }
         }

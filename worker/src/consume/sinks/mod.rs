@@ -23,12 +23,15 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// The sinks that wait on the network deliver through a boxed future: inline, the largest
+    /// of them (kilobytes of HTTP and PostgreSQL client state) would size every record's
+    /// future, which is built and moved for every record, also by the sinks that never wait.
     async fn deliver(&self, event: &GenericEvent, record: &Record) -> Result<(), HandlerError> {
         match self {
             Sink::Log(s) => s.deliver(event, record),
-            Sink::Http(s) => s.deliver(event, record).await,
-            Sink::Kafka(s) => s.deliver(event, record).await,
-            Sink::Postgres(s) => s.deliver(event, record).await,
+            Sink::Http(s) => Box::pin(s.deliver(event, record)).await,
+            Sink::Kafka(s) => Box::pin(s.deliver(event, record)).await,
+            Sink::Postgres(s) => Box::pin(s.deliver(event, record)).await,
             Sink::Discard(s) => {
                 s.deliver().await;
                 Ok(())
