@@ -440,7 +440,7 @@ impl Children {
         body.hash(&mut hasher);
         let hash = hasher.finish();
         let labels = |outcome| ApplyLabels {
-            kind: T::kind(&()).into_owned(),
+            kind: kind.to_string(),
             outcome,
         };
         if let Some(v) = current.as_ref().and_then(|m| version(m, by)) {

@@ -258,7 +258,6 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
         (ec.status?.observed_generation == ec.metadata.generation).then_some(())
     })
     .await;
-    let sent = || operator.metric(r#"pipewright_operator_child_applies_total{kind="#);
     let sent_of = |kind: &str, outcome: &str| {
         operator.metric(&format!(
             r#"pipewright_operator_child_applies_total{{kind="{kind}",outcome="{outcome}"}}"#
@@ -269,11 +268,16 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
     let quiet = |what: &'static str| async move {
         let mut last: Option<(f64, f64)> = None;
         eventually(what, WAIT, || {
-            let sent_now = sent_of("Deployment", "sent").unwrap_or(0.0)
-                + sent_of("ConfigMap", "sent").unwrap_or(0.0)
-                + sent_of("Service", "sent").unwrap_or(0.0)
-                + sent_of("ServiceAccount", "sent").unwrap_or(0.0)
-                + sent_of("PodDisruptionBudget", "sent").unwrap_or(0.0);
+            let sent_now: f64 = [
+                "Deployment",
+                "ConfigMap",
+                "Service",
+                "ServiceAccount",
+                "PodDisruptionBudget",
+            ]
+            .into_iter()
+            .filter_map(|kind| sent_of(kind, "sent"))
+            .sum();
             let r = reconciles().unwrap_or(0.0);
             let done = matches!(last, Some((s, r0)) if s == sent_now && r >= r0 + 3.0);
             if !matches!(last, Some((s, _)) if s == sent_now) {
@@ -284,7 +288,6 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
         .await
     };
     let settled = quiet("three reconciles in a row that apply nothing").await;
-    assert!(sent().is_some());
     assert!(
         sent_of("ConfigMap", "unchanged").unwrap_or(0.0) >= 3.0
             && sent_of("Deployment", "unchanged").unwrap_or(0.0) >= 3.0,
