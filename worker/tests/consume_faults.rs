@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::consume::{
-    ConsumeWorker, TopicReader, committed, parse_events, produce, produce_steps, step,
+    ConsumeWorker, SteadyStream, TopicReader, committed, parse_events, produce, step,
 };
 use common::http_get;
 use pipewright_testenv::{create_topic, eventually, unique_name};
@@ -25,8 +25,8 @@ fn n_set(events: &[common::consume::Logged]) -> HashSet<u64> {
 async fn consume_at_least_once_survives_sigkill_with_duplicates_bounded_by_the_window() {
     let topic = create_topic("ec-kill", 3).await;
     let group = unique_name("ec-kill");
-    let total = 20_000u64;
-    produce_steps(&topic, total, 200).await;
+    // A steady stream, not a backlog: however fast the worker, the kill lands mid-stream.
+    let stream = SteadyStream::start(std::slice::from_ref(&topic), 4000, 200);
     let concurrency = CONCURRENCY.to_string();
     let window = WINDOW.to_string();
     let args = [
@@ -50,6 +50,7 @@ async fn consume_at_least_once_survives_sigkill_with_duplicates_bounded_by_the_w
     .await;
     first.sigkill();
     let before = first.delivered();
+    let total = stream.stop().await;
     assert!(
         (before.len() as u64) < total,
         "the kill came too late to be mid-stream"
@@ -83,8 +84,8 @@ async fn consume_at_least_once_survives_sigkill_with_duplicates_bounded_by_the_w
 async fn consume_graceful_sigterm_commits_everything_processed_and_a_restart_redelivers_nothing() {
     let topic = create_topic("ec-term", 2).await;
     let group = unique_name("ec-term");
-    let total = 20_000u64;
-    produce_steps(&topic, total, 50).await;
+    // A steady stream, not a backlog: however fast the worker, SIGTERM lands mid-stream.
+    let stream = SteadyStream::start(std::slice::from_ref(&topic), 4000, 50);
     let args = ["--concurrency", "16", "--on-unknown-type", "fail"];
 
     let mut first = ConsumeWorker::start(&topic, &group, &args);
@@ -108,6 +109,7 @@ async fn consume_graceful_sigterm_commits_everything_processed_and_a_restart_red
     let code = first.sigterm_and_wait().await;
     assert_eq!(code, 0, "graceful exit; log:\n{}", first.log_text());
     let before = first.delivered();
+    let total = stream.stop().await;
     assert!((before.len() as u64) < total, "SIGTERM came too late");
     assert_eq!(
         n_set(&before).len(),
