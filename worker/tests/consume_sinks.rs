@@ -2,12 +2,16 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use common::consume::{ConsumeWorker, TopicReader, committed, produce, produce_steps, step};
+use common::consume::{
+    ConsumeWorker, SteadyStream, TopicReader, committed, produce, produce_steps, step,
+};
 use pipewright_testenv::{
     TestEnv, TestSchema, create_topic, create_topic_named, eventually, unique_name,
 };
+use pipewright_worker::consume::sinks::kafka::H_SOURCE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_postgres_sink_writes_exactly_one_row_per_event_across_sigkill() {
@@ -206,14 +210,14 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
     );
 }
 
-/// The transactional sink's quiesce is bounded: a transaction commits only once no record is
-/// in flight, and a record unfinished for longer than `min(drainTimeout, TX_QUIESCE_MAX)`
-/// (here: its output topic does not exist yet, so every produce fails and is retried) makes
-/// the worker abort the open transaction and exit non-zero rather than wait until the broker's
-/// `transaction.timeout.ms` aborts it. Nothing was committed, to the group or the output; once
-/// the topic exists, the restart replays and read_committed sees each input exactly once.
+/// A transactional sink's outputs are settled by the transaction's commit: an output that is
+/// never acknowledged (here: its output topic does not exist yet) fails the commit within its
+/// timeout, and the worker aborts the open transaction and exits non-zero rather than wait
+/// until the broker's `transaction.timeout.ms` aborts it. Nothing was committed, to the group
+/// or the output; once the topic exists, the restart replays and read_committed sees each
+/// input exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consume_transactional_kafka_sink_aborts_and_exits_when_a_record_outlasts_the_quiesce_bound_then_replays_exactly_once()
+async fn consume_transactional_kafka_sink_aborts_and_exits_when_an_output_is_never_acknowledged_then_replays_exactly_once()
  {
     let topic = create_topic("ec-txq-in", 3).await;
     let out = unique_name("ec-txq-out");
@@ -248,8 +252,8 @@ async fn consume_transactional_kafka_sink_aborts_and_exits_when_a_record_outlast
     let log = first.log_text();
     assert_ne!(code, 0, "the worker stops with an error; log:\n{log}");
     assert!(
-        log.contains("while the transaction waited to commit; transaction aborted"),
-        "it stopped at the quiesce bound (not another error); log:\n{log}"
+        log.contains("transaction commit failed; aborting it and stopping"),
+        "it stopped at the transaction's commit (not another error); log:\n{log}"
     );
     assert!(
         committed(&group, &topic, 3).is_empty(),
@@ -284,5 +288,119 @@ async fn consume_transactional_kafka_sink_aborts_and_exits_when_a_record_outlast
         (0..total).collect::<Vec<_>>(),
         "read_committed sees each input exactly once; log:\n{}",
         second.log_text()
+    );
+}
+
+/// The non-transactional Kafka sink hands each output to its producer and goes on; offsets
+/// are committed only once every output below them is acknowledged. Killed mid-stream with
+/// outputs in flight: every input below the committed offsets is in the output topic (its
+/// `pipewright.source` header), and the restart brings every input there at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_kafka_sink_is_at_least_once_across_sigkill_commits_only_acknowledged_outputs() {
+    let topic = create_topic("ec-ks-in", 3).await;
+    let out = create_topic("ec-ks-out", 3).await;
+    let group = unique_name("ec-ks");
+    let stream = SteadyStream::start(std::slice::from_ref(&topic), 4000, 100);
+    let reader = TopicReader::start(&out, "read_uncommitted");
+    let sink = ["--sink", "kafka", "--sink-kafka-topic", &out];
+    let args = [
+        "--concurrency",
+        "256",
+        "--on-unknown-type",
+        "fail",
+        "--group-instance-id",
+        "worker-0",
+        "--commit-interval",
+        "200ms",
+        // Outputs wait 1 s in the producer before they are sent: every commit has outputs
+        // of the records below it unacknowledged, and must wait for them.
+        "--kafka-config",
+        "linger.ms=1000",
+    ];
+    let sources = |reader: &TopicReader| -> HashSet<String> {
+        reader
+            .snapshot()
+            .into_iter()
+            .filter_map(|r| r.headers.get(H_SOURCE).cloned())
+            .collect()
+    };
+
+    let mut first = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    eventually(
+        "some offsets are committed",
+        Duration::from_secs(120),
+        || async {
+            let c: i64 = committed(&group, &topic, 3).values().sum();
+            (c >= 2000).then_some(())
+        },
+    )
+    .await;
+    first.sigkill();
+    let total = stream.stop().await;
+    let at_kill = committed(&group, &topic, 3);
+    reader.caught_up().await;
+    let seen = sources(&reader);
+    for (partition, end) in &at_kill {
+        let missing: Vec<i64> = (0..*end)
+            .filter(|o| !seen.contains(&format!("{topic}/{partition}/{o}")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "partition {partition}: committed up to {end}, but {} of the records below are \
+             not in the output (first: {:?})",
+            missing.len(),
+            missing.first()
+        );
+    }
+    assert!(
+        at_kill.values().sum::<i64>() < total as i64,
+        "the kill came too late to be mid-stream"
+    );
+
+    let mut second = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    eventually(
+        "the group's offsets reach the end",
+        Duration::from_secs(120),
+        || async {
+            let c: i64 = committed(&group, &topic, 3).values().sum();
+            (c == total as i64).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(second.sigterm_and_wait().await, 0, "a clean shutdown");
+    reader.caught_up().await;
+    let ns: HashSet<u64> = reader
+        .snapshot()
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+            v["n"].as_u64()
+        })
+        .collect();
+    assert_eq!(ns.len() as u64, total, "every input reached the output");
+}
+
+/// An output the target never acknowledges (its topic does not exist, so librdkafka fails it
+/// once `message.timeout.ms` passes) stops the worker with an error and nothing committed:
+/// the sink returned before the acknowledgement, so the commit is what waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_kafka_sink_stops_uncommitted_when_an_output_is_never_acknowledged() {
+    let topic = create_topic("ec-ksf-in", 1).await;
+    let out = unique_name("ec-ksf-missing");
+    let group = unique_name("ec-ksf");
+    produce_steps(&topic, 50, 5).await;
+    let sink = ["--sink", "kafka", "--sink-kafka-topic", &out];
+    let args = ["--on-unknown-type", "fail", "--commit-interval", "200ms"];
+    let mut worker = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    let code = worker.wait_exit(Duration::from_secs(120)).await;
+    let log = worker.log_text();
+    assert_ne!(code, 0, "the worker stops with an error; log:\n{log}");
+    assert!(
+        log.contains("an output was not acknowledged"),
+        "it stopped on the unacknowledged output; log:\n{log}"
+    );
+    assert!(
+        committed(&group, &topic, 1).is_empty(),
+        "nothing was committed past an output that never arrived"
     );
 }

@@ -7,15 +7,17 @@
 //!   the consumer miss `max.poll.interval.ms` and leave the group); a partition whose window is
 //!   full is paused in librdkafka (its fetch queue purged, fetched again from the consumed
 //!   position on resume) while the others keep flowing.
-//! - **Commits.** In the background (the loop never waits for one; at most one in flight),
+//! - **Commits.** Each waits first until every output sent by the records below its offsets
+//!   is acknowledged ([`Handler::await_outputs`]; an output lost fails the worker
+//!   uncommitted). In the background (the loop never waits for one; at most one in flight),
 //!   every `commit_interval` and early when a quarter of a partition's window is finished and
 //!   unsent; the window moves when the broker acknowledged. Synchronous in the loop only on
 //!   revoke and shutdown. With a transactional sink, offsets go into its transaction instead
 //!   (see [`super::sinks::kafka`]).
 //! - **Revoke.** The callback runs [`Pipeline::revoke_blocking`] (nothing of the partition
 //!   starts any more; running records get `revoke_timeout`, then are cancelled and stopped),
-//!   asks the handler to hand on what it sent ([`Handler::before_revoke`]: the Kafka sink
-//!   flushes), then commits the finished prefix synchronously. Only then does librdkafka give
+//!   waits until the handler's outputs are acknowledged ([`Handler::await_outputs`]: the
+//!   Kafka sink's producer), then commits the finished prefix synchronously. Only then does librdkafka give
 //!   the partition up, so its next owner never overlaps with this worker's deliveries of it.
 //!   A *lost* assignment (session timeout: another member may own it already) is cancelled at
 //!   once and not committed.
@@ -41,6 +43,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::OUTPUTS_SETTLE_MAX;
 use super::events::{Handler, Record};
 use super::metrics::{ConsumerMetrics, PartitionLabels};
 use super::offsets::Tp;
@@ -202,14 +205,19 @@ impl<H: Handler> ConsumeContext<H> {
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let lost = consumer.assignment_lost();
         let tps = tps_of(tpl);
-        let offsets = blocking(|| {
+        let (offsets, settled) = blocking(|| {
             let offsets = self
                 .pipeline
                 .revoke_blocking(&tps, lost, self.revoke_timeout);
-            self.pipeline.handler().before_revoke();
-            offsets
+            let handler = self.pipeline.handler();
+            let settled = handler.await_outputs(handler.outputs_sent(), OUTPUTS_SETTLE_MAX);
+            (offsets, settled)
         });
         self.forget_lag(&tps);
+        if let Err(e) = settled {
+            self.pipeline.fail(e);
+            return;
+        }
         if offsets.is_empty() {
             return;
         }
@@ -431,11 +439,17 @@ impl<H: Handler> Fetcher<'_, H> {
         if offsets.is_empty() {
             return;
         }
+        // Read after the offsets were chosen: it covers every output of the records below them.
+        let sent = self.pipeline.handler().outputs_sent();
         debug!(?offsets, "committing");
         let consumer = self.consumer.clone();
         let pipeline = self.pipeline.clone();
         let metrics = self.metrics.clone();
         *committing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = pipeline.handler().await_outputs(sent, OUTPUTS_SETTLE_MAX) {
+                pipeline.fail(e);
+                return;
+            }
             let result = tpl_of(&offsets).and_then(|tpl| {
                 consumer
                     .commit(&tpl, CommitMode::Sync)
@@ -481,6 +495,13 @@ impl<H: Handler> Fetcher<'_, H> {
         let offsets = self.pipeline.to_commit();
         if offsets.is_empty() {
             info!("nothing left to commit; leaving the group");
+            return;
+        }
+        let handler = self.pipeline.handler();
+        let sent = handler.outputs_sent();
+        if let Err(e) = blocking(|| handler.await_outputs(sent, OUTPUTS_SETTLE_MAX)) {
+            warn!(error = %crate::Chain(&e), "not committing: outputs unacknowledged");
+            self.pipeline.fail(e);
             return;
         }
         let result = tpl_of(&offsets).and_then(|tpl| {

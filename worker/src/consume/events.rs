@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 use pipewright_crds::termination::RecordRef;
 use serde::de::DeserializeOwned;
@@ -172,11 +173,25 @@ pub trait Handler: Send + Sync + 'static {
         async {}
     }
 
-    /// Called (blocking, on the consumer's thread) when partitions are revoked, after their
-    /// records stopped and before their offsets are committed: hand everything sent so far on
-    /// to its destination, so nothing this worker sent for them arrives after their next
-    /// owner's deliveries (the Kafka sink flushes its producer). The default does nothing.
-    fn before_revoke(&self) {}
+    /// For handlers whose [`Handler::handle`] returns once an output is *sent* rather than
+    /// acknowledged (the Kafka sink: its producer keeps the per-key order of what it was
+    /// given, so the next record of the key need not wait for the acknowledgement): a mark
+    /// covering every output sent so far. Read after the offsets to commit are chosen, so
+    /// every record below them sent its outputs before the mark. The default is 0.
+    fn outputs_sent(&self) -> u64 {
+        0
+    }
+
+    /// Blocks until every output sent before `mark` is acknowledged, at most `timeout`. Called
+    /// before any offset is committed (periodic, revoke, shutdown), on a blocking thread: an
+    /// error means an output may be lost, and nothing is committed (the worker stops; its
+    /// restart delivers again from the last commit). On revoke it also makes sure nothing
+    /// this worker sent for the partitions arrives after their next owner's outputs. The
+    /// default returns at once.
+    fn await_outputs(&self, mark: u64, timeout: Duration) -> Result<(), crate::Error> {
+        let _ = (mark, timeout);
+        Ok(())
+    }
 }
 
 /// A shared handler is a handler (keep a handle to inspect it, e.g. in tests).
@@ -199,8 +214,12 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
         (**self).committed(offsets)
     }
 
-    fn before_revoke(&self) {
-        (**self).before_revoke()
+    fn outputs_sent(&self) -> u64 {
+        (**self).outputs_sent()
+    }
+
+    fn await_outputs(&self, mark: u64, timeout: Duration) -> Result<(), crate::Error> {
+        (**self).await_outputs(mark, timeout)
     }
 }
 

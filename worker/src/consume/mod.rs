@@ -49,8 +49,8 @@
 //! - **Revocation.** Cooperative-sticky assignment. When partitions are revoked, no record of
 //!   theirs starts any more (those waiting are dropped, uncommitted); their running records get
 //!   `revokeTimeout` (default 10 s) to finish, then are cancelled, and the callback returns
-//!   only once none runs; the handler hands on what it sent ([`Handler::before_revoke`]: the
-//!   Kafka sink flushes); the finished prefix is committed synchronously. A *lost* assignment
+//!   only once none runs; the handler's outputs are acknowledged ([`Handler::await_outputs`]:
+//!   the Kafka sink's producer); the finished prefix is committed synchronously. A *lost* assignment
 //!   (session timeout) is cancelled at once and not committed. Only then does librdkafka give
 //!   the partitions up.
 //! - **Commits.** Every `commitInterval`, and early when a quarter of a partition's window is
@@ -61,9 +61,12 @@
 //!   transaction; a replay is a no-op, [`sinks::postgres`]). `kafka` with `transactional`:
 //!   exactly once for `read_committed` readers (outputs and offsets in one Kafka transaction,
 //!   [`sinks::kafka`]); a transaction commit waits for the records in flight at most
-//!   `min(drainTimeout, 30 s)`, after which the transaction is aborted and the worker stops
-//!   (its restart replays from the last committed transaction; proven by
-//!   `consume_transactional_kafka_sink_aborts_and_exits_when_a_record_outlasts_the_quiesce_bound_then_replays_exactly_once`).
+//!   `min(drainTimeout, 30 s)`, after which the transaction is aborted and the worker stops;
+//!   an output never acknowledged fails the commit the same way (its restart replays from the
+//!   last committed transaction; proven by
+//!   `consume_transactional_kafka_sink_aborts_and_exits_when_an_output_is_never_acknowledged_then_replays_exactly_once`).
+//!   `kafka`: at least once; offsets are committed only once the outputs below them are
+//!   acknowledged (`consume_kafka_sink_is_at_least_once_across_sigkill_commits_only_acknowledged_outputs`).
 //!   `http` and `log`: at least once (the HTTP receiver deduplicates on the idempotency
 //!   header, [`sinks::http`]).
 //!
@@ -203,14 +206,26 @@ impl ConsumeConfig {
 
 /// An idempotent producer (acks=all) with the configured compression.
 pub fn producer(kafka: &KafkaSettings, compression: Compression) -> Result<FutureProducer, Error> {
-    kafka
-        .client_config()
+    producer_config(kafka, compression)
+        .create()
+        .map_err(Error::Kafka)
+}
+
+/// How long a commit waits at most for the outputs sent before it to be acknowledged: past
+/// `message.timeout.ms` (30 s, [`producer_config`]), by which librdkafka settles every output,
+/// acknowledged or failed.
+pub const OUTPUTS_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// The settings of every producer of the consumer (sinks, dead letters): idempotent, acks=all,
+/// each output settled (acknowledged or failed) within 30 s.
+pub fn producer_config(kafka: &KafkaSettings, compression: Compression) -> rdkafka::ClientConfig {
+    let mut config = kafka.client_config();
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", compression.as_str())
-        .set("message.timeout.ms", "30000")
-        .create()
-        .map_err(Error::Kafka)
+        .set("message.timeout.ms", "30000");
+    config
 }
 
 /// Runs the consumer with `handler` until `shutdown` is cancelled (then drains and commits)

@@ -1,14 +1,27 @@
 //! The Kafka sink: each event is produced to a topic of the same cluster (key, value and
 //! headers of the consumed record, plus `pipewright.source` = `<topic>/<partition>/<offset>`).
 //!
-//! - `transactional: false`: an idempotent producer (acks=all); a record is finished once the
-//!   target topic acknowledged it. At least once (see the `consume` module).
+//! - **A delivery returns once the output is handed to the producer**, not when the target
+//!   acknowledges it: the idempotent producer keeps the order of what it is given per output
+//!   partition (the output key is the input key, so one key's outputs share a partition), so
+//!   the next record of the key starts at once instead of a round trip later (with an await
+//!   per record, a key's throughput was one record per linger + acknowledgement, ~6 ms).
+//!   Offsets are committed only once every output sent before them is acknowledged
+//!   ([`KafkaSink::await_outputs`], called by the consumer before every commit, revoke and
+//!   shutdown commit). An output that fails after librdkafka's own retries
+//!   (`message.timeout.ms`, 30 s) cannot be retried in order any more: the worker stops
+//!   without committing past it, and its restart delivers again from the last commit. A full
+//!   producer queue makes deliveries wait (backpressure), never drops.
+//! - `transactional: false`: an idempotent producer (acks=all). At least once (see the
+//!   `consume` module), proven across SIGKILL by
+//!   `consume_kafka_sink_is_at_least_once_across_sigkill_and_a_poison_record_is_dead_lettered`.
 //! - `transactional: true`: **exactly once for `read_committed` readers.** One transactional
 //!   producer per worker (`transactional.id` = `pipewright-<group>-<instance>`, stable across
 //!   restarts of the same pod, so a restart fences and aborts the previous incarnation's open
 //!   transaction). Outputs are produced inside the open transaction; a commit waits until no
 //!   record is in flight (the pipeline is quiesced, so every output in the transaction belongs
-//!   to a record below the offsets being committed), then sends the consumer offsets into the
+//!   to a record below the offsets being committed; librdkafka's commit waits for every output
+//!   to be acknowledged, and fails the transaction if one failed), then sends the consumer offsets into the
 //!   transaction (`send_offsets_to_transaction`, with the consumer's group metadata, so a
 //!   zombie of an older generation is fenced) and commits it. The group's offsets are never
 //!   committed outside a transaction. A partition revocation commits the same way before the
@@ -18,20 +31,23 @@
 //!
 //! Proven by `consume_transactional_kafka_sink_is_exactly_once_for_read_committed_readers_across_sigkill`.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info};
 
 use crate::Error;
 use crate::consume::events::{GenericEvent, HandlerError, Record};
 use crate::consume::offsets::Tp;
-use crate::consume::{Compression, producer};
+use crate::consume::{Compression, producer_config};
 use crate::kafka::KafkaSettings;
 
 /// Header naming the consumed record an output came from.
@@ -48,10 +64,59 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// discarded and the restart replays from the last committed transaction.
 pub const TX_QUIESCE_MAX: Duration = Duration::from_secs(30);
 
+/// How long a delivery waits before it offers an output again to a full producer queue.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
+
+/// The sink's producer: its delivery reports settle [`Acks`].
+type SinkProducer = ThreadedProducer<AckContext>;
+
+/// Outputs sent and not acknowledged yet, by send number, and the first that failed.
+#[derive(Debug, Default)]
+struct Acks {
+    state: Mutex<AckState>,
+    settled: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct AckState {
+    /// The send number of the next output.
+    next: u64,
+    pending: BTreeSet<u64>,
+    failure: Option<String>,
+}
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The producer's context: each delivery report settles its output's send number.
+struct AckContext(Arc<Acks>);
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: usize) {
+        let mut st = self.0.lock();
+        st.pending.remove(&(sent as u64));
+        if let Err((e, _)) = result
+            && st.failure.is_none()
+        {
+            st.failure = Some(e.to_string());
+        }
+        drop(st);
+        self.0.settled.notify_all();
+    }
+}
+
 /// Produces each event to `topic`.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: SinkProducer,
+    acks: Arc<Acks>,
     topic: String,
     transaction: Option<Arc<Transaction>>,
 }
@@ -72,8 +137,13 @@ impl KafkaSink {
         topic: &str,
         compression: Compression,
     ) -> Result<KafkaSink, Error> {
+        let acks = Arc::new(Acks::default());
+        let producer = producer_config(kafka, compression)
+            .create_with_context(AckContext(acks.clone()))
+            .map_err(Error::Kafka)?;
         Ok(KafkaSink {
-            producer: producer(kafka, compression)?,
+            producer,
+            acks,
             topic: topic.to_string(),
             transaction: None,
         })
@@ -88,18 +158,14 @@ impl KafkaSink {
         compression: Compression,
         transactional_id: &str,
     ) -> Result<KafkaSink, Error> {
-        let producer: FutureProducer = kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", compression.as_str())
+        let acks = Arc::new(Acks::default());
+        let producer: SinkProducer = producer_config(kafka, compression)
             .set("transactional.id", transactional_id)
             .set(
                 "transaction.timeout.ms",
                 TRANSACTION_TIMEOUT.as_millis().to_string(),
             )
-            .set("message.timeout.ms", "30000")
-            .create()
+            .create_with_context(AckContext(acks.clone()))
             .map_err(Error::Kafka)?;
         let p = producer.clone();
         tokio::task::spawn_blocking(move || {
@@ -119,19 +185,55 @@ impl KafkaSink {
                 broken: AtomicBool::new(false),
             })),
             producer,
+            acks,
             topic: topic.to_string(),
         })
     }
 
-    /// Waits until every record produced so far is acknowledged or failed (bounded): called
-    /// before a revoked partition is given up, so nothing this worker produced for it lands
-    /// after its next owner's outputs. A transactional sink has nothing to flush: its outputs
-    /// become visible with the transaction's commit.
-    pub fn flush(&self) {
-        if self.transaction.is_none()
-            && let Err(e) = self.producer.flush(Duration::from_secs(30))
-        {
-            tracing::warn!(error = %e, "flushing the kafka sink's producer failed");
+    /// The send number of the next output: every output sent so far is below it.
+    pub fn outputs_sent(&self) -> u64 {
+        self.acks.lock().next
+    }
+
+    /// Blocks until every output sent below `mark` is acknowledged (at most `timeout`), or
+    /// fails if any output failed. A transactional sink's outputs are settled by its commit
+    /// (librdkafka's commit waits for them and fails on any failed output) and only become
+    /// visible then: it returns at once.
+    pub fn await_outputs(&self, mark: u64, timeout: Duration) -> Result<(), Error> {
+        if self.transaction.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut st = self.acks.lock();
+        loop {
+            if let Some(failure) = &st.failure {
+                return Err(Error::Sink {
+                    sink: "kafka",
+                    reason: format!(
+                        "an output was not acknowledged ({failure}): nothing past it is \
+                         committed, the restart delivers again from the last commit"
+                    ),
+                });
+            }
+            if st.pending.first().is_none_or(|&oldest| oldest >= mark) {
+                return Ok(());
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(Error::Sink {
+                    sink: "kafka",
+                    reason: format!(
+                        "{} outputs still unacknowledged after {timeout:?}: nothing past \
+                         them is committed",
+                        st.pending.range(..mark).count()
+                    ),
+                });
+            };
+            st = self
+                .acks
+                .settled
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -157,24 +259,47 @@ impl KafkaSink {
             key: H_SOURCE,
             value: Some(&source),
         });
-        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        let sent = {
+            let mut st = self.acks.lock();
+            if let Some(failure) = &st.failure {
+                return Err(HandlerError::retryable(
+                    "kafka_produce",
+                    format!("an earlier output failed ({failure}); the worker is stopping"),
+                ));
+            }
+            let sent = st.next;
+            st.next += 1;
+            st.pending.insert(sent);
+            sent
+        };
+        let mut out: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&self.topic, sent as usize).headers(headers);
         if let Some(key) = &record.key {
             out = out.key(key.as_slice());
         }
         if let Some(payload) = &record.payload {
             out = out.payload(payload.as_slice());
         }
-        self.producer
-            .send(out, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| HandlerError::retryable("kafka_produce", e.to_string()))
+        loop {
+            match self.producer.send(out) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    out = back;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, _)) => {
+                    self.acks.lock().pending.remove(&sent);
+                    self.acks.settled.notify_all();
+                    return Err(HandlerError::retryable("kafka_produce", e.to_string()));
+                }
+            }
+        }
     }
 }
 
 /// The open transaction of a transactional sink; commits move the group's offsets with it.
 pub struct Transaction {
-    producer: FutureProducer,
+    producer: SinkProducer,
     broken: AtomicBool,
 }
 

@@ -7,6 +7,8 @@ pub mod kafka;
 pub mod log;
 pub mod postgres;
 
+use std::time::Duration;
+
 use super::events::{DeclaredTypes, GenericEvent, Handler, HandlerError, Record, Rejection};
 use super::offsets::Tp;
 
@@ -54,9 +56,17 @@ impl Sink {
         }
     }
 
-    fn before_revoke(&self) {
-        if let Sink::Kafka(s) = self {
-            s.flush();
+    fn outputs_sent(&self) -> u64 {
+        match self {
+            Sink::Kafka(s) => s.outputs_sent(),
+            _ => 0,
+        }
+    }
+
+    fn await_outputs(&self, mark: u64, timeout: Duration) -> Result<(), crate::Error> {
+        match self {
+            Sink::Kafka(s) => s.await_outputs(mark, timeout),
+            _ => Ok(()),
         }
     }
 }
@@ -83,7 +93,11 @@ impl Handler for SinkHandler {
         self.sink.committed(offsets).await
     }
 
-    fn before_revoke(&self) {
-        self.sink.before_revoke()
+    fn outputs_sent(&self) -> u64 {
+        self.sink.outputs_sent()
+    }
+
+    fn await_outputs(&self, mark: u64, timeout: Duration) -> Result<(), crate::Error> {
+        self.sink.await_outputs(mark, timeout)
     }
 }
