@@ -24,8 +24,8 @@ async fn consume_postgres_sink_writes_exactly_one_row_per_event_across_sigkill()
         .execute(&schema.pool)
         .await
         .unwrap();
-    let total = 6000i64;
-    produce_steps(&topic, total as u64, 100).await;
+    // A steady stream, not a backlog: however fast the sink, the kill lands mid-stream.
+    let stream = SteadyStream::start(std::slice::from_ref(&topic), 3000, 100);
     let table = format!("{}.events", schema.name);
     let offsets = format!("{}.pipewright_offsets", schema.name);
     let sink = [
@@ -64,6 +64,7 @@ async fn consume_postgres_sink_writes_exactly_one_row_per_event_across_sigkill()
     )
     .await;
     first.sigkill();
+    let total = stream.stop().await as i64;
     let at_kill = rows().await;
     let committed_at_kill: i64 = committed(&group, &topic, 3).values().sum();
     assert!(at_kill < total, "the kill came too late to be mid-stream");
@@ -403,4 +404,91 @@ async fn consume_kafka_sink_stops_uncommitted_when_an_output_is_never_acknowledg
         committed(&group, &topic, 1).is_empty(),
         "nothing was committed past an output that never arrived"
     );
+}
+
+/// The PostgreSQL sink writes what is queued in one transaction. Upserts of one key (the
+/// Kafka key is the upsert key) land in the key's order: every row ends at its key's last
+/// event. A row the table refuses (a CHECK violation) fails its batch's transaction; the batch
+/// is written again record by record, so only that record is dead-lettered, with the
+/// SQLSTATE in its headers, and every other event is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_postgres_sink_batches_keep_upserts_in_key_order_and_dead_letter_only_the_bad_row()
+{
+    const BAD: u64 = 777;
+    let topic = create_topic("ec-pgb", 3).await;
+    let dlq = create_topic("ec-pgb-dlq", 1).await;
+    let group = unique_name("ec-pgb");
+    let schema = TestSchema::create("ec_pgb").await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE accounts (key text PRIMARY KEY, n bigint NOT NULL CHECK (n <> {BAD}), \
+         event_type text)"
+    )))
+    .execute(&schema.pool)
+    .await
+    .unwrap();
+    let (total, keys) = (5000u64, 40u64);
+    produce_steps(&topic, total, keys).await;
+    let dead = TopicReader::start(&dlq, "read_committed");
+    let table = format!("{}.accounts", schema.name);
+    let offsets = format!("{}.pipewright_offsets", schema.name);
+    let sink = [
+        "--sink",
+        "postgres",
+        "--sink-postgres-table",
+        &table,
+        "--sink-postgres-offsets-table",
+        &offsets,
+        "--sink-postgres-upsert-key",
+        "key",
+    ];
+    let env = [(
+        "PIPEWRIGHT_DATABASE_URL",
+        TestEnv::get().database_url.as_str(),
+    )];
+    let args = [
+        "--concurrency",
+        "256",
+        "--on-unknown-type",
+        "fail",
+        "--dead-letter-topic",
+        &dlq,
+    ];
+    let mut worker = ConsumeWorker::start_with(&topic, &group, &sink, &args, &env);
+    eventually("everything committed", Duration::from_secs(120), || async {
+        let c: i64 = committed(&group, &topic, 3).values().sum();
+        (c == total as i64).then_some(())
+    })
+    .await;
+    assert_eq!(worker.sigterm_and_wait().await, 0, "a clean shutdown");
+
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT key, n FROM accounts ORDER BY key")
+        .fetch_all(&schema.pool)
+        .await
+        .unwrap();
+    let expected: Vec<(String, i64)> = {
+        let mut last: Vec<(String, i64)> = (0..keys)
+            .map(|k| {
+                let n = (0..total).rev().find(|n| n % keys == k).unwrap();
+                (format!("k{k}"), n as i64)
+            })
+            .collect();
+        last.sort();
+        last
+    };
+    assert_eq!(rows, expected, "each key's row holds its last event");
+    dead.caught_up().await;
+    let dead = dead.snapshot();
+    assert_eq!(dead.len(), 1, "only the refused record is dead-lettered");
+    let v: serde_json::Value = serde_json::from_slice(dead[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(v["n"], BAD, "the dead letter is the refused event");
+    assert_eq!(
+        dead[0]
+            .headers
+            .get("pipewright.error.kind")
+            .map(String::as_str),
+        Some("postgres_23514"),
+        "headers: {:?}",
+        dead[0].headers
+    );
+    schema.drop().await;
 }

@@ -179,9 +179,10 @@ impl SinkSettings {
             SinkConfig::Discard(d) => {
                 Ok((Sink::Discard(DiscardSink::new(d.delay, d.jitter)), None))
             }
-            SinkConfig::Http(h) => {
-                Ok((Sink::Http(HttpSink::new(HttpSinkConfig::parse(h)?)?), None))
-            }
+            SinkConfig::Http(h) => Ok((
+                Sink::Http(Box::new(HttpSink::new(HttpSinkConfig::parse(h)?)?)),
+                None,
+            )),
             SinkConfig::Kafka(k) => {
                 if config.consumer.topics.contains(&k.topic) {
                     return Err(Error::InvalidConfig {

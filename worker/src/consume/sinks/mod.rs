@@ -16,7 +16,7 @@ use super::offsets::Tp;
 #[derive(Debug)]
 pub enum Sink {
     Log(log::LogSink),
-    Http(http::HttpSink),
+    Http(Box<http::HttpSink>),
     Kafka(kafka::KafkaSink),
     Postgres(postgres::PostgresSink),
     /// Drops every event (benchmarks, dry runs): the cost of the pipeline alone, or of a slow
