@@ -216,7 +216,7 @@ impl Children {
         namespace: &Option<String>,
         component: Component,
     ) -> (Children, Watches) {
-        let config = watcher::Config::default().labels(&component_selector(component));
+        let config = crate::client::watch_config().labels(&component_selector(component));
         let (deployments, deployments_writer) = reflector::store();
         let (config_maps, config_maps_writer) = reflector::store();
         let (services, services_writer) = reflector::store();

@@ -799,7 +799,7 @@ pub async fn run<K: Pipeline>(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let secrets = watcher(secrets_api, watcher::Config::default())
+    let secrets = watcher(secrets_api, crate::client::watch_config())
         .default_backoff()
         .touched_objects();
     let store = reader.clone();
@@ -808,7 +808,7 @@ pub async fn run<K: Pipeline>(
         children,
     });
     let forget = kc.clone();
-    let main = watcher(api(&namespace), watcher::Config::default())
+    let main = watcher(api(&namespace), crate::client::watch_config())
         .default_backoff()
         // Not read by any reconcile: the field managers' records (the status apply's lists
         // every partition) and kubectl's copy of the last applied object.

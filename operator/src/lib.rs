@@ -10,6 +10,7 @@
 
 pub mod autoscale;
 pub mod children;
+pub mod client;
 pub mod context;
 pub mod controller;
 pub mod error;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use kube::Client;
 use kube::runtime::events::Reporter;
 use pipewright_crds::{EventConsumer, Outbox};
 use pipewright_operator::context::{Context, Settings};
@@ -114,7 +113,7 @@ fn on_signals() -> std::io::Result<CancellationToken> {
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let shutdown = on_signals()?;
-    let client = Client::try_default().await?;
+    let client = pipewright_operator::client::connect().await?;
     let identity = cli.identity.clone().unwrap_or_else(|| {
         let id = uuid::Uuid::new_v4().simple().to_string();
         format!("{MANAGER}-{}", &id[..8])
