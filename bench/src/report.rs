@@ -648,7 +648,9 @@ fn limits(results: &Results) -> Vec<String> {
     out.extend(sink_text(
         Sink::Kafka,
         "Kafka sink",
-        "produces every event again, zstd-compressed, to a topic on the same broker: the \
+        "produces every event again, zstd-compressed, to a topic on the same broker. A \
+         delivery returns once librdkafka has the output (which keeps a key's outputs in \
+         order); each commit waits until the outputs below it are acknowledged. The \
          compression and librdkafka's producer cost CPU in the worker, and the broker writes as \
          much as it reads, on the same cores.",
     ));
@@ -666,10 +668,10 @@ fn limits(results: &Results) -> Vec<String> {
     out.extend(sink_text(
         Sink::Postgres,
         "PostgreSQL sink",
-        "writes each event in a transaction of its own together with its offset row \
-         (effectively once): two inserts and a commit per record through at most 64 \
-         connections, on the same cores as the database. The database's per-transaction cost \
-         is the limit; no peer runs this workload.",
+        "writes each event's row together with its offset row (effectively once), in batches: \
+         up to 4 writers each take what is queued (at most 512 records) and write it in one \
+         transaction (one statement for the offsets, one for the rows, one commit), on the \
+         same cores as the database. No peer runs this workload.",
     ));
     out
 }
