@@ -13,7 +13,8 @@
 //!   every `commit_interval` and early when a quarter of a partition's window is finished and
 //!   unsent; the window moves when the broker acknowledged. Synchronous in the loop only on
 //!   revoke and shutdown. With a transactional sink, offsets go into its transaction instead
-//!   (see [`super::sinks::kafka`]).
+//!   (see [`super::sinks::kafka`]), on the same schedule: every interval and early when a
+//!   window asks (else a partition whose window filled would wait paused for the next tick).
 //! - **Revoke.** The callback runs [`Pipeline::revoke_blocking`] (nothing of the partition
 //!   starts any more; running records get `revoke_timeout`, then are cancelled and stopped),
 //!   waits until the handler's outputs are acknowledged ([`Handler::await_outputs`]: the
@@ -565,7 +566,9 @@ pub async fn run<H: Handler>(
     let mut stream = consumer.stream();
     loop {
         fetcher.apply(pipeline.take_flow());
-        if transaction.is_none() && pipeline.commit_soon() {
+        // Also with a transaction: its offsets move only with a commit, so a partition whose
+        // window filled between two ticks would stay paused until the next one.
+        if pipeline.commit_soon() {
             fetcher.commit().await;
         }
         tokio::select! {
