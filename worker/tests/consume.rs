@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::consume::{TopicReader, committed, produce, produce_steps, step};
 use pipewright_testenv::{TestEnv, create_topic, eventually, unique_name};
+use pipewright_worker::consume::metrics::KindLabels;
 use pipewright_worker::consume::{
     self, Compression, ConsumeConfig, ConsumerConfig, ConsumerMetrics, Handler, HandlerError,
     InitialOffset, InvalidPolicy, Ordering, PipelineConfig, Record, RetryPolicy,
@@ -320,7 +321,10 @@ async fn consume_handles_bad_input_per_policy_dead_letter_skip_and_fail() {
         [0, 4, 7],
         "valid events delivered, the null-key one included"
     );
-    assert_eq!(metrics.unknown_type.get(), 1);
+    let unknown = KindLabels {
+        kind: "unknown_type".into(),
+    };
+    assert_eq!(metrics.rejected.get_or_create(&unknown).get(), 1);
     assert_eq!(metrics.dead_lettered.get(), 5);
     assert_eq!(committed(&group, &topic, 1).get(&0), Some(&8));
 

@@ -33,8 +33,6 @@ pub struct ConsumerMetrics {
     pub dead_lettered: Counter,
     /// Records skipped by policy.
     pub skipped: Counter,
-    /// Records of an undeclared event type.
-    pub unknown_type: Counter,
     /// Records that are not valid events, by kind (malformed, unknown_type, schema_invalid,
     /// oversized).
     pub rejected: Family<KindLabels, Counter>,
@@ -73,11 +71,6 @@ impl ConsumerMetrics {
         );
         r.register("skipped", "Records skipped by policy", m.skipped.clone());
         r.register(
-            "unknown_type",
-            "Records of an undeclared event type",
-            m.unknown_type.clone(),
-        );
-        r.register(
             "rejected",
             "Records that are not valid events, by kind",
             m.rejected.clone(),
@@ -112,7 +105,6 @@ impl ConsumerMetrics {
             retried: Counter::default(),
             dead_lettered: Counter::default(),
             skipped: Counter::default(),
-            unknown_type: Counter::default(),
             rejected: Family::default(),
             in_flight: Gauge::default(),
             handler_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),

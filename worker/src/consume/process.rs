@@ -156,9 +156,6 @@ impl<H: Handler> Processor<H> {
                 kind: rejection.kind.as_str().to_string(),
             })
             .inc();
-        if rejection.kind == RejectionKind::UnknownType {
-            self.metrics.unknown_type.inc();
-        }
         match self.config.on_invalid {
             InvalidPolicy::Skip => {
                 info!(
