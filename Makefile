@@ -48,6 +48,10 @@ clean-cache: env-down ## Delete the cache of built binaries and jars ($PIPEWRIGH
 demo: ## Run it all locally: node, operator pod, an Outbox and an EventConsumer, a demo app, a live view (Ctrl-C ends)
 	examples/demo/run $(DEMO_ARGS)
 
+.PHONY: fuzz
+fuzz: ## Fuzz the event decoder, the worker's configuration files and the identifier parsers (cargo-fuzz on nightly; FUZZ_SECONDS per target, default 60)
+	fuzz/run $(FUZZ_SECONDS)
+
 .PHONY: generate
 generate: ## Regenerate the CRD YAML into charts/pipewright/crds (issue #3)
 	$(CARGO) run -q -p pipewright-crds --bin crdgen -- charts/pipewright/crds

@@ -298,7 +298,19 @@ fn event_type_only(payload: &[u8]) -> Option<String> {
         #[serde(borrow)]
         event_type: std::borrow::Cow<'a, str>,
     }
-    serde_json::from_slice::<Tag<'_>>(payload)
+    // Found by the `event_decode` fuzz target, each a record the full parse refuses:
+    // - a derived struct also deserializes from a JSON array (`["a"]` read as `event_type`
+    //   "a"): only an object is an event;
+    // - serde_json does not check the UTF-8 of strings it skips (`{"event_type":"a",
+    //   "x":"\xE1"}` passed): the whole payload is checked first (JSON text is UTF-8).
+    let text = std::str::from_utf8(payload).ok()?;
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return None;
+    }
+    serde_json::from_str::<Tag<'_>>(text)
         .ok()
         .map(|t| t.event_type.into_owned())
 }
@@ -445,6 +457,49 @@ mod tests {
     #[serde(tag = "event_type")]
     enum Ev {
         A { n: u32 },
+    }
+
+    /// Found by the `event_decode` fuzz target: serde reads a derived struct from a JSON
+    /// array too, so `["a"]` passed the fast path as an event of type "a"; and it skips a
+    /// string without checking its UTF-8. The full parse refused both.
+    #[test]
+    fn a_json_array_or_invalid_utf8_is_not_an_event_on_any_path() {
+        for payload in [r#"["a"]"#, r#" ["A", 1]"#, r#"["A",{"n":1}]"#] {
+            let r = record(payload);
+            for body in [false, true] {
+                let rejected = DeclaredTypes::any().decode(&r, body).unwrap_err();
+                assert_eq!(
+                    rejected.kind,
+                    RejectionKind::Malformed,
+                    "{payload} body={body}"
+                );
+            }
+            assert_eq!(
+                decode_tagged::<Ev>(&r).unwrap_err().kind,
+                RejectionKind::Malformed,
+                "{payload}"
+            );
+        }
+        // Invalid UTF-8 in a field the fast path skips is still invalid JSON.
+        let mut bad = br#"{"event_type":"a","x":""#.to_vec();
+        bad.extend_from_slice(&[0xE1, b'"', b'}']);
+        let r = Record {
+            payload: Some(bad),
+            ..record("")
+        };
+        for body in [false, true] {
+            let rejected = DeclaredTypes::any().decode(&r, body).unwrap_err();
+            assert_eq!(rejected.kind, RejectionKind::Malformed, "body={body}");
+        }
+        // Whitespace before the object is still an object.
+        let spaced = record(" \n\t{\"event_type\":\"a\"}");
+        assert_eq!(
+            DeclaredTypes::any()
+                .decode(&spaced, false)
+                .unwrap()
+                .event_type,
+            "a"
+        );
     }
 
     #[test]
