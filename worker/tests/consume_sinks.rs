@@ -2,11 +2,12 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::consume::{
-    ConsumeWorker, SteadyStream, TopicReader, committed, produce, produce_steps, step,
+    ConsumeWorker, SteadyStream, TopicReader, committed, group_reaches, produce, produce_steps,
+    step,
 };
 use pipewright_testenv::{
     TestEnv, TestSchema, create_topic, create_topic_named, eventually, unique_name,
@@ -145,17 +146,6 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
         "--commit-interval",
         "300ms",
     ];
-    let ns = |reader: &TopicReader| -> Vec<u64> {
-        reader
-            .snapshot()
-            .iter()
-            .filter_map(|r| {
-                let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
-                v["n"].as_u64()
-            })
-            .collect()
-    };
-
     let mut first = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
     eventually(
         "some outputs are committed",
@@ -179,29 +169,21 @@ async fn consume_transactional_kafka_sink_is_exactly_once_for_read_committed_rea
         Duration::from_secs(180),
         || {
             let distinct: std::collections::HashSet<u64> =
-                ns(&committed_reader).into_iter().collect();
+                committed_reader.ns().into_iter().collect();
             async move { (distinct.len() == total).then_some(()) }
         },
     )
     .await;
-    eventually(
-        "the group's offsets reach the end",
-        Duration::from_secs(60),
-        || async {
-            let c: i64 = committed(&group, &topic, 3).values().sum();
-            (c == total as i64).then_some(())
-        },
-    )
-    .await;
+    group_reaches(&group, &topic, 3, total as i64).await;
     // A late duplicate (there must be none) would be in a transaction committed before the
     // worker's exit: once the reader has read every partition to its end, it has seen it.
     assert_eq!(second.sigterm_and_wait().await, 0, "a clean shutdown");
     committed_reader.caught_up().await;
     eprintln!(
         "outputs seen by read_uncommitted (aborted ones included): {}",
-        ns(&uncommitted_reader).len()
+        uncommitted_reader.ns().len()
     );
-    let seen = ns(&committed_reader);
+    let seen = committed_reader.ns();
     let distinct: std::collections::HashSet<u64> = seen.iter().copied().collect();
     assert_eq!(
         (seen.len(), distinct.len()),
@@ -264,25 +246,10 @@ async fn consume_transactional_kafka_sink_aborts_and_exits_when_an_output_is_nev
     create_topic_named(&out, 3).await;
     let reader = TopicReader::start(&out, "read_committed");
     let mut second = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
-    eventually(
-        "the group's offsets reach the end",
-        Duration::from_secs(120),
-        || async {
-            let c: i64 = committed(&group, &topic, 3).values().sum();
-            (c == total as i64).then_some(())
-        },
-    )
-    .await;
+    group_reaches(&group, &topic, 3, total as i64).await;
     assert_eq!(second.sigterm_and_wait().await, 0, "a clean shutdown");
     reader.caught_up().await;
-    let mut seen: Vec<u64> = reader
-        .snapshot()
-        .iter()
-        .filter_map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
-            v["n"].as_u64()
-        })
-        .collect();
+    let mut seen = reader.ns();
     seen.sort_unstable();
     assert_eq!(
         seen,
@@ -357,27 +324,26 @@ async fn consume_kafka_sink_is_at_least_once_across_sigkill_commits_only_acknowl
         at_kill.values().sum::<i64>() < total as i64,
         "the kill came too late to be mid-stream"
     );
+    // Per-key order: deliveries return at hand-off, 256 at a time, and the producer keeps a
+    // key's outputs in order (one output partition per key). Before any redelivery, each
+    // key's outputs are in increasing n.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for r in reader.snapshot() {
+        let (Some(key), Some(value)) = (r.key, r.value) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        let n = v["n"].as_u64().unwrap();
+        if let Some(before) = last.insert(key.clone(), n) {
+            assert!(before < n, "key {key}: {n} after {before} in the output");
+        }
+    }
 
     let mut second = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
-    eventually(
-        "the group's offsets reach the end",
-        Duration::from_secs(120),
-        || async {
-            let c: i64 = committed(&group, &topic, 3).values().sum();
-            (c == total as i64).then_some(())
-        },
-    )
-    .await;
+    group_reaches(&group, &topic, 3, total as i64).await;
     assert_eq!(second.sigterm_and_wait().await, 0, "a clean shutdown");
     reader.caught_up().await;
-    let ns: HashSet<u64> = reader
-        .snapshot()
-        .iter()
-        .filter_map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
-            v["n"].as_u64()
-        })
-        .collect();
+    let ns: HashSet<u64> = reader.ns().into_iter().collect();
     assert_eq!(ns.len() as u64, total, "every input reached the output");
 }
 

@@ -149,9 +149,19 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64>
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let tpl = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
+    // Retried: on a broker that has just started, the first lookups can time out while the
+    // offsets topic and its coordinator come up.
+    let mut attempt = 1;
+    let tpl = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(tpl) => break tpl,
+            Err(e) if attempt < 3 => {
+                eprintln!("committed offsets of {group} (attempt {attempt}): {e}; again");
+                attempt += 1;
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    };
     tpl.elements()
         .iter()
         .filter_map(|e| match e.offset() {
@@ -159,6 +169,20 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64>
             _ => None,
         })
         .collect()
+}
+
+/// Waits until the group's committed offsets over `partitions` partitions of `topic` sum to
+/// `total`.
+pub async fn group_reaches(group: &str, topic: &str, partitions: i32, total: i64) {
+    eventually(
+        "the group's offsets reach the end",
+        Duration::from_secs(120),
+        || async {
+            let c: i64 = committed(group, topic, partitions).values().sum();
+            (c == total).then_some(())
+        },
+    )
+    .await;
 }
 
 /// One record of the dead-letter topic.
@@ -240,6 +264,19 @@ impl TopicReader {
 
     pub fn snapshot(&self) -> Vec<DeadLetter> {
         self.records.lock().unwrap().clone()
+    }
+
+    /// The `n` of every step event read so far (see [`step`]), in the order read.
+    pub fn ns(&self) -> Vec<u64> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+                v["n"].as_u64()
+            })
+            .collect()
     }
 
     /// Waits until this reader has read every partition up to the end the topic has now (its

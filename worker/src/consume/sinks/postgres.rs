@@ -266,18 +266,14 @@ impl Shared {
     /// not applied before, in order.
     async fn write(&self, batch: &[Pending]) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let (topics, partitions, offsets): (Vec<&str>, Vec<i32>, Vec<i64>) = batch
-            .iter()
-            .map(|p| (p.topic.as_str(), p.partition, p.offset))
-            .fold(
-                (Vec::new(), Vec::new(), Vec::new()),
-                |(mut t, mut p, mut o), (topic, partition, offset)| {
-                    t.push(topic);
-                    p.push(partition);
-                    o.push(offset);
-                    (t, p, o)
-                },
-            );
+        let mut topics = Vec::with_capacity(batch.len());
+        let mut partitions = Vec::with_capacity(batch.len());
+        let mut offsets = Vec::with_capacity(batch.len());
+        for p in batch {
+            topics.push(p.topic.as_str());
+            partitions.push(p.partition);
+            offsets.push(p.offset);
+        }
         let fresh: Vec<(String, i32, i64)> =
             sqlx::query_as(AssertSqlSafe(self.offsets_sql.as_str()))
                 .bind(&self.config.group_id)
