@@ -6,13 +6,13 @@
 //! it exhaustively; the generic binary uses [`GenericEvent`] with the event types declared in
 //! the EventConsumer (see [`DeclaredTypes`]).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use pipewright_crds::termination::RecordRef;
 use serde::de::DeserializeOwned;
 
+use super::FastMap;
 use super::offsets::Tp;
 
 /// One Kafka record, owned (the pipeline keeps it while it is in flight).
@@ -348,7 +348,7 @@ impl SchemaCheck for JsonSchema {
 /// accepted unchecked).
 #[derive(Debug, Default)]
 pub struct DeclaredTypes {
-    types: Option<HashMap<String, Option<Box<dyn SchemaCheck>>>>,
+    types: Option<FastMap<String, Option<Box<dyn SchemaCheck>>>>,
 }
 
 impl DeclaredTypes {
@@ -367,7 +367,7 @@ impl DeclaredTypes {
     /// Adds a schema to a declared type.
     pub fn with_schema(mut self, name: &str, check: Box<dyn SchemaCheck>) -> DeclaredTypes {
         self.types
-            .get_or_insert_with(HashMap::new)
+            .get_or_insert_with(FastMap::default)
             .insert(name.to_string(), Some(check));
         self
     }

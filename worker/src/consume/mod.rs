@@ -214,6 +214,11 @@ pub fn producer(kafka: &KafkaSettings, compression: Compression) -> Result<Futur
 /// How long a commit waits at most for the outputs sent before it to be acknowledged: past
 /// `message.timeout.ms` (30 s, [`producer_config`]), by which librdkafka settles every output,
 /// acknowledged or failed.
+/// The maps looked up for every record (lanes, partitions, declared event types): foldhash,
+/// seeded once per process (the keys come from producers, so not a fixed seed). Their SipHash
+/// lookups took ~5 % of the fetch loop (perf, docs/benchmarks.md part 1).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+
 pub const OUTPUTS_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// The settings of every producer of the consumer (sinks, dead letters): idempotent, acks=all,

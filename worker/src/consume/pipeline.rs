@@ -34,9 +34,9 @@
 //!
 //! The pipeline needs no Kafka: a benchmark or test drives it with records and a handler.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use super::FastMap;
 use super::dlq::DeadLetters;
 use super::events::{Handler, InvalidPolicy, Record};
 use super::metrics::ConsumerMetrics;
@@ -245,11 +246,11 @@ impl DoneQueue {
 struct State {
     slots: Vec<Option<Slot>>,
     /// topic -> partition -> slot.
-    index: HashMap<String, Vec<Option<usize>>>,
+    index: FastMap<String, Vec<Option<usize>>>,
     epochs: u64,
     /// Busy lanes (a record of the lane is ready, running, or waiting behind another) with the
     /// records waiting behind the one that holds the lane.
-    lanes: HashMap<LaneKey, VecDeque<Job>>,
+    lanes: FastMap<LaneKey, VecDeque<Job>>,
     /// Records that hold their lane and wait for a free slot of `concurrency`.
     ready: VecDeque<Job>,
     running: usize,
@@ -332,10 +333,12 @@ impl<H: Handler> std::fmt::Debug for Pipeline<H> {
     }
 }
 
+/// The hash a key's lane is found by (two keys with the same hash share a lane: ordered
+/// together, never reordered).
 fn key_hash(key: &[u8]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    static SEED: std::sync::LazyLock<foldhash::quality::RandomState> =
+        std::sync::LazyLock::new(Default::default);
+    SEED.hash_one(key)
 }
 
 fn record_bytes(record: &Record) -> usize {

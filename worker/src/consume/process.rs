@@ -10,6 +10,7 @@
 //! [`Pipeline`]: super::pipeline::Pipeline
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -38,6 +39,9 @@ pub enum Outcome {
 pub struct Failed {
     error: Mutex<Option<Error>>,
     token: CancellationToken,
+    /// Set before the token is cancelled: read for every record started, where the token's
+    /// own check takes a lock.
+    flag: AtomicBool,
 }
 
 impl Failed {
@@ -45,6 +49,7 @@ impl Failed {
     pub fn fail(&self, e: Error) {
         error!(error = %crate::Chain(&e), "stopping the consumer");
         self.error.lock().unwrap().get_or_insert(e);
+        self.flag.store(true, Ordering::Release);
         self.token.cancel();
     }
 
@@ -53,7 +58,7 @@ impl Failed {
     }
 
     pub fn is_failed(&self) -> bool {
-        self.token.is_cancelled()
+        self.flag.load(Ordering::Acquire)
     }
 
     pub fn take_error(&self) -> Option<Error> {
@@ -94,7 +99,8 @@ impl<H: Handler> Processor<H> {
             // produce) would otherwise size every record's future.
             Err(rejection) => return Box::pin(self.reject(record, rejection, cancel)).await,
         };
-        let mut delays = self.config.retry.delays();
+        // Built at the first failure: most records never need it.
+        let mut delays = None;
         let mut attempts = 0u32;
         let mut first_failure = None;
         loop {
@@ -118,7 +124,12 @@ impl<H: Handler> Processor<H> {
             };
             self.metrics.delivery.failed(&err.kind);
             let first_failure = *first_failure.get_or_insert_with(Utc::now);
-            match err.retryable.then(|| delays.next()).flatten() {
+            let next = || {
+                delays
+                    .get_or_insert_with(|| self.config.retry.delays())
+                    .next()
+            };
+            match err.retryable.then(next).flatten() {
                 Some(delay) => {
                     self.metrics.retried.inc();
                     warn!(
