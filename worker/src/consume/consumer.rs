@@ -313,10 +313,27 @@ impl<H: Handler> ConsumerContext for ConsumeContext<H> {
     }
 }
 
+/// The topic names of the records, shared: one allocation per topic, not per record.
+#[derive(Debug, Default)]
+struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        match self.0.iter().find(|t| &***t == name) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = name.into();
+                self.0.push(t.clone());
+                t
+            }
+        }
+    }
+}
+
 /// Copies a message into an owned [`Record`].
-pub fn to_record(m: &BorrowedMessage<'_>) -> Record {
+fn to_record(m: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Record {
     Record {
-        topic: m.topic().to_string(),
+        topic: topics.get(m.topic()),
         partition: m.partition(),
         offset: m.offset(),
         key: m.key().map(<[u8]>::to_vec),
@@ -564,6 +581,7 @@ pub async fn run<H: Handler>(
     let mut tick = tokio::time::interval(config.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stream = consumer.stream();
+    let mut topics = TopicNames::default();
     loop {
         fetcher.apply(pipeline.take_flow());
         // Also with a transaction: its offsets move only with a commit, so a partition whose
@@ -579,7 +597,7 @@ pub async fn run<H: Handler>(
             _ = tick.tick() => fetcher.commit().await,
             message = stream.next() => match message {
                 Some(Ok(m)) => {
-                    let mut taken = pipeline.take(to_record(&m));
+                    let mut taken = pipeline.take(to_record(&m, &mut topics));
                     drop(m);
                     // Take what else is fetched already, without another trip through the
                     // select (bounded, so ends of records and ticks are not starved); stop as
@@ -591,7 +609,7 @@ pub async fn run<H: Handler>(
                         }
                         match stream.next().now_or_never() {
                             Some(Some(Ok(m))) => {
-                                taken = pipeline.take(to_record(&m));
+                                taken = pipeline.take(to_record(&m, &mut topics));
                             }
                             Some(Some(Err(e))) => {
                                 warn!(error = %e, "consumer error");

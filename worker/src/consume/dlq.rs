@@ -86,7 +86,7 @@ impl DeadLetters {
             .first_failure
             .to_rfc3339_opts(SecondsFormat::Millis, true);
         for (key, value) in [
-            (H_TOPIC, record.topic.as_str()),
+            (H_TOPIC, &*record.topic),
             (H_PARTITION, partition.as_str()),
             (H_OFFSET, offset.as_str()),
             (H_KIND, failure.kind.as_str()),

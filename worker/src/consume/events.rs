@@ -7,6 +7,7 @@
 //! the EventConsumer (see [`DeclaredTypes`]).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pipewright_crds::termination::RecordRef;
@@ -18,7 +19,8 @@ use super::offsets::Tp;
 /// One Kafka record, owned (the pipeline keeps it while it is in flight).
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub topic: String,
+    /// Shared by the records of a topic (one allocation per topic, not per record).
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -33,7 +35,7 @@ impl Record {
     /// stable across redeliveries.
     pub fn id(&self) -> RecordRef {
         RecordRef {
-            topic: self.topic.clone(),
+            topic: self.topic.to_string(),
             partition: self.partition,
             offset: self.offset,
         }

@@ -207,7 +207,7 @@ impl PostgresSink {
             sql,
             key,
             body,
-            topic: record.topic.clone(),
+            topic: record.topic.to_string(),
             partition: record.partition,
             offset: record.offset,
             done,
