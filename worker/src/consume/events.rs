@@ -167,6 +167,15 @@ pub trait Handler: Send + Sync + 'static {
         record: &Record,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// Delivers one event at once when that needs no waiting (a log line, a hand-off to a
+    /// producer's queue): `Some` with the result of that attempt. `None` when delivering has
+    /// to wait: nothing was done, and [`Handler::handle`] is called instead. Saves the
+    /// future of a delivery (built, moved and freed per record). The default is `None`.
+    fn handle_now(&self, event: &Self::Event, record: &Record) -> Option<Result<(), HandlerError>> {
+        let _ = (event, record);
+        None
+    }
+
     /// Called (in the background) after these offsets were committed: the records below them
     /// are never delivered again. For handlers that keep state per record (the PostgreSQL
     /// sink's offsets table). The default does nothing.
@@ -210,6 +219,10 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
         record: &Record,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         (**self).handle(event, record)
+    }
+
+    fn handle_now(&self, event: &Self::Event, record: &Record) -> Option<Result<(), HandlerError>> {
+        (**self).handle_now(event, record)
     }
 
     fn committed(&self, offsets: &[(Tp, i64)]) -> impl Future<Output = ()> + Send {

@@ -23,8 +23,10 @@
 //!   ([`Pipeline::failed`]); it is not finished (so not committed), and no record starts after
 //!   it, so a restart delivers its key's records in order.
 //!
-//! Cost: a record whose processing completes at its first poll (a log or no-op sink, a
-//! rejected record) runs inline on the caller's task: no task, no wake-up. Any other record's
+//! Cost: a record whose sink delivers at once ([`Handler::handle_now`]: the log sink, the
+//! Kafka sink's hand-off to its producer, the no-op sink) is decoded and delivered inline on
+//! the caller's task: no future, no task, no wake-up. A record whose processing future
+//! completes at its first poll (a rejected record that is skipped) runs inline too. Any other record's
 //! processing continues as a task, which, when the record ended, books the end itself under
 //! the pipeline's one lock and runs the next ready record (its lane's successor or another
 //! waiting for a slot) in the same task: no spawn, no box and no wake-up of the fetch loop
@@ -418,11 +420,16 @@ impl<H: Handler> Core<H> {
         if started.cancelled {
             return Some(started.end(Outcome::Cancelled));
         }
+        // Most records end here (a sink that delivers at once): no future built for them.
+        let rest = match self.processor.start_now(&started.record) {
+            Ok(outcome) => return Some(started.end(outcome)),
+            Err(rest) => rest,
+        };
         let core = self.clone();
         let mut processing: Processing = Box::pin(async move {
             let outcome = core
                 .processor
-                .process(&started.record, &started.cancel)
+                .finish(&started.record, rest, &started.cancel)
                 .await;
             (started, outcome)
         });
@@ -1023,11 +1030,54 @@ mod tests {
         /// Keys whose deliveries fail (retryably) until the flag is cleared.
         stuck: Mutex<Option<Vec<u8>>>,
         delay: Duration,
+        /// What `handle_now` does.
+        now: Now,
+        now_calls: AtomicUsize,
+        handle_calls: AtomicUsize,
+    }
+
+    #[derive(Default)]
+    enum Now {
+        /// Returns `None`: every delivery goes through `handle`.
+        #[default]
+        Wait,
+        /// Delivers at once.
+        Deliver,
+        /// The attempt at once fails (retryably): `handle` delivers on the retry.
+        Fail,
+    }
+
+    impl Probe {
+        fn deliver(&self, event: &Ev, record: &Record) {
+            let Ev::Step { n } = event;
+            self.seen
+                .lock()
+                .unwrap()
+                .entry(record.key.clone().unwrap_or_default())
+                .or_default()
+                .push(*n);
+        }
     }
 
     impl Handler for Probe {
         type Event = Ev;
+        fn handle_now(&self, event: &Ev, record: &Record) -> Option<Result<(), HandlerError>> {
+            match self.now {
+                Now::Wait => None,
+                Now::Deliver => {
+                    self.now_calls.fetch_add(1, AtomicOrdering::SeqCst);
+                    self.deliver(event, record);
+                    Some(Ok(()))
+                }
+                Now::Fail => {
+                    self.now_calls.fetch_add(1, AtomicOrdering::SeqCst);
+                    Some(Err(HandlerError::retryable("test", "first attempt")))
+                }
+            }
+        }
+
         async fn handle(&self, event: &Ev, record: &Record) -> Result<(), HandlerError> {
+            self.handle_calls.fetch_add(1, AtomicOrdering::SeqCst);
             let Ev::Step { n } = event;
             if Some(*n) == self.fail_n {
                 return Err(HandlerError::permanent("test", "poison"));
@@ -1040,12 +1090,7 @@ mod tests {
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
             }
-            self.seen
-                .lock()
-                .unwrap()
-                .entry(record.key.clone().unwrap_or_default())
-                .or_default()
-                .push(*n);
+            self.deliver(event, record);
             self.running.fetch_sub(1, AtomicOrdering::SeqCst);
             Ok(())
         }
@@ -1149,6 +1194,54 @@ mod tests {
         assert!(peak > 1, "never more than one delivery at a time");
         assert!(peak <= 32, "peak {peak} above the bound");
         assert_eq!(p.committable(&Tp::new("t", 0)), Some(2000));
+    }
+
+    /// The path without a future (`Handler::handle_now`): a delivery made at once is not made
+    /// again; an attempt at once that fails is retried through `handle` (one retry counted),
+    /// and either way each key's records are delivered once each, in order, and committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliveries_made_at_once_are_made_once_and_a_failed_one_is_retried_in_key_order() {
+        for (now, handle_calls, retried) in [(Now::Deliver, 0, 0), (Now::Fail, 600, 600)] {
+            let probe = Arc::new(Probe {
+                now,
+                ..Probe::default()
+            });
+            let metrics = ConsumerMetrics::unregistered();
+            let p = Pipeline::new(
+                probe.clone(),
+                PipelineConfig {
+                    concurrency: 16,
+                    on_invalid: InvalidPolicy::Skip,
+                    retry: RetryPolicy {
+                        max_attempts: 2,
+                        initial: Duration::from_millis(1),
+                        max: Duration::from_millis(1),
+                    },
+                    ..PipelineConfig::default()
+                },
+                None,
+                metrics.clone(),
+            );
+            p.assign(Tp::new("t", 0));
+            feed(&p, (0..600).map(|o| record(0, o, &format!("k{}", o % 7)))).await;
+            assert!(p.drain(Duration::from_secs(60)).await);
+            assert_eq!(probe.now_calls.load(AtomicOrdering::SeqCst), 600);
+            assert_eq!(
+                probe.handle_calls.load(AtomicOrdering::SeqCst),
+                handle_calls
+            );
+            assert_eq!(metrics.retried.get(), retried);
+            assert_eq!(metrics.processed.get(), 600);
+            let seen = probe.seen.lock().unwrap();
+            assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 600);
+            for (key, ns) in seen.iter() {
+                assert!(
+                    ns.windows(2).all(|w| w[0] < w[1]),
+                    "key {key:?} out of order"
+                );
+            }
+            assert_eq!(p.committable(&Tp::new("t", 0)), Some(600));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

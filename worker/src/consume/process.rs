@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::dlq::{DeadLetters, Failure};
-use super::events::{Handler, InvalidPolicy, Record, Rejection, RejectionKind};
+use super::events::{Handler, HandlerError, InvalidPolicy, Record, Rejection, RejectionKind};
 use super::metrics::{ConsumerMetrics, KindLabels};
 use super::pipeline::PipelineConfig;
 use crate::Error;
@@ -76,48 +76,97 @@ pub struct Processor<H> {
     pub failed: Failed,
 }
 
+/// What is left of a record that [`Processor::start_now`] could not end without waiting.
+#[derive(Debug)]
+pub struct Rest<E> {
+    decoded: Result<E, Rejection>,
+    /// The result of the first attempt, when it was made at once ([`Handler::handle_now`]).
+    first: Option<Result<(), HandlerError>>,
+}
+
 impl<H: Handler> Processor<H> {
     /// Decodes, delivers (with retries) or dead-letters `record`; stops at the next wait when
     /// `cancel` is cancelled (the caller checks it before starting a record).
     pub async fn process(&self, record: &Record, cancel: &CancellationToken) -> Outcome {
-        let size = record.payload.as_ref().map_or(0, Vec::len);
-        let decoded = if size > self.config.max_record_bytes {
-            Err(Rejection {
-                kind: RejectionKind::Oversized,
-                message: format!(
-                    "the value has {size} bytes, more than the maximum of {}",
-                    self.config.max_record_bytes
-                ),
-                event_type: None,
-            })
-        } else {
-            self.handler.decode(record)
+        match self.start_now(record) {
+            Ok(outcome) => outcome,
+            Err(rest) => self.finish(record, rest, cancel).await,
+        }
+    }
+
+    /// Runs `record` as far as it goes without waiting: decoded, and delivered when the
+    /// handler can do that at once. `Ok`: it ended (delivered); `Err`: the rest is for
+    /// [`Processor::finish`].
+    pub fn start_now(&self, record: &Record) -> Result<Outcome, Rest<H::Event>> {
+        let event = match self.decode(record) {
+            Ok(event) => event,
+            Err(rejection) => {
+                return Err(Rest {
+                    decoded: Err(rejection),
+                    first: None,
+                });
+            }
         };
-        let event = match decoded {
+        let started = Instant::now();
+        let Some(result) = self.handler.handle_now(&event, record) else {
+            return Err(Rest {
+                decoded: Ok(event),
+                first: None,
+            });
+        };
+        self.metrics
+            .handler_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.delivered();
+                Ok(Outcome::Finished)
+            }
+            Err(e) => Err(Rest {
+                decoded: Ok(event),
+                first: Some(Err(e)),
+            }),
+        }
+    }
+
+    /// Goes on with what [`Processor::start_now`] left.
+    pub async fn finish(
+        &self,
+        record: &Record,
+        rest: Rest<H::Event>,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let event = match rest.decoded {
             Ok(event) => event,
             // Boxed, like the dead-letter path below: rare paths whose futures (a Kafka
             // produce) would otherwise size every record's future.
             Err(rejection) => return Box::pin(self.reject(record, rejection, cancel)).await,
         };
+        let mut first = rest.first;
         // Built at the first failure: most records never need it.
         let mut delays = None;
         let mut attempts = 0u32;
         let mut first_failure = None;
         loop {
             attempts += 1;
-            let started = Instant::now();
-            let result = tokio::select! {
-                biased;
-                result = self.handler.handle(&event, record) => result,
-                _ = cancel.cancelled() => return Outcome::Cancelled,
+            let result = match first.take() {
+                Some(result) => result,
+                None => {
+                    let started = Instant::now();
+                    let result = tokio::select! {
+                        biased;
+                        result = self.handler.handle(&event, record) => result,
+                        _ = cancel.cancelled() => return Outcome::Cancelled,
+                    };
+                    self.metrics
+                        .handler_latency_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    result
+                }
             };
-            self.metrics
-                .handler_latency_seconds
-                .observe(started.elapsed().as_secs_f64());
             let err = match result {
                 Ok(()) => {
-                    self.metrics.processed.inc();
-                    self.metrics.delivery.succeeded();
+                    self.delivered();
                     return Outcome::Finished;
                 }
                 Err(err) => err,
@@ -153,6 +202,26 @@ impl<H: Handler> Processor<H> {
                 }
             }
         }
+    }
+
+    fn decode(&self, record: &Record) -> Result<H::Event, Rejection> {
+        let size = record.payload.as_ref().map_or(0, Vec::len);
+        if size > self.config.max_record_bytes {
+            return Err(Rejection {
+                kind: RejectionKind::Oversized,
+                message: format!(
+                    "the value has {size} bytes, more than the maximum of {}",
+                    self.config.max_record_bytes
+                ),
+                event_type: None,
+            });
+        }
+        self.handler.decode(record)
+    }
+
+    fn delivered(&self) {
+        self.metrics.processed.inc();
+        self.metrics.delivery.succeeded();
     }
 
     async fn reject(

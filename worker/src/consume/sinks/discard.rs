@@ -42,6 +42,12 @@ impl DiscardSink {
         }
     }
 
+    /// Drops the event when this sink takes no time; `false`: [`DiscardSink::deliver`] must
+    /// take it.
+    pub fn deliver_now(&self) -> bool {
+        self.delay.is_zero() && self.jitter.is_zero()
+    }
+
     /// Drops the event after this delivery's time.
     pub async fn deliver(&self) {
         let wait = self.delay + self.jitter_of(self.calls.fetch_add(1, Ordering::Relaxed));

@@ -245,11 +245,23 @@ impl KafkaSink {
         self.transaction.clone()
     }
 
+    /// Hands the record's output to the producer (waiting while its queue is full).
     pub async fn deliver(
         &self,
         _event: &GenericEvent,
         record: &Record,
     ) -> Result<(), HandlerError> {
+        loop {
+            match self.deliver_now(record) {
+                Some(result) => return result,
+                None => tokio::time::sleep(QUEUE_FULL_WAIT).await,
+            }
+        }
+    }
+
+    /// Hands the record's output to the producer; `None` when its queue is full (nothing was
+    /// sent: try again after a wait).
+    pub fn deliver_now(&self, record: &Record) -> Option<Result<(), HandlerError>> {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &record.headers {
             headers = headers.insert(Header {
@@ -265,10 +277,10 @@ impl KafkaSink {
         let sent = {
             let mut st = self.acks.lock();
             if let Some(failure) = &st.failure {
-                return Err(HandlerError::retryable(
+                return Some(Err(HandlerError::retryable(
                     "kafka_produce",
                     format!("an earlier output failed ({failure}); the worker is stopping"),
-                ));
+                )));
             }
             let sent = st.next;
             st.next += 1;
@@ -283,20 +295,15 @@ impl KafkaSink {
         if let Some(payload) = &record.payload {
             out = out.payload(payload.as_slice());
         }
-        loop {
-            match self.producer.send(out) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    out = back;
-                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                }
-                Err((e, _)) => {
-                    self.acks.lock().pending.remove(&sent);
-                    self.acks.settled.notify_all();
-                    return Err(HandlerError::retryable("kafka_produce", e.to_string()));
-                }
-            }
-        }
+        let result = match self.producer.send(out) {
+            Ok(()) => return Some(Ok(())),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
+            Err((e, _)) => Some(Err(HandlerError::retryable("kafka_produce", e.to_string()))),
+        };
+        // Not sent: no acknowledgement will come for this number.
+        self.acks.lock().pending.remove(&sent);
+        self.acks.settled.notify_all();
+        result
     }
 }
 

@@ -41,6 +41,20 @@ impl Sink {
         }
     }
 
+    /// A delivery that needs no waiting ([`Handler::handle_now`]).
+    fn deliver_now(
+        &self,
+        event: &GenericEvent,
+        record: &Record,
+    ) -> Option<Result<(), HandlerError>> {
+        match self {
+            Sink::Log(s) => Some(s.deliver(event, record)),
+            Sink::Kafka(s) => s.deliver_now(record),
+            Sink::Discard(s) => s.deliver_now().then_some(Ok(())),
+            Sink::Http(_) | Sink::Postgres(_) => None,
+        }
+    }
+
     async fn committed(&self, offsets: &[(Tp, i64)]) {
         if let Sink::Postgres(s) = self {
             s.prune(offsets).await;
@@ -87,6 +101,14 @@ impl Handler for SinkHandler {
 
     async fn handle(&self, event: &GenericEvent, record: &Record) -> Result<(), HandlerError> {
         self.sink.deliver(event, record).await
+    }
+
+    fn handle_now(
+        &self,
+        event: &GenericEvent,
+        record: &Record,
+    ) -> Option<Result<(), HandlerError>> {
+        self.sink.deliver_now(event, record)
     }
 
     async fn committed(&self, offsets: &[(Tp, i64)]) {
