@@ -558,15 +558,29 @@ fn limits(results: &Results) -> Vec<String> {
             ));
         }
         text.push_str(
-            ". A record's future (decode, retries, the sink call) is built and moved once per \
-             record, so it is kept small (880 bytes): the sinks that wait on the network deliver \
-             through a boxed future (`worker/src/consume/sinks/mod.rs`). Inline, the largest \
-             sink's future made it 9.6 kB, and moving it took 17–20 % of this contender's CPU \
-             (`perf record`, 2026-12-02); the quick profile measured 441 k → 595 k records/s \
-             and 2.30 → 1.70 CPU s per million records from that change alone. What the \
-             profile shows after it: `clock_gettime` 9 % (librdkafka reads the clock on every \
-             message it hands out, the handler-latency histogram twice per record), JSON \
-             decoding 8 %, allocation 10 %.",
+            ". **Where the time goes** (`perf record` of the release worker reading a \
+             4-million-record topic, key order, c=256, 2026-12-02): one thread, the fetch loop, \
+             is busy all the time (75 % of the process's samples; librdkafka's broker thread \
+             23 %), so its cost per record sets the rate. On it: the event check (JSON scan for \
+             the type, declared-type lookup) 13 %, `clock_gettime` 11 % (librdkafka reads the \
+             clock about three times for every message it hands out and rust-rdkafka's poll once \
+             more: 8 %; the handler-latency histogram twice per record: 3 %), librdkafka's queue \
+             and message handling ~8 %, the pipeline's bookkeeping (take, lanes, windows, \
+             offsets) ~8 %, allocation and copies ~8 %. **What was cut**, each a same-session \
+             A/B of the old and the new binary (median of 5 alternating runs, 4M records): \
+             SipHash → foldhash in the maps looked up per record, an atomic flag instead of a \
+             cancellation token's lock, the retry backoff built only at a failure, and mimalloc \
+             as the allocator: 792 k → 855 k records/s; a record's topic shared per topic \
+             instead of a `String` per record: 847 k → 886 k; a delivery that needs no waiting \
+             (no-op, log, the Kafka sink's hand-off to its producer) made without building its \
+             future (`Handler::handle_now`): 911 k → 1.03 M. Earlier, the record's future was \
+             kept small (880 bytes; the largest sink's future inline made it 9.6 kB, and moving \
+             it took 17–20 % of the CPU: 441 k → 595 k in the quick profile). **Tried and \
+             dropped**: a second thread starting the ready records beside the fetch loop was \
+             slower (793 k against 845 k starting 64 per turn, 645 k against 893 k with 16): \
+             both threads contend for the pipeline's one lock (contended locking 4 %, context \
+             switches 7 % of the samples). What would go further: a lock per partition, so that \
+             partition queues (librdkafka can split them) are served by a task each.",
         );
         let queued = Contender::Worker {
             ordering: Ordering::Key,
@@ -621,9 +635,11 @@ fn limits(results: &Results) -> Vec<String> {
         out.push(format!(
             "**Ordering and concurrency** with the no-op sink: the slowest of the {} variants \
              runs at {:.2}× the fastest (compare the ranges: runs of one variant differ by as \
-             much on this shared machine). A no-op delivery completes at its first poll and runs \
-             inline on the fetch task (`worker/src/consume/pipeline.rs`), so records seldom wait \
-             for a slot or behind their key; these settings matter once the sink takes time.",
+             much on this shared machine). A no-op delivery is made at once, inline on the fetch \
+             task (`Handler::handle_now`, `worker/src/consume/pipeline.rs`), so records seldom \
+             wait for a slot or behind their key; these settings matter once the sink takes \
+             time. Key order costs a lane (a map entry per key in flight) per record: compare \
+             it with *none*.",
             grid.len(),
             lo / hi
         ));
