@@ -15,12 +15,6 @@ use pipewright_worker::report::Reporter;
 use pipewright_worker::{Error, Health, telemetry};
 use prometheus_client::registry::Registry;
 
-/// mimalloc rather than glibc's malloc: the consume loop allocates and frees a record, its
-/// copy of the value and its future for every record, on one thread while another frees
-/// (docs/benchmarks.md, part 1: where the time goes).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
