@@ -154,7 +154,7 @@ pub fn consume(profile: Profile, setup: &Setup) -> Result<Results> {
         profile.name(),
         topic.records,
         contenders.len(),
-        profile.runs(),
+        profile.consume_runs(),
         setup.work_dir.display()
     ));
 
@@ -200,7 +200,7 @@ pub fn consume(profile: Profile, setup: &Setup) -> Result<Results> {
         machine: machine(),
         versions: versions(setup),
         workload,
-        runs_per_contender: profile.runs(),
+        runs_per_contender: profile.consume_runs(),
         worker_extra_args: setup.worker_args.clone(),
         contenders,
         targets,
@@ -218,9 +218,9 @@ fn rounds(
     rt: &tokio::runtime::Runtime,
 ) -> Result<Vec<Vec<Run>>> {
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
-    let total = contenders.len() * profile.runs();
+    let total = contenders.len() * profile.consume_runs();
     let mut done = 0;
-    for round in 0..profile.runs() {
+    for round in 0..profile.consume_runs() {
         for k in 0..contenders.len() {
             let i = (k + round) % contenders.len();
             let contender = &contenders[i];
@@ -233,7 +233,7 @@ fn rounds(
             progress(&format!(
                 "{done:>3}/{total} round {}/{} {:<45} {:>9.0} records/s {:>6.1} MB/s {:>6.2} CPU s/M {:>5.2} cores {:>5.0} MiB  ({:.1} s)",
                 round + 1,
-                profile.runs(),
+                profile.consume_runs(),
                 contender.label(),
                 f.records_per_s,
                 f.mb_per_s,

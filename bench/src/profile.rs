@@ -12,7 +12,7 @@ pub const LIBRDKAFKA_DEFAULT_QUEUE_KBYTES: u32 = 65_536;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Profile {
-    /// 500k records, 3 runs of every contender.
+    /// 500k records, 5 runs of every contender in part 1, 3 in the others.
     Full,
     /// 100k records, 3 runs of the contenders the targets and the sinks need.
     Quick,
@@ -36,6 +36,18 @@ impl Profile {
             Profile::Full => 500_000,
             Profile::Quick => 100_000,
             Profile::Smoke => 3_000,
+        }
+    }
+
+    /// Part 1's runs of each contender (rounds; every figure is the median over them): 5 in
+    /// the full profile, whose runs are half a second each and move by ±25 % with the other
+    /// load of a shared machine (a median of 3 moved the worker ÷ Java ratio from 0.78 to
+    /// 1.05 between two runs of the same binaries, 2026-12-02).
+    pub fn consume_runs(self) -> usize {
+        match self {
+            Profile::Full => 5,
+            Profile::Quick => 3,
+            Profile::Smoke => 1,
         }
     }
 
