@@ -156,27 +156,71 @@ async fn chart_installs_upgrades_and_uninstalls() {
     ns.delete().await;
 }
 
-/// `kubectl auth can-i` as the chart's ServiceAccount: what the operator needs is allowed,
-/// what it does not need is denied.
+/// A row of the RBAC table in docs/reliability.md: what `kubectl auth can-i` answers for the
+/// chart's ServiceAccount, with the default ClusterRole and with `watchNamespace`.
+#[derive(Debug)]
+struct RbacRow {
+    verb: String,
+    /// TYPE, TYPE/NAME, or TYPE#SUBRESOURCE; `leases/LEASE` is the release's own Lease.
+    resource: String,
+    /// In another namespace than the release's (and the resources').
+    other: bool,
+    cluster: bool,
+    scoped: bool,
+}
+
+fn rbac_table() -> Vec<RbacRow> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/reliability.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (_, rest) = doc
+        .split_once("<!-- rbac-table: begin -->")
+        .expect("table start");
+    let (table, _) = rest
+        .split_once("<!-- rbac-table: end -->")
+        .expect("table end");
+    let answer = |cell: &str| match cell {
+        "yes" => true,
+        "no" => false,
+        other => panic!("{}: answer {other:?} is neither yes nor no", path.display()),
+    };
+    let rows: Vec<RbacRow> = table
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(2) // header and separator
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            assert!(cells.len() >= 5, "{}: row {line:?}", path.display());
+            RbacRow {
+                verb: cells[0].to_string(),
+                resource: cells[1].to_string(),
+                other: match cells[2] {
+                    "here" => false,
+                    "other" => true,
+                    w => panic!("{}: where {w:?} is neither here nor other", path.display()),
+                },
+                cluster: answer(cells[3]),
+                scoped: answer(cells[4]),
+            }
+        })
+        .collect();
+    assert!(rows.len() >= 20, "{} rows in the RBAC table", rows.len());
+    rows
+}
+
+/// `kubectl auth can-i` as the chart's ServiceAccount answers every row of the table in
+/// docs/reliability.md, for a release with the default ClusterRole (its RBAC objects applied
+/// from `helm template`, so that no second operator watches the whole cluster) and for one
+/// installed with `watchNamespace` (a Role).
 #[tokio::test]
-async fn chart_rbac_grants_the_operator_only_what_it_needs() {
+async fn chart_rbac_answers_kubectl_auth_can_i_as_docs_reliability_md_states() {
+    let rows = rbac_table();
     let client = kube_client().await;
     let ns = TestNamespace::create(&client, "chart-rbac").await;
     let other = TestNamespace::create(&client, "chart-rbac-other").await;
-    let release = unique_name("pw");
     let chart = chart();
-    helm(&[
-        "install",
-        &release,
-        chart.to_str().unwrap(),
-        "-n",
-        &ns.name,
-        "--set",
-        &format!("watchNamespace={}", ns.name),
-    ]);
-    let sa = format!("system:serviceaccount:{}:{release}-pipewright", ns.name);
+    let chart = chart.to_str().unwrap();
     // `resource` is TYPE, TYPE/NAME, or TYPE#SUBRESOURCE.
-    let can = |verb: &str, resource: &str, namespace: &str| -> bool {
+    let can = |sa: &str, verb: &str, resource: &str, namespace: &str| -> bool {
         let mut args = vec!["auth", "can-i", verb];
         match resource.split_once('#') {
             Some((kind, sub)) => args.extend([kind, "--subresource", sub]),
@@ -184,7 +228,7 @@ async fn chart_rbac_grants_the_operator_only_what_it_needs() {
         }
         let out = Command::new(tool("KUBECTL"))
             .args(args)
-            .args(["-n", namespace, "--as", &sa])
+            .args(["-n", namespace, "--as", sa])
             .output()
             .unwrap();
         let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -195,51 +239,82 @@ async fn chart_rbac_grants_the_operator_only_what_it_needs() {
         );
         answer == "yes"
     };
-    let here = ns.name.as_str();
-    let lease = format!("leases/{release}-pipewright");
-    let allowed = [
-        ("watch", "eventconsumers.pipewright.io"),
-        ("patch", "eventconsumers.pipewright.io#status"),
-        ("patch", "outboxes.pipewright.io#status"),
-        ("create", "deployments.apps"),
-        ("patch", "configmaps"),
-        ("patch", "poddisruptionbudgets.policy"),
-        ("get", "secrets"),
-        ("watch", "pods"),
-        ("create", "events.events.k8s.io"),
-        ("update", lease.as_str()),
-    ];
-    // The apiserver's RBAC authorizer learns new bindings from a watch: wait until it has.
-    eventually(
-        "the chart's RBAC to take effect",
-        Duration::from_secs(30),
-        || async {
-            let missing: Vec<_> = allowed
-                .iter()
-                .filter(|(verb, resource)| !can(verb, resource, here))
-                .collect();
-            missing.is_empty().then_some(())
-        },
-    )
-    .await;
-    for (verb, resource, namespace) in [
-        ("get", "secrets", other.name.as_str()),
-        ("list", "secrets", other.name.as_str()),
-        ("create", "deployments.apps", other.name.as_str()),
-        ("create", "pods#exec", here),
-        ("get", "pods#log", here),
-        ("delete", "deployments.apps", here),
-        ("update", "eventconsumers.pipewright.io", here),
-        ("create", "secrets", here),
-        ("update", "leases/some-other-lease", here),
-        ("create", "clusterroles.rbac.authorization.k8s.io", here),
+
+    let scoped = unique_name("pw");
+    helm(&[
+        "install",
+        &scoped,
+        chart,
+        "-n",
+        &ns.name,
+        "--set",
+        &format!("watchNamespace={}", ns.name),
+    ]);
+    let cluster = unique_name("pw");
+    let manifest = helm(&[
+        "template",
+        &cluster,
+        chart,
+        "-n",
+        &ns.name,
+        "--show-only",
+        "templates/rbac.yaml",
+    ])
+    .stdout;
+    kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest));
+    // Cluster-scoped objects outlive the namespaces: deleted also when an assertion fails.
+    struct Applied(String, Vec<u8>);
+    impl Drop for Applied {
+        fn drop(&mut self) {
+            let _ = Command::new(tool("KUBECTL"))
+                .args(["delete", "--ignore-not-found", "-n", &self.0, "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin.take().unwrap().write_all(&self.1)?;
+                    c.wait()
+                });
+        }
+    }
+    let applied = Applied(ns.name.clone(), manifest);
+
+    for (release, expect) in [
+        (&scoped, (|r: &RbacRow| r.scoped) as fn(&RbacRow) -> bool),
+        (&cluster, |r: &RbacRow| r.cluster),
     ] {
+        let sa = format!("system:serviceaccount:{}:{release}-pipewright", ns.name);
+        let lease = format!("leases/{release}-pipewright");
+        let ask = |row: &RbacRow| {
+            let resource = row.resource.replace("leases/LEASE", &lease);
+            let namespace = if row.other { &other.name } else { &ns.name };
+            can(&sa, &row.verb, &resource, namespace)
+        };
+        // The apiserver's RBAC authorizer learns new bindings from a watch: wait until it has.
+        eventually(
+            "the chart's RBAC to take effect",
+            Duration::from_secs(30),
+            || async { rows.iter().filter(|r| expect(r)).all(ask).then_some(()) },
+        )
+        .await;
+        let wrong: Vec<String> = rows
+            .iter()
+            .filter(|r| ask(r) != expect(r))
+            .map(|r| {
+                format!(
+                    "{r:?}: kubectl answers {}",
+                    if ask(r) { "yes" } else { "no" }
+                )
+            })
+            .collect();
         assert!(
-            !can(verb, resource, namespace),
-            "{sa} must NOT be allowed to {verb} {resource} in {namespace}"
+            wrong.is_empty(),
+            "{sa} (release {release}) differs from docs/reliability.md:\n{}",
+            wrong.join("\n")
         );
     }
-    helm(&["uninstall", &release, "-n", &ns.name]);
+    drop(applied);
+    helm(&["uninstall", &scoped, "-n", &ns.name]);
     other.delete().await;
     ns.delete().await;
 }
