@@ -52,6 +52,12 @@ demo: ## Run it all locally: node, operator pod, an Outbox and an EventConsumer,
 fuzz: ## Fuzz the event decoder, the worker's configuration files and the identifier parsers (cargo-fuzz on nightly; FUZZ_SECONDS per target, default 60)
 	fuzz/run $(FUZZ_SECONDS)
 
+.PHONY: chaos
+chaos: ## The whole pipeline under faults (pod kills, broker SIGKILL, database and operator restarts) with 100k events, figures into docs/reliability.md (make test runs 10k)
+	@eval "$$($(ENV_UP))"; tests/env/images >/dev/null && \
+	  PIPEWRIGHT_CHAOS_EVENTS=$${CHAOS_EVENTS:-100000} PIPEWRIGHT_CHAOS_REPORT=$(CURDIR)/docs/reliability.md \
+	  $(CARGO) test -p pipewright-testenv --locked --test chaos -- --nocapture
+
 .PHONY: generate
 generate: ## Regenerate the CRD YAML into charts/pipewright/crds (issue #3)
 	$(CARGO) run -q -p pipewright-crds --bin crdgen -- charts/pipewright/crds
