@@ -364,6 +364,41 @@ mod tests {
         Timestamp::from_second(secs).unwrap()
     }
 
+    /// The string constants of `pub mod <name> { ... }` in `source`.
+    fn constants_of(source: &str, module: &str) -> Vec<String> {
+        let start = source
+            .find(&format!("pub mod {module} {{"))
+            .unwrap_or_else(|| panic!("module {module}"));
+        let body = &source[start..];
+        let body = &body[..body.find("\n}").unwrap()];
+        body.lines()
+            .filter_map(|l| {
+                let (_, rest) = l
+                    .trim()
+                    .strip_prefix("pub const ")?
+                    .split_once(": &str = \"")?;
+                Some(rest.split_once('"')?.0.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_condition_and_reason_is_explained_in_docs_troubleshooting_md() {
+        let doc = include_str!("../../docs/troubleshooting.md");
+        let api = constants_of(include_str!("../../crds/src/common.rs"), "conditions");
+        let own = constants_of(include_str!("status.rs"), "reasons");
+        assert!(api.len() >= 14 && own.len() >= 7, "{api:?} {own:?}");
+        let missing: Vec<&String> = api
+            .iter()
+            .chain(&own)
+            .filter(|r| !doc.contains(&format!("| `{r}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/troubleshooting.md has no row for {missing:?}"
+        );
+    }
+
     fn rollout(desired: i32, available: i32) -> Rollout {
         Rollout {
             exists: true,
