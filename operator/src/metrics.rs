@@ -95,3 +95,47 @@ impl Metrics {
         m
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operator_metric_has_a_row_in_docs_metrics_md_and_every_row_is_exposed() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        // A family shows in the exposition once it has a member. Every field named (no
+        // `..`): a new metric does not compile here until it is exposed for the check.
+        let Metrics {
+            reconciles,
+            errors,
+            duration,
+            leader: _,
+            status_writes,
+            reports_unanswered,
+            applies,
+        } = &m;
+        let kind = KindLabels {
+            kind: "EventConsumer",
+        };
+        reconciles.get_or_create(&kind).inc();
+        status_writes.get_or_create(&kind).inc();
+        reports_unanswered.get_or_create(&kind).inc();
+        duration.get_or_create(&kind).observe(0.1);
+        errors
+            .get_or_create(&ErrorLabels {
+                kind: "EventConsumer",
+                reason: "KafkaUnreachable",
+            })
+            .inc();
+        applies
+            .get_or_create(&ApplyLabels {
+                kind: "Deployment".into(),
+                outcome: "sent",
+            })
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        pipewright_testenv::check_metrics_doc(&text, &["pipewright_operator_"]);
+    }
+}

@@ -379,6 +379,68 @@ impl TestSchema {
     }
 }
 
+/// The metric families in an OpenMetrics text exposition (`prometheus_client`'s encoder) as
+/// the names users query with their type: a counter `x` is `x_total`.
+pub fn exposed_metrics(exposition: &str) -> std::collections::BTreeMap<String, String> {
+    exposition
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.strip_prefix("# TYPE ")?.split_whitespace();
+            let (name, kind) = (parts.next()?, parts.next()?);
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            Some((name, kind.to_string()))
+        })
+        .collect()
+}
+
+/// Checks docs/metrics.md against the metrics a registry exposes, for the names starting with
+/// one of `prefixes`: every exposed metric has a row `` | `name` | type | ``, and every such row
+/// names an exposed metric of that type (the doc cannot go stale). Panics with the differences.
+pub fn check_metrics_doc(exposition: &str, prefixes: &[&str]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ours = |name: &str| prefixes.iter().any(|p| name.starts_with(p));
+    let documented: std::collections::BTreeMap<String, String> = doc
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.strip_prefix('|')?.split('|').map(str::trim).collect();
+            let name = cells.first()?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((name.to_string(), cells.get(1)?.to_string()))
+        })
+        .filter(|(name, _)| ours(name))
+        .collect();
+    let exposed: std::collections::BTreeMap<String, String> = exposed_metrics(exposition)
+        .into_iter()
+        .filter(|(name, _)| ours(name))
+        .collect();
+    assert!(!exposed.is_empty(), "no metric exposed under {prefixes:?}");
+    let mut wrong = Vec::new();
+    for (name, kind) in &exposed {
+        match documented.get(name) {
+            None => wrong.push(format!("{name} ({kind}) is exposed but has no row")),
+            Some(k) if k != kind => {
+                wrong.push(format!("{name}: documented as {k}, exposed as {kind}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in documented.keys() {
+        if !exposed.contains_key(name) {
+            wrong.push(format!("{name} has a row but is not exposed"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} is stale:\n{}",
+        path.display(),
+        wrong.join("\n")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

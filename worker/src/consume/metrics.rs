@@ -114,3 +114,45 @@ impl ConsumerMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_metric_has_a_row_in_docs_metrics_md_and_every_row_is_exposed() {
+        let mut registry = Registry::default();
+        let m = ConsumerMetrics::register(&mut registry);
+        crate::outbox::OutboxMetrics::register(&mut registry);
+        // A family shows in the exposition once it has a member. Every field named (no
+        // `..`): a new metric does not compile here until it is exposed for the check.
+        let ConsumerMetrics {
+            processed: _,
+            retried: _,
+            dead_lettered: _,
+            skipped: _,
+            rejected,
+            in_flight: _,
+            handler_latency_seconds: _,
+            lag,
+            commit_errors: _,
+            delivery: _,
+        } = &m;
+        rejected
+            .get_or_create(&KindLabels {
+                kind: "malformed".into(),
+            })
+            .inc();
+        lag.get_or_create(&PartitionLabels {
+            topic: "t".into(),
+            partition: 0,
+        })
+        .set(1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        pipewright_testenv::check_metrics_doc(
+            &text,
+            &["pipewright_consumer_", "pipewright_outbox_"],
+        );
+    }
+}
