@@ -158,6 +158,28 @@ pub struct Events {
     /// and report Degraded/PoisonMessage). Default `deadLetter`.
     #[serde(default)]
     pub on_unknown_type: UnknownTypePolicy,
+    /// Where a record's event type is read. Unset: the `event_type` field of the JSON value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_from: Option<EventTypeFrom>,
+}
+
+/// Where a record's event type is read: exactly one of header, field. Either way the value
+/// must be JSON (the sinks forward it, a schema checks it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.header) != has(self.field)")
+    .message("events.typeFrom must set exactly one of header, field"))]
+pub struct EventTypeFrom {
+    /// A record header whose value (UTF-8) is the type: `type` is the header pipewright's
+    /// outbox and Debezium's outbox event router write, `ce_type` the one of a CloudEvent in
+    /// Kafka's binary content mode. A record without it is not a valid event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), pattern(r"^[A-Za-z0-9._-]+$"))]
+    pub header: Option<String>,
+    /// A top-level string field of the JSON object, e.g. `type` or `eventType`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[A-Za-z0-9_.-]+$"))]
+    pub field: Option<String>,
 }
 
 /// One declared event type.

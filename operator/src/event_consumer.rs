@@ -74,6 +74,7 @@ pub fn worker_config(
     let mut events = worker_config::Events::default();
     if let Some(declared) = &spec.events {
         events.on_unknown_type = declared.on_unknown_type;
+        events.type_from = declared.type_from.clone();
         for (i, t) in declared.types.iter().enumerate() {
             let schema = match &t.schema {
                 None => None,
@@ -182,7 +183,7 @@ pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
             .image
             .clone()
             .unwrap_or_else(|| settings.worker_image.clone()),
-        config: WorkerConfig::Consume(config),
+        config: WorkerConfig::Consume(Box::new(config)),
         secret_mounts,
         config_map_mounts,
         replicas: spec.replicas,

@@ -98,7 +98,7 @@ pub fn plan(obx: &Outbox, settings: &Settings) -> Result<WorkerPlan> {
             .image
             .clone()
             .unwrap_or_else(|| settings.worker_image.clone()),
-        config: WorkerConfig::Outbox(config),
+        config: WorkerConfig::Outbox(Box::new(config)),
         secret_mounts,
         config_map_mounts: vec![],
         replicas: spec.replicas,

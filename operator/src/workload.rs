@@ -76,9 +76,9 @@ impl Component {
 #[derive(Clone, Debug, PartialEq)]
 pub enum WorkerConfig {
     /// `pipewright-worker consume`.
-    Consume(worker_config::Consume),
+    Consume(Box<worker_config::Consume>),
     /// `pipewright-worker outbox`.
-    Outbox(worker_config::Outbox),
+    Outbox(Box<worker_config::Outbox>),
 }
 
 impl WorkerConfig {
@@ -493,7 +493,9 @@ pub(crate) mod tests {
             namespace: "shop".into(),
             owner: owner(),
             image: "pipewright-worker:dev".into(),
-            config: WorkerConfig::Outbox(worker_config::fixtures::every_field_outbox().remove(0)),
+            config: WorkerConfig::Outbox(Box::new(
+                worker_config::fixtures::every_field_outbox().remove(0),
+            )),
             secret_mounts: vec![SecretMount {
                 volume: "database".into(),
                 secret: "db".into(),
@@ -536,7 +538,7 @@ pub(crate) mod tests {
         let data = d.config_map.data.unwrap();
         assert_eq!(data.len(), 1);
         let file: worker_config::Outbox = worker_config::from_json(&data[CONFIG_FILE]).unwrap();
-        assert_eq!(WorkerConfig::Outbox(file), p.config);
+        assert_eq!(WorkerConfig::Outbox(Box::new(file)), p.config);
         let pod = d.deployment.spec.template.spec.unwrap();
         let container = &pod.containers[0];
         // No per-pod environment: every pod of the Deployment gets the same configuration.

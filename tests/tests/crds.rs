@@ -343,6 +343,30 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.events.types[0].schema",
         ),
         (
+            "the event type from both a header and a field",
+            ec(
+                json!({"events": {"onUnknownType": "skip", "types": [{"name": "a"}],
+                "typeFrom": {"header": "type", "field": "kind"}}}),
+            ),
+            "spec.events.typeFrom",
+        ),
+        (
+            "the event type from nowhere",
+            ec(
+                json!({"events": {"onUnknownType": "skip", "types": [{"name": "a"}],
+                "typeFrom": {}}}),
+            ),
+            "spec.events.typeFrom",
+        ),
+        (
+            "an event type header that is no header name",
+            ec(
+                json!({"events": {"onUnknownType": "skip", "types": [{"name": "a"}],
+                "typeFrom": {"header": "a b"}}}),
+            ),
+            "spec.events.typeFrom.header",
+        ),
+        (
             "an event type declared twice",
             ec(
                 json!({"events": {"onUnknownType": "skip", "types": [{"name": "a"}, {"name": "a"}]}}),

@@ -497,6 +497,12 @@ fn order_schema() -> Value {
 
 /// An EventConsumer that sets every optional field, with `sink`.
 fn every_field_event_consumer(sink: Value) -> Value {
+    // Exactly one way to name the type: a field with the PostgreSQL sink, a header otherwise.
+    let type_from = if sink.get("postgres").is_some() {
+        json!({"field": "kind"})
+    } else {
+        json!({"header": "type"})
+    };
     json!({
         "apiVersion": "pipewright.io/v1alpha1", "kind": "EventConsumer",
         "metadata": {"name": "every-field"},
@@ -518,6 +524,7 @@ fn every_field_event_consumer(sink: Value) -> Value {
                     {"name": "order.shipped"},
                 ],
                 "onUnknownType": "deadLetter",
+                "typeFrom": type_from,
             },
             "processing": {
                 "concurrency": 4, "ordering": "partition", "deadLetterTopic": "orders.dlq",

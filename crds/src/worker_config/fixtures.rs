@@ -31,6 +31,10 @@ pub fn every_field_consume() -> Vec<Consume> {
                 },
             ],
             on_unknown_type: UnknownTypePolicy::Skip,
+            type_from: Some(EventTypeFrom {
+                header: Some("type".into()),
+                field: None,
+            }),
         },
         processing: Processing {
             dead_letter_topic: Some("d".into()),
@@ -38,7 +42,7 @@ pub fn every_field_consume() -> Vec<Consume> {
         },
         sink,
     };
-    vec![
+    let mut every = vec![
         base(Sink::Log(LogSink { payload: false })),
         base(Sink::Http(HttpSink {
             url: "http://h/".into(),
@@ -63,7 +67,13 @@ pub fn every_field_consume() -> Vec<Consume> {
             delay: Duration::from_millis(1),
             jitter: Duration::from_millis(2),
         })),
-    ]
+    ];
+    // The other way to name the type (exactly one is set): with the PostgreSQL sink.
+    every[3].events.type_from = Some(EventTypeFrom {
+        header: None,
+        field: Some("kind".into()),
+    });
+    every
 }
 
 /// Every field of [`Outbox`], once with each destination.

@@ -18,7 +18,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use crate::event_consumer::{HttpMethod, InitialOffset, Ordering, UnknownTypePolicy};
+pub use crate::event_consumer::{
+    EventTypeFrom, HttpMethod, InitialOffset, Ordering, UnknownTypePolicy,
+};
 pub use crate::outbox::CleanupPolicy;
 
 /// The ConfigMap key (and file name) of the configuration.
@@ -191,6 +193,9 @@ pub struct Events {
     /// What happens to a record that is not a valid event.
     #[serde(default)]
     pub on_unknown_type: UnknownTypePolicy,
+    /// Where a record's event type is read (`spec.events.typeFrom`). Unset: `event_type`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_from: Option<EventTypeFrom>,
 }
 
 /// One declared event type.

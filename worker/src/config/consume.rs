@@ -16,7 +16,7 @@ use crate::consume::sinks::log::LogSink;
 use crate::consume::sinks::postgres::{PostgresSink, PostgresSinkConfig};
 use crate::consume::{
     Compression, ConsumeConfig, ConsumerConfig, DeclaredTypes, InitialOffset, InvalidPolicy,
-    Ordering, PipelineConfig, RetryPolicy,
+    Ordering, PipelineConfig, RetryPolicy, TypeSource,
 };
 use crate::outbox::Table;
 
@@ -25,7 +25,27 @@ use crate::outbox::Table;
 pub fn settings(
     file: worker_config::Consume,
 ) -> Result<(ConsumeConfig, SinkSettings, DeclaredTypes), Error> {
-    let types = declared_types(&file.events.types)?;
+    let types = declared_types(&file.events.types)?.with_source(match &file.events.type_from {
+        None => TypeSource::EventTypeField,
+        Some(worker_config::EventTypeFrom {
+            header: Some(h),
+            field: None,
+        }) => TypeSource::Header(h.clone()),
+        Some(worker_config::EventTypeFrom {
+            header: None,
+            field: Some(f),
+        }) if f == "event_type" => TypeSource::EventTypeField,
+        Some(worker_config::EventTypeFrom {
+            header: None,
+            field: Some(f),
+        }) => TypeSource::Field(f.clone()),
+        Some(_) => {
+            return Err(Error::InvalidConfig {
+                field: "events.typeFrom",
+                reason: "set exactly one of header, field".into(),
+            });
+        }
+    });
     let p = file.processing;
     let config = ConsumeConfig {
         consumer: ConsumerConfig {

@@ -120,6 +120,13 @@ pub struct ConsumeFlags {
     /// is not a valid event.
     #[arg(long)]
     pub on_unknown_type: Option<String>,
+    /// events.typeFrom.header: read the event type from this record header (e.g. `type`,
+    /// `ce_type`) instead of the value's `event_type`.
+    #[arg(long, conflicts_with = "event_type_field")]
+    pub event_type_header: Option<String>,
+    /// events.typeFrom.field: read the event type from this top-level field of the value.
+    #[arg(long)]
+    pub event_type_field: Option<String>,
     /// processing.concurrency: records running at most (1..1024; default 16).
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -198,6 +205,8 @@ impl ConsumeFlags {
         }
         doc.set_list("events.types", &types);
         doc.set("events.onUnknownType", self.on_unknown_type.as_ref());
+        doc.set("events.typeFrom.header", self.event_type_header.as_ref());
+        doc.set("events.typeFrom.field", self.event_type_field.as_ref());
         doc.set("processing.concurrency", self.concurrency);
         doc.set("processing.ordering", self.ordering.as_ref());
         doc.set("processing.retry.maxAttempts", self.retry_max_attempts);

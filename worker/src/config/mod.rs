@@ -342,7 +342,14 @@ mod tests {
             "lz4",
         ];
         let sinks: [&[&str]; 5] = [
-            &["--sink", "log", "--sink-log-payload", "false"],
+            &[
+                "--sink",
+                "log",
+                "--sink-log-payload",
+                "false",
+                "--event-type-header",
+                "type",
+            ],
             &[
                 "--sink",
                 "http",
@@ -380,6 +387,8 @@ mod tests {
                 "a,b",
                 "--sink-postgres-offsets-table",
                 "o",
+                "--event-type-field",
+                "kind",
             ],
             &[
                 "--sink",

@@ -238,19 +238,39 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
     }
 }
 
-/// Parses the payload as a JSON object with a string `event_type`.
-pub fn parse_event(record: &Record) -> Result<(String, serde_json::Value), Rejection> {
-    let malformed = |message: String| Rejection {
+fn malformed(message: String) -> Rejection {
+    Rejection {
         kind: RejectionKind::Malformed,
         message,
         event_type: None,
-    };
-    let payload = record
+    }
+}
+
+fn payload_of(record: &Record) -> Result<&[u8], Rejection> {
+    record
         .payload
         .as_deref()
-        .ok_or_else(|| malformed("the record has no value".into()))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| malformed(format!("not JSON: {e}")))?;
+        .ok_or_else(|| malformed("the record has no value".into()))
+}
+
+/// Parses the payload as JSON (any value).
+fn parse_json(record: &Record) -> Result<serde_json::Value, Rejection> {
+    serde_json::from_slice(payload_of(record)?).map_err(|e| malformed(format!("not JSON: {e}")))
+}
+
+/// Checks the payload is JSON (any value) without building it. The UTF-8 of the whole text
+/// first: serde_json does not check it in the strings it skips.
+fn check_json(record: &Record) -> Result<(), Rejection> {
+    let text = std::str::from_utf8(payload_of(record)?)
+        .map_err(|e| malformed(format!("not JSON: not UTF-8: {e}")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| malformed(format!("not JSON: {e}")))
+}
+
+/// Parses the payload as a JSON object with a string `event_type`.
+pub fn parse_event(record: &Record) -> Result<(String, serde_json::Value), Rejection> {
+    let value = parse_json(record)?;
     let event_type = value
         .get("event_type")
         .and_then(|t| t.as_str())
@@ -359,23 +379,43 @@ impl SchemaCheck for JsonSchema {
     }
 }
 
+/// Where a record's event type is read (`events.typeFrom`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TypeSource {
+    /// The `event_type` field of the JSON object (`#[serde(tag = "event_type")]`).
+    #[default]
+    EventTypeField,
+    /// Another top-level string field of the JSON object.
+    Field(String),
+    /// A record header (its value UTF-8); the value must still be JSON.
+    Header(String),
+}
+
 /// The event types declared in `events.types`; `None` declares nothing (every event type is
 /// accepted unchecked).
 #[derive(Debug, Default)]
 pub struct DeclaredTypes {
     types: Option<FastMap<String, Option<Box<dyn SchemaCheck>>>>,
+    source: TypeSource,
 }
 
 impl DeclaredTypes {
     /// Accept every event type.
     pub fn any() -> DeclaredTypes {
-        DeclaredTypes { types: None }
+        DeclaredTypes::default()
+    }
+
+    /// Reads the event type from `source` instead of `event_type`.
+    pub fn with_source(mut self, source: TypeSource) -> DeclaredTypes {
+        self.source = source;
+        self
     }
 
     /// Only these names (without schemas).
     pub fn names<I: IntoIterator<Item = String>>(names: I) -> DeclaredTypes {
         DeclaredTypes {
             types: Some(names.into_iter().map(|n| (n, None)).collect()),
+            source: TypeSource::default(),
         }
     }
 
@@ -390,6 +430,52 @@ impl DeclaredTypes {
     /// Decodes a record as a [`GenericEvent`] of a declared type; `body` says whether the
     /// whole object is wanted (a type with a schema builds it anyway, to check it).
     pub fn decode(&self, record: &Record, body: bool) -> Result<GenericEvent, Rejection> {
+        let (event_type, value) = self.type_and_value(record, body)?;
+        self.check_declared(record, event_type, value, body)
+    }
+
+    /// The event type, and the JSON value when it was built (`body`, or a schema to check).
+    fn type_and_value(
+        &self,
+        record: &Record,
+        body: bool,
+    ) -> Result<(String, Option<serde_json::Value>), Rejection> {
+        match &self.source {
+            TypeSource::EventTypeField => self.event_type_field(record, body),
+            TypeSource::Field(name) => {
+                let value = parse_json(record)?;
+                let event_type = value
+                    .get(name)
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| malformed(format!("not a JSON object with a string {name:?}")))?
+                    .to_string();
+                Ok((event_type, Some(value)))
+            }
+            TypeSource::Header(name) => {
+                let header = record
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .and_then(|(_, v)| v.as_deref())
+                    .ok_or_else(|| malformed(format!("no header {name:?} (the event type)")))?;
+                let event_type = std::str::from_utf8(header)
+                    .map_err(|_| malformed(format!("the header {name:?} is not UTF-8")))?
+                    .to_string();
+                if body || self.has_schema(&event_type) {
+                    Ok((event_type, Some(parse_json(record)?)))
+                } else {
+                    check_json(record)?;
+                    Ok((event_type, None))
+                }
+            }
+        }
+    }
+
+    fn event_type_field(
+        &self,
+        record: &Record,
+        body: bool,
+    ) -> Result<(String, Option<serde_json::Value>), Rejection> {
         let fast = if body {
             None
         } else {
@@ -399,14 +485,24 @@ impl DeclaredTypes {
                 .and_then(event_type_only)
                 .filter(|t| !self.has_schema(t))
         };
-        let (event_type, value) = match fast {
-            Some(event_type) => (event_type, None),
+        match fast {
+            Some(event_type) => Ok((event_type, None)),
             // Also every bad record: the full parse names what is wrong.
             None => {
                 let (event_type, value) = parse_event(record)?;
-                (event_type, Some(value))
+                Ok((event_type, Some(value)))
             }
-        };
+        }
+    }
+
+    /// Checks the type is declared and, with a schema, the value matches it.
+    fn check_declared(
+        &self,
+        record: &Record,
+        event_type: String,
+        value: Option<serde_json::Value>,
+        body: bool,
+    ) -> Result<GenericEvent, Rejection> {
         if let Some(types) = &self.types {
             match types.get(&event_type) {
                 None => {
@@ -423,7 +519,7 @@ impl DeclaredTypes {
                     let value = match &value {
                         Some(v) => v,
                         None => {
-                            parsed = parse_event(record)?.1;
+                            parsed = parse_json(record)?;
                             &parsed
                         }
                     };
@@ -455,6 +551,69 @@ impl DeclaredTypes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_header(payload: &str, header: (&str, &[u8])) -> Record {
+        Record {
+            headers: vec![(header.0.to_string(), Some(header.1.to_vec()))],
+            ..record(payload)
+        }
+    }
+
+    #[test]
+    fn the_event_type_is_read_from_the_configured_header_or_field_and_the_value_must_be_json() {
+        let by_header = DeclaredTypes::names(["OrderPaid".to_string()])
+            .with_source(TypeSource::Header("type".into()));
+        for body in [false, true] {
+            let e = by_header
+                .decode(
+                    &with_header(r#"{"order_id":"o1"}"#, ("type", b"OrderPaid")),
+                    body,
+                )
+                .unwrap();
+            assert_eq!(e.event_type, "OrderPaid");
+            assert_eq!(e.body.is_some(), body);
+        }
+        let kind = |r: &Record| by_header.decode(r, false).unwrap_err().kind;
+        // No header, a header that is not UTF-8, a value that is not JSON: malformed.
+        assert_eq!(
+            kind(&record(r#"{"event_type":"OrderPaid"}"#)),
+            RejectionKind::Malformed
+        );
+        assert_eq!(
+            kind(&with_header("{}", ("type", b"\xff"))),
+            RejectionKind::Malformed
+        );
+        assert_eq!(
+            kind(&with_header("{", ("type", b"OrderPaid"))),
+            RejectionKind::Malformed
+        );
+        let not_utf8 = Record {
+            payload: Some(b"\"\xff\"".to_vec()),
+            ..with_header("{}", ("type", b"OrderPaid"))
+        };
+        assert_eq!(kind(&not_utf8), RejectionKind::Malformed);
+        // A header naming an undeclared type: unknown, whatever the value says.
+        assert_eq!(
+            kind(&with_header(
+                r#"{"event_type":"OrderPaid"}"#,
+                ("type", b"Other")
+            )),
+            RejectionKind::UnknownType
+        );
+
+        let by_field = DeclaredTypes::any().with_source(TypeSource::Field("kind".into()));
+        let e = by_field
+            .decode(&record(r#"{"kind":"a.b","x":1}"#), false)
+            .unwrap();
+        assert_eq!(e.event_type, "a.b");
+        assert_eq!(
+            by_field
+                .decode(&record(r#"{"event_type":"a.b"}"#), false)
+                .unwrap_err()
+                .kind,
+            RejectionKind::Malformed
+        );
+    }
 
     fn record(payload: &str) -> Record {
         Record {

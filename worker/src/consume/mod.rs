@@ -95,7 +95,7 @@ pub use consumer::{ConsumerConfig, DEFAULT_REVOKE_TIMEOUT, InitialOffset};
 pub use dlq::DeadLetters;
 pub use events::{
     DeclaredTypes, GenericEvent, Handler, HandlerError, InvalidPolicy, Record, Rejection,
-    RejectionKind,
+    RejectionKind, TypeSource,
 };
 pub use metrics::ConsumerMetrics;
 pub use offsets::{PartitionOffsets, Tp};
