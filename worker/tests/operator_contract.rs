@@ -23,7 +23,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::any;
-use common::consume::{TopicReader, produce};
+use common::consume::{TopicReader, produce_with_headers};
 use common::pod::{Objects, Pod, WAIT};
 use common::{OutboxFixture, Recorder};
 use pipewright_crds::event_consumer::{EventSchema, Sink};
@@ -181,6 +181,23 @@ async fn event_consumer_does_what_its_spec_says(
     });
     event.insert("event_type".into(), json!(event_type));
     event.insert("marker".into(), json!(marker));
+    // Where the worker reads the type (events.typeFrom): the field, or a header to add.
+    let type_from = spec.events.as_ref().and_then(|e| e.type_from.clone());
+    let mut invalid = invalid;
+    if let Some(field) = type_from.as_ref().and_then(|t| t.field.clone()) {
+        event.insert(field.clone(), json!(event_type));
+        if let Some(Value::Object(i)) = &mut invalid {
+            let t = i["event_type"].clone();
+            i.insert(field, t);
+        }
+    }
+    let header_of = |value: &Value| -> Vec<(String, String)> {
+        let header = type_from.as_ref().and_then(|t| t.header.clone());
+        match (header, value["event_type"].as_str()) {
+            (Some(h), Some(t)) => vec![(h, t.to_string())],
+            _ => Vec::new(),
+        }
+    };
 
     let delivery = match &mut spec.sink {
         Sink { log: Some(l), .. } => Delivery::Log { payload: l.payload },
@@ -251,14 +268,20 @@ async fn event_consumer_does_what_its_spec_says(
         .unwrap_or_else(|e| panic!("{what}: the operator renders it: {e}"));
     let mut pod = Pod::start(&plan, &objects);
     pod.wait_ready(what).await;
+    let event = Value::Object(event);
     let mut records = vec![(
         Some("k1".to_string()),
-        Some(Value::Object(event).to_string().into_bytes()),
+        Some(event.to_string().into_bytes()),
+        header_of(&event),
     )];
     if let (Some(invalid), Some(_)) = (&invalid, &dead_letters) {
-        records.push((Some("k2".into()), Some(invalid.to_string().into_bytes())));
+        records.push((
+            Some("k2".into()),
+            Some(invalid.to_string().into_bytes()),
+            header_of(invalid),
+        ));
     }
-    produce(&ec.spec.topics[0], records).await;
+    produce_with_headers(&ec.spec.topics[0], records).await;
 
     match delivery {
         Delivery::Log { payload } => {

@@ -21,21 +21,43 @@ pub fn step(key: &str, n: u64) -> String {
     format!(r#"{{"event_type":"step","key":"{key}","n":{n}}}"#)
 }
 
+/// A record to produce: key, value, headers.
+pub type Produced = (Option<String>, Option<Vec<u8>>, Vec<(String, String)>);
+
 /// Produces records (key, value) in order, waiting for every acknowledgement.
 pub async fn produce(topic: &str, records: Vec<(Option<String>, Option<Vec<u8>>)>) {
+    let records = records
+        .into_iter()
+        .map(|(k, v)| (k, v, Vec::new()))
+        .collect();
+    produce_with_headers(topic, records).await
+}
+
+/// As [`produce`], each record with its headers.
+pub async fn produce_with_headers(topic: &str, records: Vec<Produced>) {
     let producer: FutureProducer = kafka_config()
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
         .expect("producer");
     let mut pending = Vec::new();
-    for (key, value) in &records {
+    for (key, value, headers) in &records {
         let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
         if let Some(k) = key {
             r = r.key(k.as_str());
         }
         if let Some(v) = value {
             r = r.payload(v.as_slice());
+        }
+        if !headers.is_empty() {
+            let mut owned = rdkafka::message::OwnedHeaders::new();
+            for (k, v) in headers {
+                owned = owned.insert(rdkafka::message::Header {
+                    key: k,
+                    value: Some(v.as_str()),
+                });
+            }
+            r = r.headers(owned);
         }
         loop {
             match producer.send_result(r) {
