@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{NODE, Stack, bootstrap, event_consumer, repo, run};
+use common::{NODE, Stack, bootstrap, event_consumer, outbox, repo, run};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
@@ -81,17 +81,7 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
     .await
     .unwrap();
     let _: Outbox = stack
-        .apply(json!({
-            "apiVersion": "pipewright.io/v1alpha1", "kind": "Outbox",
-            "metadata": {"name": "orders"},
-            "spec": {
-                "database": {"dsnSecretRef": {"name": "db", "key": "dsn"}},
-                "table": format!("{schema}.outbox"),
-                "kafka": {"bootstrapServers": bootstrap()},
-                "topic": topic,
-                "poll": {"interval": "200ms"},
-            },
-        }))
+        .apply(outbox("orders", &format!("{schema}.outbox"), &topic))
         .await;
     let _: EventConsumer = stack
         .apply(event_consumer(

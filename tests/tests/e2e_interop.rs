@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{NODE, Stack, WAIT, bootstrap, event_consumer, var};
+use common::{NODE, Stack, WAIT, bootstrap, event_consumer, outbox, serve_on_node};
 use kube::Api;
 use pipewright_crds::{EventConsumer, Outbox};
 use pipewright_testenv::{create_topic, eventually, unique_name};
@@ -34,10 +34,6 @@ async fn e2e_outbox_rows_inserted_by_plain_sql_reach_a_consumer_that_takes_the_e
 
     // The receiver: (ce-type, body) of every request, in arrival order.
     let received: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind((var("PIPEWRIGHT_NODE_IP").as_str(), 0))
-        .await
-        .unwrap();
-    let url = format!("http://{}/events", listener.local_addr().unwrap());
     let app = axum::Router::new().route(
         "/events",
         axum::routing::post({
@@ -57,20 +53,10 @@ async fn e2e_outbox_rows_inserted_by_plain_sql_reach_a_consumer_that_takes_the_e
             }
         }),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("http://{}/events", serve_on_node(app).await);
 
     let _: Outbox = stack
-        .apply(json!({
-            "apiVersion": "pipewright.io/v1alpha1", "kind": "Outbox",
-            "metadata": {"name": "legacy"},
-            "spec": {
-                "database": {"dsnSecretRef": {"name": "db", "key": "dsn"}},
-                "table": format!("{schema}.outbox"),
-                "kafka": {"bootstrapServers": bootstrap()},
-                "topic": topic,
-                "poll": {"interval": "200ms"},
-            },
-        }))
+        .apply(outbox("legacy", &format!("{schema}.outbox"), &topic))
         .await;
     let _: EventConsumer = stack
         .apply(event_consumer(

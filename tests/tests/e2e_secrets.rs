@@ -12,11 +12,11 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{NODE, Stack, WAIT, bootstrap, event_consumer, var};
+use common::{NODE, Stack, WAIT, bootstrap, event_consumer, outbox, serve_on_node};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
-use kube::ResourceExt;
 use kube::api::{ListParams, LogParams};
+use kube::{Api, ResourceExt};
 use pipewright_crds::{EventConsumer, Outbox};
 use pipewright_testenv::{TestEnv, create_topic, eventually, unique_name};
 use pipewright_worker::outbox::{self, OutboxEvent, Table};
@@ -37,6 +37,25 @@ impl OutboxEvent for Tick {
         let Tick::Tick { id } = self;
         format!("t{}", id % 5)
     }
+}
+
+/// Every object of a kind in the namespace, as (what, JSON text).
+async fn as_text<K>(api: Api<K>, kind: &str) -> Vec<(String, String)>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| {
+            (
+                format!("{kind} {}", o.name_any()),
+                serde_json::to_string(o).unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -93,10 +112,6 @@ async fn e2e_planted_secret_values_are_used_but_appear_in_no_log_event_resource_
     // The receiver refuses the first deliveries (503), then takes them, checking the token.
     let refused = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind((var("PIPEWRIGHT_NODE_IP").as_str(), 0))
-        .await
-        .unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     let expected = format!("Bearer {http_token}");
     let app = axum::Router::new().route(
         "/hook",
@@ -119,34 +134,17 @@ async fn e2e_planted_secret_values_are_used_but_appear_in_no_log_event_resource_
             }
         }),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let hook = format!("http://{}/hook", serve_on_node(app).await);
 
     let kafka = json!({"bootstrapServers": bootstrap(), "secretRef": {"name": "kafka-planted"}});
-    let _: Outbox = stack
-        .apply(json!({
-            "apiVersion": "pipewright.io/v1alpha1", "kind": "Outbox",
-            "metadata": {"name": "ticks"},
-            "spec": {
-                "database": {"dsnSecretRef": {"name": "db-planted", "key": "dsn"}},
-                "table": format!("{schema}.outbox"),
-                "kafka": kafka,
-                "topic": topic,
-                "poll": {"interval": "200ms"},
-            },
-        }))
-        .await;
-    let _: Outbox = stack
-        .apply(json!({
-            "apiVersion": "pipewright.io/v1alpha1", "kind": "Outbox",
-            "metadata": {"name": "broken-db"},
-            "spec": {
-                "database": {"dsnSecretRef": {"name": "db-planted", "key": "missing"}},
-                "table": format!("{schema}.outbox"),
-                "kafka": {"bootstrapServers": bootstrap()},
-                "topic": topic,
-            },
-        }))
-        .await;
+    let table = format!("{schema}.outbox");
+    let mut ticks = outbox("ticks", &table, &topic);
+    ticks["spec"]["database"]["dsnSecretRef"] = json!({"name": "db-planted", "key": "dsn"});
+    ticks["spec"]["kafka"] = kafka.clone();
+    let _: Outbox = stack.apply(ticks).await;
+    let mut broken = outbox("broken-db", &table, &topic);
+    broken["spec"]["database"]["dsnSecretRef"] = json!({"name": "db-planted", "key": "missing"});
+    let _: Outbox = stack.apply(broken).await;
     let _: EventConsumer = stack
         .apply(event_consumer(
             "hook",
@@ -238,54 +236,14 @@ async fn e2e_planted_secret_values_are_used_but_appear_in_no_log_event_resource_
         .unwrap();
     for e in &events.items {
         written.push((
-            format!("event {}", e.name_any()),
+            format!("Event {}", e.name_any()),
             serde_json::to_string(e).unwrap(),
         ));
     }
-    for o in stack
-        .api::<Outbox>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        written.push((
-            format!("Outbox {}", o.name_any()),
-            serde_json::to_string(&o).unwrap(),
-        ));
-    }
-    for o in stack
-        .api::<EventConsumer>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        written.push((
-            format!("EventConsumer {}", o.name_any()),
-            serde_json::to_string(&o).unwrap(),
-        ));
-    }
-    for o in stack
-        .api::<ConfigMap>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        written.push((
-            format!("ConfigMap {}", o.name_any()),
-            serde_json::to_string(&o).unwrap(),
-        ));
-    }
-    for o in stack
-        .api::<Deployment>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        written.push((
-            format!("Deployment {}", o.name_any()),
-            serde_json::to_string(&o).unwrap(),
-        ));
-    }
+    written.extend(as_text(stack.api::<Outbox>(), "Outbox").await);
+    written.extend(as_text(stack.api::<EventConsumer>(), "EventConsumer").await);
+    written.extend(as_text(stack.api::<ConfigMap>(), "ConfigMap").await);
+    written.extend(as_text(stack.api::<Deployment>(), "Deployment").await);
     // Not vacuous: the logs hold the error paths, and the Events were read.
     let all_logs: String = written
         .iter()

@@ -305,6 +305,33 @@ pub fn event_consumer(name: &str, spec: serde_json::Value) -> serde_json::Value 
     })
 }
 
+/// An Outbox `name` over `table` publishing to `topic`: the DSN from the Stack's `db` Secret,
+/// the test broker, polling every 200 ms. A test changes what it needs in the object.
+pub fn outbox(name: &str, table: &str, topic: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "pipewright.io/v1alpha1", "kind": "Outbox",
+        "metadata": {"name": name},
+        "spec": {
+            "database": {"dsnSecretRef": {"name": "db", "key": "dsn"}},
+            "table": table,
+            "kafka": {"bootstrapServers": bootstrap()},
+            "topic": topic,
+            "poll": {"interval": "200ms"},
+        },
+    })
+}
+
+/// Serves `app` for the rest of the test on the node's bridge address (reachable from the
+/// pods), on a free port; returns that address.
+pub async fn serve_on_node(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind((var("PIPEWRIGHT_NODE_IP").as_str(), 0))
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
 pub fn bootstrap() -> Vec<String> {
     vec![TestEnv::get().kafka_bootstrap_servers.clone()]
 }
