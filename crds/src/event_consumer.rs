@@ -402,11 +402,15 @@ impl Sink {
     }
 }
 
-/// HTTP delivery: one request per event, in CloudEvents binary content mode (`ce-*` headers,
-/// the event as the body). A 2xx answer means delivered; anything else, or no answer within
-/// timeout, is retried.
+/// HTTP delivery: one request per event, a CloudEvent in binary content mode (`ce-*` headers,
+/// the event as the body; the default) or structured mode (`application/cloudevents+json`).
+/// A 2xx answer means delivered; 429, 5xx or no answer within timeout is retried (waiting at
+/// least what a `Retry-After` header asks, up to processing.retry.backoff.max); any other
+/// status is dead-lettered.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.forwardHeaders) || !self.forwardHeaders.exists(h, h.lowerAscii() == self.idempotencyHeader.lowerAscii())")
+    .message("sink.http.forwardHeaders must not include the idempotency header, which the sink sets"))]
 pub struct HttpSink {
     /// Absolute http:// or https:// URL to send each event to. Must not contain credentials
     /// (put them in headersSecretRef).
@@ -449,6 +453,47 @@ pub struct HttpSink {
     #[serde(default = "default_idempotency_header")]
     #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&*+.^_`|~-]+$"))]
     pub idempotency_header: String,
+    /// CloudEvents content mode of the requests. Default `binary`.
+    #[serde(default)]
+    pub content_mode: ContentMode,
+    /// The CloudEvents `source` attribute (a URI reference). Default `/kafka/<topic>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), pattern(r"^[!-~]+$"))]
+    pub ce_source: Option<String>,
+    /// The CloudEvents `type` attribute, the same for every event. Default: the event's own
+    /// type (its `event_type`, or what events.typeFrom names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), pattern(r"^[!-~]+$"))]
+    pub ce_type: Option<String>,
+    /// Kafka record headers copied to the request as HTTP headers of the same name (at most
+    /// 32; e.g. `traceparent`). Every value of a listed header is sent; a value that is not
+    /// a valid HTTP header value (binary, control characters) is left out. Not the
+    /// CloudEvents (`ce-`/`ce_`) headers, nor the ones that frame the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&*+.^_`|~-]+$"))
+    )]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new("self.all(h, !h.lowerAscii().startsWith('ce-') && !h.lowerAscii().startsWith('ce_') && !(h.lowerAscii() in ['content-type', 'content-length', 'transfer-encoding', 'host', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect']))")
+            .message("sink.http.forwardHeaders must not name CloudEvents headers (ce-*, ce_*) or headers that frame the request (Content-Type, Content-Length, Transfer-Encoding, Host, Connection, Keep-Alive, TE, Trailer, Upgrade, Expect)")
+            .reason(Reason::FieldValueForbidden),
+    )]
+    pub forward_headers: Vec<String>,
+}
+
+/// How an event is laid out in an HTTP request (CloudEvents 1.0 HTTP binding).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ContentMode {
+    /// The record's value is the body (`application/json`); the attributes are `ce-*`
+    /// headers.
+    #[default]
+    Binary,
+    /// The body is the whole CloudEvent as JSON (`application/cloudevents+json`): the
+    /// attributes, and the record's value as `data`.
+    Structured,
 }
 
 fn default_http_timeout() -> Duration {

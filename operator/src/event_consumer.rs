@@ -131,6 +131,10 @@ pub fn worker_config(
                 HTTP_HEADERS_DIR.into()
             }),
             idempotency_header: h.idempotency_header.clone(),
+            content_mode: h.content_mode,
+            ce_source: h.ce_source.clone(),
+            ce_type: h.ce_type.clone(),
+            forward_headers: h.forward_headers.clone(),
         }),
         Some(SinkKind::Kafka(k)) => worker_config::Sink::Kafka(worker_config::KafkaSink {
             topic: k.topic.clone(),

@@ -279,6 +279,41 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.sink.http.timeout",
         ),
         (
+            "an unknown CloudEvents content mode",
+            http(json!({"contentMode": "batched"})),
+            "spec.sink.http.contentMode",
+        ),
+        (
+            "a CloudEvents source with a space",
+            http(json!({"ceSource": "my source"})),
+            "spec.sink.http.ceSource",
+        ),
+        (
+            "an empty CloudEvents type",
+            http(json!({"ceType": ""})),
+            "spec.sink.http.ceType",
+        ),
+        (
+            "forwarding a CloudEvents header",
+            http(json!({"forwardHeaders": ["traceparent", "ce-type"]})),
+            "spec.sink.http.forwardHeaders",
+        ),
+        (
+            "forwarding Content-Length",
+            http(json!({"forwardHeaders": ["Content-Length"]})),
+            "spec.sink.http.forwardHeaders",
+        ),
+        (
+            "forwarding a header that is no header name",
+            http(json!({"forwardHeaders": ["a b"]})),
+            "spec.sink.http.forwardHeaders",
+        ),
+        (
+            "forwarding the idempotency header",
+            http(json!({"forwardHeaders": ["idempotency-key"]})),
+            "spec.sink.http",
+        ),
+        (
             "a librdkafka key outside the allow-list",
             ec(json!({"kafka": {"config": {"sasl.password": "x"}}})),
             "spec.kafka.config",

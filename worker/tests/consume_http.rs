@@ -168,3 +168,194 @@ async fn consume_http_sink_sends_cloudevents_retries_5xx_and_429_and_dead_letter
     );
     std::fs::remove_dir_all(secret_dir).unwrap();
 }
+
+/// What the second receiver saw of one request.
+#[derive(Debug, Clone)]
+struct Arrived {
+    n: u64,
+    at: std::time::Instant,
+    peer: std::net::SocketAddr,
+    headers: HeaderMap,
+    body: serde_json::Value,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_http_sink_structured_mode_waits_for_retry_after_reuses_connections_and_dead_letters_with_the_answer()
+ {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+
+    let topic = create_topic("ec-http-ce", 1).await;
+    let dlq = create_topic("ec-http-ce-dlq", 1).await;
+    let group = unique_name("ec-http-ce");
+    let total = 8u64;
+    let records = (0..total)
+        .map(|n| {
+            let key = format!("k{n}");
+            let value = common::consume::step(&key, n).into_bytes();
+            let headers = vec![
+                (
+                    "traceparent".to_string(),
+                    format!("00-{n:032x}-{n:016x}-01"),
+                ),
+                ("x-internal".to_string(), "not forwarded".to_string()),
+            ];
+            (Some(key), Some(value), headers)
+        })
+        .collect();
+    common::consume::produce_with_headers(&topic, records).await;
+    let dead = TopicReader::start(&dlq, "read_committed");
+
+    let seen: Arc<Mutex<Vec<Arrived>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let log = seen.clone();
+    let app = Router::new().route(
+        "/events",
+        post(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes| {
+                let log = log.clone();
+                async move {
+                    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let n = body["data"]["n"].as_u64().unwrap_or(u64::MAX);
+                    let attempts = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Arrived {
+                            n,
+                            at: std::time::Instant::now(),
+                            peer,
+                            headers,
+                            body,
+                        });
+                        log.iter().filter(|a| a.n == n).count()
+                    };
+                    let mut answer = axum::http::HeaderMap::new();
+                    match n {
+                        // Rate-limited once, asked to come back in 2 s.
+                        2 if attempts == 1 => {
+                            answer.insert("retry-after", "2".parse().unwrap());
+                            (
+                                StatusCode::TOO_MANY_REQUESTS,
+                                answer,
+                                "slow down".to_string(),
+                            )
+                        }
+                        // Refused, saying why: dead-lettered with the reason.
+                        4 => (
+                            StatusCode::BAD_REQUEST,
+                            answer,
+                            "field 'amount' is missing".to_string(),
+                        ),
+                        // A body larger than one read: only when it is read to its
+                        // end is the connection reused.
+                        _ => (StatusCode::OK, answer, "accepted ".repeat(4_000)),
+                    }
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+
+    let sink = [
+        "--sink",
+        "http",
+        "--sink-http-url",
+        &url,
+        "--sink-http-content-mode",
+        "structured",
+        "--sink-http-ce-source",
+        "urn:test:orders",
+        "--sink-http-ce-type",
+        "com.example.step",
+        "--sink-http-forward-headers",
+        "traceparent",
+    ];
+    // A backoff of 10-20 ms: only the Retry-After makes the 429's retry wait 2 s.
+    let args = [
+        "--dead-letter-topic",
+        &dlq,
+        "--retry-backoff-initial",
+        "10ms",
+        "--retry-backoff-max",
+        "10s",
+        "--concurrency",
+        "1",
+    ];
+    let mut worker = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    eventually(
+        "every offset committed",
+        Duration::from_secs(120),
+        || async { (committed(&group, &topic, 1).get(&0) == Some(&(total as i64))).then_some(()) },
+    )
+    .await;
+    assert_eq!(worker.sigterm_and_wait().await, 0);
+
+    let seen = seen.lock().unwrap().clone();
+    let of = |n: u64| seen.iter().filter(|a| a.n == n).collect::<Vec<_>>();
+    let retried = of(2);
+    assert_eq!(retried.len(), 2, "429 once, then accepted");
+    let waited = retried[1].at - retried[0].at;
+    assert!(
+        waited >= Duration::from_millis(1_950),
+        "the retry came {waited:?} after the 429 that asked for 2 s"
+    );
+    assert_eq!(of(4).len(), 1, "a 400 is not retried");
+    for n in (0..total).filter(|n| ![2, 4].contains(n)) {
+        assert_eq!(of(n).len(), 1, "event {n} delivered once");
+    }
+    let first = of(3)[0];
+    assert_eq!(
+        first.headers["content-type"],
+        "application/cloudevents+json"
+    );
+    assert_eq!(first.body["specversion"], "1.0");
+    assert_eq!(first.body["id"], format!("{topic}/0/3"));
+    assert_eq!(first.body["source"], "urn:test:orders");
+    assert_eq!(first.body["type"], "com.example.step");
+    assert_eq!(first.body["subject"], "k3");
+    assert_eq!(first.body["datacontenttype"], "application/json");
+    assert_eq!(first.body["data"]["key"], "k3");
+    assert!(first.body["time"].is_string());
+    assert_eq!(first.headers["idempotency-key"], format!("{topic}/0/3"));
+    assert_eq!(
+        first.headers["traceparent"],
+        format!("00-{:032x}-{:016x}-01", 3, 3)
+    );
+    assert!(!first.headers.contains_key("x-internal"));
+    assert!(!first.headers.contains_key("ce-type"), "structured mode");
+    // One request at a time, each answer read to its end: the connection is reused.
+    let connections: std::collections::BTreeSet<_> = seen.iter().map(|a| a.peer).collect();
+    assert!(
+        connections.len() <= 2,
+        "{} requests over {} connections",
+        seen.len(),
+        connections.len()
+    );
+
+    let letters = eventually(
+        "the refused event is dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let s = dead.snapshot();
+            async move { (!s.is_empty()).then_some(s) }
+        },
+    )
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].headers["pipewright.error.kind"],
+        "http_status_400"
+    );
+    assert!(
+        letters[0].headers["pipewright.error.message"].contains("field 'amount' is missing"),
+        "{:?}",
+        letters[0].headers
+    );
+}

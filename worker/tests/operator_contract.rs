@@ -26,6 +26,7 @@ use axum::routing::any;
 use common::consume::{TopicReader, produce_with_headers};
 use common::pod::{Objects, Pod, WAIT};
 use common::{OutboxFixture, Recorder};
+use pipewright_crds::event_consumer::ContentMode;
 use pipewright_crds::event_consumer::{EventSchema, Sink};
 use pipewright_crds::outbox::CleanupPolicy;
 use pipewright_crds::worker_config;
@@ -191,12 +192,23 @@ async fn event_consumer_does_what_its_spec_says(
             i.insert(field, t);
         }
     }
+    // Each record carries the headers the HTTP sink forwards (`fwd-<name>`).
+    let forwarded: Vec<String> = spec
+        .sink
+        .http
+        .as_ref()
+        .map(|h| h.forward_headers.clone())
+        .unwrap_or_default();
     let header_of = |value: &Value| -> Vec<(String, String)> {
         let header = type_from.as_ref().and_then(|t| t.header.clone());
-        match (header, value["event_type"].as_str()) {
-            (Some(h), Some(t)) => vec![(h, t.to_string())],
-            _ => Vec::new(),
+        let mut headers: Vec<_> = forwarded
+            .iter()
+            .map(|h| (h.clone(), format!("fwd-{h}")))
+            .collect();
+        if let (Some(h), Some(t)) = (header, value["event_type"].as_str()) {
+            headers.push((h, t.to_string()));
         }
+        headers
     };
 
     let delivery = match &mut spec.sink {
@@ -332,6 +344,38 @@ async fn event_consumer_does_what_its_spec_says(
                 id.to_str().unwrap().starts_with(&ec.spec.topics[0]),
                 "{what}: {id:?}"
             );
+            for name in &http.forward_headers {
+                assert_eq!(
+                    got.headers.get(name).map(|v| v.to_str().unwrap()),
+                    Some(format!("fwd-{name}").as_str()),
+                    "{what}: the forwarded record header {name}"
+                );
+            }
+            let (source, ce_type) = match http.content_mode {
+                ContentMode::Binary => {
+                    let header = |n| got.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+                    (header("ce-source"), header("ce-type"))
+                }
+                ContentMode::Structured => {
+                    assert_eq!(
+                        got.headers["content-type"], "application/cloudevents+json",
+                        "{what}"
+                    );
+                    let body: Value = serde_json::from_str(&got.body).unwrap();
+                    assert!(
+                        body["data"].to_string().contains(&marker),
+                        "{what}: the event is the data: {body}"
+                    );
+                    let attribute = |n: &str| body[n].as_str().map(str::to_string);
+                    (attribute("source"), attribute("type"))
+                }
+            };
+            if let Some(s) = &http.ce_source {
+                assert_eq!(source.as_ref(), Some(s), "{what}: sink.http.ceSource");
+            }
+            if let Some(t) = &http.ce_type {
+                assert_eq!(ce_type.as_ref(), Some(t), "{what}: sink.http.ceType");
+            }
         }
         Delivery::Kafka { reader } => {
             eventually(
@@ -571,6 +615,8 @@ fn every_sink() -> Vec<(&'static str, Value)> {
                 "url": "https://hooks.example.com/orders", "method": "PUT", "timeout": "3s",
                 "headers": {"X-Source": "pipewright", "X-Filter": "region=eu,tier=gold"},
                 "headersSecretRef": {"name": "hook-auth"}, "idempotencyHeader": "X-Dedup-Key",
+                "contentMode": "structured", "ceSource": "urn:shop:orders",
+                "ceType": "com.example.order", "forwardHeaders": ["traceparent", "X-Tenant"],
             }}),
         ),
         (

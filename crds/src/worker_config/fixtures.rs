@@ -51,6 +51,10 @@ pub fn every_field_consume() -> Vec<Consume> {
             headers: [("X-A".to_string(), "1".to_string())].into(),
             headers_secret_dir: Some("/s/h".into()),
             idempotency_header: "X-Id".into(),
+            content_mode: ContentMode::Structured,
+            ce_source: Some("urn:s".into()),
+            ce_type: Some("t".into()),
+            forward_headers: vec!["traceparent".into()],
         })),
         base(Sink::Kafka(KafkaSink {
             topic: "o".into(),

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use crate::event_consumer::{
-    EventTypeFrom, HttpMethod, InitialOffset, Ordering, UnknownTypePolicy,
+    ContentMode, EventTypeFrom, HttpMethod, InitialOffset, Ordering, UnknownTypePolicy,
 };
 pub use crate::outbox::CleanupPolicy;
 
@@ -383,6 +383,18 @@ pub struct HttpSink {
     /// The header carrying `<topic>/<partition>/<offset>` for deduplication.
     #[serde(default = "default_idempotency_header")]
     pub idempotency_header: String,
+    /// `binary` (default) or `structured` CloudEvents.
+    #[serde(default)]
+    pub content_mode: ContentMode,
+    /// The CloudEvents `source`. Unset: `/kafka/<topic>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce_source: Option<String>,
+    /// The CloudEvents `type` of every event. Unset: the event's type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce_type: Option<String>,
+    /// Record headers copied to the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
 }
 
 /// The Kafka sink.

@@ -269,6 +269,19 @@ pub struct SinkFlags {
     /// sink.http.idempotencyHeader: the header carrying `<topic>/<partition>/<offset>`.
     #[arg(long = "sink-http-idempotency-header")]
     pub http_idempotency_header: Option<String>,
+    /// sink.http.contentMode: `binary` (default: `ce-*` headers, the value as the body) or
+    /// `structured` (`application/cloudevents+json`).
+    #[arg(long = "sink-http-content-mode")]
+    pub http_content_mode: Option<String>,
+    /// sink.http.ceSource: the CloudEvents `source` (default `/kafka/<topic>`).
+    #[arg(long = "sink-http-ce-source")]
+    pub http_ce_source: Option<String>,
+    /// sink.http.ceType: the CloudEvents `type` of every event (default: the event's type).
+    #[arg(long = "sink-http-ce-type")]
+    pub http_ce_type: Option<String>,
+    /// sink.http.forwardHeaders: a record header copied to the request (repeat the flag).
+    #[arg(long = "sink-http-forward-headers")]
+    pub http_forward_headers: Vec<String>,
     /// sink.kafka.topic: the topic to produce to.
     #[arg(long = "sink-kafka-topic")]
     pub kafka_topic: Option<String>,
@@ -324,6 +337,10 @@ impl SinkFlags {
                     "sink.http.idempotencyHeader",
                     self.http_idempotency_header.as_ref(),
                 );
+                doc.set("sink.http.contentMode", self.http_content_mode.as_ref());
+                doc.set("sink.http.ceSource", self.http_ce_source.as_ref());
+                doc.set("sink.http.ceType", self.http_ce_type.as_ref());
+                doc.set_list("sink.http.forwardHeaders", &self.http_forward_headers);
             }
             "kafka" => {
                 doc.set("sink.kafka.topic", self.kafka_topic.as_ref());

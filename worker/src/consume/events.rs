@@ -103,6 +103,10 @@ pub struct HandlerError {
     /// Short machine-readable cause (dead-letter `error.kind` header), e.g. `http_status_500`.
     pub kind: String,
     pub message: String,
+    /// The least wait before the next attempt that the other side asked for (an HTTP
+    /// `Retry-After`): the retry waits the longer of this and its backoff, up to the retry
+    /// policy's longest wait.
+    pub retry_after: Option<Duration>,
 }
 
 impl HandlerError {
@@ -111,6 +115,7 @@ impl HandlerError {
             retryable: true,
             kind: kind.into(),
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -119,7 +124,14 @@ impl HandlerError {
             retryable: false,
             kind: kind.into(),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Asks the next attempt to wait at least `wait` (see [`HandlerError::retry_after`]).
+    pub fn with_retry_after(mut self, wait: Option<Duration>) -> HandlerError {
+        self.retry_after = wait;
+        self
     }
 }
 

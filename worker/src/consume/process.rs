@@ -80,8 +80,9 @@ pub struct Processor<H> {
 #[derive(Debug)]
 pub struct Rest<E> {
     decoded: Result<E, Rejection>,
-    /// The result of the first attempt, when it was made at once ([`Handler::handle_now`]).
-    first: Option<Result<(), HandlerError>>,
+    /// The failure of the first attempt, when it was made at once ([`Handler::handle_now`]);
+    /// boxed: rare, and the rest of every record that waits is moved around.
+    first: Option<Box<HandlerError>>,
 }
 
 impl<H: Handler> Processor<H> {
@@ -124,7 +125,7 @@ impl<H: Handler> Processor<H> {
             }
             Err(e) => Err(Rest {
                 decoded: Ok(event),
-                first: Some(Err(e)),
+                first: Some(Box::new(e)),
             }),
         }
     }
@@ -150,7 +151,7 @@ impl<H: Handler> Processor<H> {
         loop {
             attempts += 1;
             let result = match first.take() {
-                Some(result) => result,
+                Some(failed) => Err(*failed),
                 None => {
                     let started = Instant::now();
                     let result = tokio::select! {
@@ -179,7 +180,8 @@ impl<H: Handler> Processor<H> {
                     .next()
             };
             match err.retryable.then(next).flatten() {
-                Some(delay) => {
+                Some(backoff) => {
+                    let delay = self.config.retry.wait(backoff, err.retry_after);
                     self.metrics.retried.inc();
                     warn!(
                         topic = %record.topic, partition = record.partition, offset = record.offset,

@@ -38,6 +38,15 @@ impl RetryPolicy {
             .with_max_times(self.max_attempts.saturating_sub(1) as usize)
             .build()
     }
+
+    /// The wait before the next attempt: the backoff's, or longer when the other side asked
+    /// for more (`retry_after`, e.g. an HTTP `Retry-After`), but never longer than `max`.
+    pub fn wait(&self, backoff: Duration, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
+            Some(asked) => backoff.max(asked.min(self.max)),
+            None => backoff,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,5 +76,23 @@ mod tests {
             ..policy
         };
         assert_eq!(once.delays().count(), 0);
+    }
+
+    #[test]
+    fn a_retry_after_lengthens_the_wait_up_to_the_longest_backoff() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(policy.wait(ms(150), None), ms(150));
+        assert_eq!(policy.wait(ms(150), Some(ms(2_000))), ms(2_000));
+        assert_eq!(policy.wait(ms(150), Some(ms(10))), ms(150), "never shorter");
+        assert_eq!(
+            policy.wait(ms(150), Some(Duration::from_secs(3_600))),
+            Duration::from_secs(30),
+            "capped at the longest backoff"
+        );
     }
 }

@@ -1,39 +1,51 @@
-//! The HTTP sink: one request per event in CloudEvents 1.0 *binary* content mode: the record's
-//! value is the body (`content-type: application/json`), the event's attributes are `ce-*`
-//! headers:
+//! The HTTP sink: one request per event, a CloudEvent (1.0, HTTP protocol binding).
 //!
-//! | header | value |
+//! *Binary* content mode (the default): the record's value is the body
+//! (`content-type: application/json`), the event's attributes are `ce-*` headers
+//! (percent-encoded where the binding says so). *Structured* mode: the body is the whole
+//! event, `content-type: application/cloudevents+json`, with the record's value (checked JSON
+//! by the decoder) as `data`, embedded as it is.
+//!
+//! | attribute | value |
 //! |---|---|
-//! | `ce-specversion` | `1.0` |
-//! | `ce-id` | `<topic>/<partition>/<offset>` (also in the idempotency header) |
-//! | `ce-source` | `/kafka/<topic>` |
-//! | `ce-type` | the event's `event_type` |
-//! | `ce-time` | the record's timestamp (RFC 3339), when it has one |
-//! | `ce-subject` | the record's key, when it is UTF-8 |
+//! | `specversion` | `1.0` |
+//! | `id` | `<topic>/<partition>/<offset>` (also in the idempotency header) |
+//! | `source` | `sink.http.ceSource`, else `/kafka/<topic>` |
+//! | `type` | `sink.http.ceType`, else the event's type |
+//! | `time` | the record's timestamp (RFC 3339), when it has one |
+//! | `subject` | the record's key, when it is UTF-8 |
+//!
+//! The record headers named in `sink.http.forwardHeaders` (e.g. `traceparent`) are copied to
+//! the request as they are, in both modes.
 //!
 //! Outcome: a 2xx answer is done; 429, 5xx, a timeout or a connection failure are retried
-//! (backoff, then the dead-letter topic); any other status (4xx, 3xx: redirects are not
-//! followed) is dead-lettered at once. The receiver deduplicates redeliveries (at least once)
-//! with the idempotency header (default `Idempotency-Key`).
+//! (backoff, then the dead-letter topic), and a 429's or 503's `Retry-After` (seconds or an
+//! HTTP date) lengthens the wait before the next attempt up to the retry policy's longest
+//! wait; any other status (4xx, 3xx: redirects are not followed) is dead-lettered at once,
+//! with the start of the answer's body in the error message. The answer's body is read (up
+//! to 64 KiB) so that the connection is reused. The receiver deduplicates redeliveries (at
+//! least once) with the idempotency header (default `Idempotency-Key`).
 //!
 //! The headers from `headersSecretRef` (one file per header in a mounted Secret) are sent with
-//! every request and never logged. The CloudEvents attributes are written directly (a handful
-//! of headers) rather than through cloudevents-sdk, whose HTTP bindings target other client
-//! stacks than the hyper client used here.
+//! every request and never logged; an answer's body that repeats one of their values has it
+//! replaced before it reaches a message. The CloudEvents attributes are written directly (a
+//! handful of headers, or one JSON object) rather than through cloudevents-sdk, whose HTTP
+//! bindings target other client stacks than the hyper client used here.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{SecondsFormat, TimeZone, Utc};
-use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use pipewright_crds::worker_config::HttpMethod;
+use pipewright_crds::worker_config::{ContentMode, HttpMethod};
 
 use crate::Error;
 use crate::consume::events::{GenericEvent, HandlerError, Record};
@@ -49,6 +61,13 @@ pub struct HttpSinkConfig {
     /// From the Secret; never shown.
     pub secret_headers: Vec<(HeaderName, HeaderValue)>,
     pub idempotency_header: HeaderName,
+    pub content_mode: ContentMode,
+    /// Unset: `/kafka/<topic>`.
+    pub ce_source: Option<String>,
+    /// Unset: the event's type.
+    pub ce_type: Option<String>,
+    /// Record headers copied to the request.
+    pub forward_headers: Vec<HeaderName>,
 }
 
 impl std::fmt::Debug for HttpSinkConfig {
@@ -67,6 +86,10 @@ impl std::fmt::Debug for HttpSinkConfig {
                     .collect::<Vec<_>>(),
             )
             .field("idempotency_header", &self.idempotency_header)
+            .field("content_mode", &self.content_mode)
+            .field("ce_source", &self.ce_source)
+            .field("ce_type", &self.ce_type)
+            .field("forward_headers", &self.forward_headers)
             .finish()
     }
 }
@@ -154,12 +177,49 @@ impl HttpSinkConfig {
                 secret_headers.push(header(field, &name, value.trim_end())?);
             }
         }
+        let mut forward_headers = Vec::new();
+        for name in &sink.forward_headers {
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("ce-")
+                || lower.starts_with("ce_")
+                || FRAMING.contains(&lower.as_str())
+            {
+                return Err(invalid(
+                    "sink.http.forwardHeaders",
+                    format!("{name:?} is a CloudEvents header or one that frames the request"),
+                ));
+            }
+            forward_headers.push(HeaderName::try_from(name.as_str()).map_err(|_| {
+                invalid(
+                    "sink.http.forwardHeaders",
+                    format!("{name:?} is not a header name"),
+                )
+            })?);
+        }
+        for (field, value) in [
+            ("sink.http.ceSource", &sink.ce_source),
+            ("sink.http.ceType", &sink.ce_type),
+        ] {
+            if value
+                .as_deref()
+                .is_some_and(|v| v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                return Err(invalid(
+                    field,
+                    "must be printable ASCII without spaces".into(),
+                ));
+            }
+        }
         Ok(HttpSinkConfig {
             url,
             method,
             timeout,
             headers: parsed,
             secret_headers,
+            content_mode: sink.content_mode,
+            ce_source: sink.ce_source.clone(),
+            ce_type: sink.ce_type.clone(),
+            forward_headers,
             idempotency_header: HeaderName::try_from(sink.idempotency_header.as_str()).map_err(
                 |_| {
                     invalid(
@@ -202,39 +262,63 @@ impl HttpSink {
         event: &GenericEvent,
         record: &Record,
     ) -> Result<Request<Full<Bytes>>, HandlerError> {
+        let c = &self.config;
         let id = record.id().to_string();
-        let mut builder = Request::builder()
-            .method(self.config.method.clone())
-            .uri(self.config.url.clone())
-            .header("content-type", "application/json")
-            .header("ce-specversion", "1.0")
-            .header("ce-id", &id)
-            .header("ce-source", format!("/kafka/{}", record.topic))
-            .header("ce-type", &event.event_type)
-            .header(&self.config.idempotency_header, &id);
-        if let Some(time) = record
+        let source = match &c.ce_source {
+            Some(source) => source.clone(),
+            None => format!("/kafka/{}", record.topic),
+        };
+        let ce_type = c.ce_type.as_deref().unwrap_or(&event.event_type);
+        let time = record
             .timestamp_ms
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-        {
-            builder = builder.header("ce-time", time.to_rfc3339_opts(SecondsFormat::Millis, true));
-        }
-        if let Some(subject) = record
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        let subject = record
             .key
             .as_deref()
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .and_then(|k| HeaderValue::try_from(k).ok())
-        {
-            builder = builder.header("ce-subject", subject);
+            .and_then(|k| std::str::from_utf8(k).ok());
+        let mut builder = Request::builder()
+            .method(c.method.clone())
+            .uri(c.url.clone())
+            .header(&c.idempotency_header, &id);
+        let body = match c.content_mode {
+            ContentMode::Binary => {
+                builder = builder
+                    .header("content-type", "application/json")
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", ce_header(&id))
+                    .header("ce-source", ce_header(&source))
+                    .header("ce-type", ce_header(ce_type));
+                if let Some(time) = &time {
+                    builder = builder.header("ce-time", time);
+                }
+                if let Some(subject) = subject {
+                    builder = builder.header("ce-subject", ce_header(subject));
+                }
+                Bytes::from(record.payload.clone().unwrap_or_default())
+            }
+            ContentMode::Structured => {
+                builder = builder.header("content-type", "application/cloudevents+json");
+                structured(&id, &source, ce_type, time.as_deref(), subject, record)
+            }
+        };
+        for (name, value) in &record.headers {
+            let Some(value) = value else { continue };
+            let Some(forward) = c
+                .forward_headers
+                .iter()
+                .find(|f| f.as_str().eq_ignore_ascii_case(name))
+            else {
+                continue;
+            };
+            // A value HTTP cannot carry (binary, control characters) is left out.
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                builder = builder.header(forward, value);
+            }
         }
-        for (name, value) in self
-            .config
-            .headers
-            .iter()
-            .chain(&self.config.secret_headers)
-        {
+        for (name, value) in c.headers.iter().chain(&c.secret_headers) {
             builder = builder.header(name, value);
         }
-        let body = Bytes::from(record.payload.clone().unwrap_or_default());
         builder
             .body(Full::new(body))
             .map_err(|e| HandlerError::permanent("http_request", e.to_string()))
@@ -242,34 +326,172 @@ impl HttpSink {
 
     pub async fn deliver(&self, event: &GenericEvent, record: &Record) -> Result<(), HandlerError> {
         let request = self.request(event, record)?;
-        let response =
-            match tokio::time::timeout(self.config.timeout, self.client.request(request)).await {
-                Err(_) => {
-                    return Err(HandlerError::retryable(
-                        "http_timeout",
-                        format!("no answer within {:?}", self.config.timeout),
-                    ));
-                }
-                Ok(Err(e)) => return Err(HandlerError::retryable("http_connect", e.to_string())),
-                Ok(Ok(response)) => response,
-            };
-        let status = response.status();
-        // The body is not needed; dropping the response frees the connection.
-        drop(response);
+        let timeout = self.config.timeout;
+        let answer = tokio::time::timeout(timeout, async {
+            let response = self.client.request(request).await?;
+            Ok::<_, hyper_util::client::legacy::Error>(self.read(response).await)
+        })
+        .await;
+        let (status, retry_after, body) = match answer {
+            Err(_) => {
+                return Err(HandlerError::retryable(
+                    "http_timeout",
+                    format!("no answer within {timeout:?}"),
+                ));
+            }
+            Ok(Err(e)) => return Err(HandlerError::retryable("http_connect", e.to_string())),
+            Ok(Ok(answer)) => answer,
+        };
         if status.is_success() {
-            Ok(())
-        } else if status.as_u16() == 429 || status.is_server_error() {
-            Err(HandlerError::retryable(
-                format!("http_status_{}", status.as_u16()),
-                format!("the endpoint answered {status}"),
-            ))
+            return Ok(());
+        }
+        let kind = format!("http_status_{}", status.as_u16());
+        let message = match body {
+            Some(body) => format!("the endpoint answered {status}: {body}"),
+            None => format!("the endpoint answered {status}"),
+        };
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            Err(HandlerError::retryable(kind, message).with_retry_after(retry_after))
         } else {
-            Err(HandlerError::permanent(
-                format!("http_status_{}", status.as_u16()),
-                format!("the endpoint answered {status}"),
-            ))
+            Err(HandlerError::permanent(kind, message))
         }
     }
+
+    /// The status, the `Retry-After` of a 429 or 503, and the start of the body of an
+    /// answer that is not a 2xx. The body is read to its end (up to [`BODY_LIMIT`]), which
+    /// returns the connection to the pool; a longer one is dropped with its connection.
+    async fn read(
+        &self,
+        response: Response<hyper::body::Incoming>,
+    ) -> (StatusCode, Option<Duration>, Option<String>) {
+        let status = response.status();
+        let retry_after = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| response.headers().get(RETRY_AFTER))
+        .flatten()
+        .and_then(|v| retry_after(v, std::time::SystemTime::now()));
+        let body = Limited::new(response.into_body(), BODY_LIMIT)
+            .collect()
+            .await
+            .ok()
+            .map(|b| b.to_bytes());
+        let excerpt = (!status.is_success())
+            .then_some(body)
+            .flatten()
+            .and_then(|b| self.excerpt(&b));
+        (status, retry_after, excerpt)
+    }
+
+    /// The start of an answer's body for a message: text, at most [`EXCERPT_CHARS`]
+    /// characters, with any value of a secret header replaced.
+    fn excerpt(&self, body: &[u8]) -> Option<String> {
+        let text = String::from_utf8_lossy(body);
+        let mut text: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .trim()
+            .to_string();
+        for (_, value) in &self.config.secret_headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            if !value.is_empty() {
+                text = text.replace(value.as_ref(), "[redacted]");
+            }
+        }
+        if text.is_empty() {
+            return None;
+        }
+        if text.chars().count() > EXCERPT_CHARS {
+            text = text.chars().take(EXCERPT_CHARS).collect::<String>() + "…";
+        }
+        Some(text)
+    }
+}
+
+/// Request headers a record header must not set: they frame the request.
+const FRAMING: [&str; 10] = [
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// The most of an answer's body that is read (and so lets the connection be reused).
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// The most of an answer's body that goes into an error message (and a dead letter's header).
+const EXCERPT_CHARS: usize = 256;
+
+/// What the CloudEvents HTTP binding percent-encodes in a `ce-*` header: space, `"`, `%` and
+/// everything outside printable ASCII.
+const CE_HEADER: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+fn ce_header(value: &str) -> HeaderValue {
+    let encoded = utf8_percent_encode(value, CE_HEADER).to_string();
+    // Only printable ASCII is left, which is always a valid header value.
+    HeaderValue::try_from(encoded).expect("percent-encoded text is a header value")
+}
+
+/// A structured-mode body: the attributes, and the record's value (JSON, checked by the
+/// decoder) as `data`, copied as it is rather than parsed and written again.
+fn structured(
+    id: &str,
+    source: &str,
+    ce_type: &str,
+    time: Option<&str>,
+    subject: Option<&str>,
+    record: &Record,
+) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Attributes<'a> {
+        specversion: &'static str,
+        id: &'a str,
+        source: &'a str,
+        #[serde(rename = "type")]
+        ce_type: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        time: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subject: Option<&'a str>,
+        datacontenttype: &'static str,
+    }
+    let attributes = Attributes {
+        specversion: "1.0",
+        id,
+        source,
+        ce_type,
+        time,
+        subject,
+        datacontenttype: "application/json",
+    };
+    let mut body = serde_json::to_vec(&attributes).expect("attributes serialize");
+    if let Some(data) = record.payload.as_deref().filter(|d| !d.is_empty()) {
+        // Replace the closing brace with `,"data":<value>}`.
+        body.pop();
+        body.extend_from_slice(b",\"data\":");
+        body.extend_from_slice(data);
+        body.push(b'}');
+    }
+    Bytes::from(body)
+}
+
+/// A `Retry-After` value as a wait from `now`: delay-seconds, or an HTTP date (a past date
+/// is no wait). `None` when it is neither.
+fn retry_after(value: &HeaderValue, now: std::time::SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -285,6 +507,143 @@ mod tests {
             headers,
             headers_secret_dir: None,
             idempotency_header: "Idempotency-Key".into(),
+            content_mode: ContentMode::Binary,
+            ce_source: None,
+            ce_type: None,
+            forward_headers: vec![],
+        }
+    }
+
+    fn record(headers: &[(&str, &[u8])]) -> Record {
+        Record {
+            topic: "orders".into(),
+            partition: 2,
+            offset: 7,
+            key: Some("clé 1".as_bytes().to_vec()),
+            payload: Some(br#"{"event_type":"placed","n":1}"#.to_vec()),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Some(v.to_vec())))
+                .collect(),
+            timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    fn event() -> GenericEvent {
+        GenericEvent {
+            event_type: "order placed".into(),
+            body: None,
+        }
+    }
+
+    fn header<'a>(request: &'a Request<Full<Bytes>>, name: &str) -> Vec<&'a str> {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn binary_mode_percent_encodes_attributes_and_forwards_only_the_listed_headers() {
+        let config = HttpSinkConfig::parse(&HttpSink {
+            forward_headers: vec!["traceparent".into(), "X-Tenant".into()],
+            ..sink("http://h/x", Default::default())
+        })
+        .unwrap();
+        let sink = super::HttpSink::new(config).unwrap();
+        let record = record(&[
+            (
+                "traceparent",
+                b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-tenant", b"a"),
+            ("X-TENANT", b"b"),
+            ("x-internal", b"no"),
+            ("x-tenant", b"bad\nvalue"),
+        ]);
+        let request = sink.request(&event(), &record).unwrap();
+        assert_eq!(header(&request, "ce-type"), ["order%20placed"]);
+        assert_eq!(header(&request, "ce-subject"), ["cl%C3%A9%201"]);
+        assert_eq!(header(&request, "ce-id"), ["orders/2/7"]);
+        assert_eq!(header(&request, "ce-source"), ["/kafka/orders"]);
+        assert_eq!(header(&request, "ce-time"), ["2023-11-14T22:13:20.000Z"]);
+        assert_eq!(header(&request, "content-type"), ["application/json"]);
+        assert_eq!(
+            header(&request, "traceparent"),
+            ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+        );
+        assert_eq!(
+            header(&request, "x-tenant"),
+            ["a", "b"],
+            "every valid value"
+        );
+        assert!(header(&request, "x-internal").is_empty(), "not listed");
+    }
+
+    #[test]
+    fn structured_mode_sends_the_attributes_and_the_value_as_data_in_one_json_object() {
+        let config = HttpSinkConfig::parse(&HttpSink {
+            content_mode: ContentMode::Structured,
+            ce_source: Some("urn:shop:orders".into()),
+            ce_type: Some("com.example.order".into()),
+            ..sink("http://h/x", Default::default())
+        })
+        .unwrap();
+        let sink = super::HttpSink::new(config).unwrap();
+        let request = sink.request(&event(), &record(&[])).unwrap();
+        assert_eq!(
+            header(&request, "content-type"),
+            ["application/cloudevents+json"]
+        );
+        assert!(header(&request, "ce-type").is_empty());
+        assert_eq!(header(&request, "idempotency-key"), ["orders/2/7"]);
+        let body = futures::executor::block_on(request.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "specversion": "1.0",
+                "id": "orders/2/7",
+                "source": "urn:shop:orders",
+                "type": "com.example.order",
+                "time": "2023-11-14T22:13:20.000Z",
+                "subject": "clé 1",
+                "datacontenttype": "application/json",
+                "data": {"event_type": "placed", "n": 1},
+            })
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let value = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(retry_after(&value("3"), now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            retry_after(&value("Tue, 14 Nov 2023 22:13:50 GMT"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after(&value("Tue, 14 Nov 2023 22:00:00 GMT"), now),
+            Some(Duration::ZERO),
+            "a date already past"
+        );
+        assert_eq!(retry_after(&value("soon"), now), None);
+        assert_eq!(retry_after(&value("-1"), now), None);
+    }
+
+    #[test]
+    fn forwarding_cloudevents_or_framing_headers_is_refused() {
+        for name in ["ce-type", "CE_ID", "Content-Length", "host"] {
+            let parsed = HttpSinkConfig::parse(&HttpSink {
+                forward_headers: vec![name.into()],
+                ..sink("http://h/x", Default::default())
+            });
+            assert!(parsed.is_err(), "{name} accepted");
         }
     }
 
@@ -319,6 +678,13 @@ mod tests {
         .unwrap();
         assert_eq!(config.secret_headers[0].1, "Bearer s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
+        let sink = super::HttpSink::new(config).unwrap();
+        assert_eq!(
+            sink.excerpt(b"denied: you sent 'Bearer s3cret'\n")
+                .as_deref(),
+            Some("denied: you sent '[redacted]'"),
+            "an answer that echoes a secret header"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
