@@ -31,14 +31,14 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ObjectMeta};
+use kube::api::{Api, DeleteParams, ObjectMeta, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::controller::apply;
 use crate::error::{Error, Result};
@@ -357,14 +357,7 @@ impl Children {
                 lookup(&self.config_maps, ns, &desired.config_map),
                 By::ResourceVersion,
             ),
-            self.apply_one(
-                client,
-                metrics,
-                ns,
-                &desired.service,
-                lookup(&self.services, ns, &desired.service),
-                By::ResourceVersion,
-            ),
+            self.apply_service(client, metrics, ns, &desired.service),
             self.apply_one(
                 client,
                 metrics,
@@ -409,6 +402,63 @@ impl Children {
             }
             // Unchanged: the store holds it (apply_one checked).
             None => Ok(current.expect("an unchanged Deployment is in the store")),
+        }
+    }
+
+    /// Applies the workers' Service. One made by an earlier release has a cluster IP, which
+    /// the apiserver does not let change to `None` (headless; "spec.clusterIPs[0]: may not
+    /// change once set"): that one is deleted (it alone: a uid precondition) and made again.
+    async fn apply_service(
+        &self,
+        client: &Client,
+        metrics: &Metrics,
+        ns: &str,
+        desired: &Service,
+    ) -> Result<Option<Service>> {
+        let current = lookup(&self.services, ns, desired);
+        let applied = self
+            .apply_one(
+                client,
+                metrics,
+                ns,
+                desired,
+                current.clone(),
+                By::ResourceVersion,
+            )
+            .await;
+        match applied {
+            Err(Error::Kube(kube::Error::Api(s)))
+                if s.code == 422 && s.message.contains("clusterIP") =>
+            {
+                let name = desired.name_any();
+                let api: Api<Service> = Api::namespaced(client.clone(), ns);
+                let uid = match current.and_then(|m| m.uid) {
+                    Some(uid) => Some(uid),
+                    None => api
+                        .get_metadata_opt(&name)
+                        .await?
+                        .and_then(|m| m.metadata.uid),
+                };
+                info!(
+                    service = %name,
+                    "replacing the workers' Service, made with a cluster IP by an earlier release, with a headless one"
+                );
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid,
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&name, &params).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.apply_one(client, metrics, ns, desired, None, By::ResourceVersion)
+                    .await
+            }
+            other => other,
         }
     }
 

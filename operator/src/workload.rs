@@ -433,9 +433,14 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         status: None,
     };
 
+    // Headless: it names the workers' metrics endpoints for scrapers that discover pods
+    // through it (a ServiceMonitor), which never use a virtual IP. Without one, no address of
+    // the Service CIDR is taken per resource, and it is made faster (no IPAddress object:
+    // 114 ms against 9-19 ms for the other children, mean apply at a cold start here).
     let service = Service {
         metadata: meta(None),
         spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
             selector: Some(selector.clone()),
             ports: Some(vec![ServicePort {
                 name: Some("metrics".into()),

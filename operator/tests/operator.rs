@@ -142,6 +142,11 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
         .await
         .unwrap();
     assert!(owned_by_ec(svc.owner_references()));
+    assert_eq!(
+        svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        Some("None"),
+        "the workers' Service is headless"
+    );
     let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
         .get(child)
         .await
@@ -230,6 +235,64 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
                 .ok()?
                 .is_none();
         gone.then_some(())
+    })
+    .await;
+    ns.delete().await;
+}
+
+/// Upgrading from a release whose workers' Service had a cluster IP: the apiserver refuses to
+/// make that one headless, so the operator replaces it (and only it) with a headless one.
+#[tokio::test]
+async fn a_workers_service_with_a_cluster_ip_from_an_earlier_release_is_replaced_by_a_headless_one()
+{
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "op-svc").await;
+    let topic = create_topic("op-svc", 1).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let child = "orders-consumer";
+    // As an earlier release made it: same name, selector and port, with a cluster IP.
+    let old: Service = serde_json::from_value(json!({
+        "metadata": {"name": child},
+        "spec": {
+            "selector": {"app.kubernetes.io/instance": "orders"},
+            "ports": [{"name": "metrics", "port": 8080, "targetPort": "metrics"}],
+        },
+    }))
+    .unwrap();
+    let old = create(&client, &ns.name, &old).await;
+    let old_ip = old
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .unwrap();
+    assert_ne!(old_ip, "None");
+
+    let _operator = Operator::start(&ns.name, &[]);
+    let ec = create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({})),
+    )
+    .await;
+    let new = eventually(
+        "a headless Service owned by the EventConsumer",
+        WAIT,
+        || async {
+            let svc = services.get_opt(child).await.ok()??;
+            let headless = svc.spec.as_ref()?.cluster_ip.as_deref() == Some("None");
+            let owned = svc.owner_references().iter().any(|r| r.uid == uid(&ec));
+            (headless && owned).then_some(svc)
+        },
+    )
+    .await;
+    assert_ne!(new.uid(), old.uid(), "a new Service");
+    // Nothing else was replaced, and the EventConsumer is not Degraded over it.
+    deployment(&client, &ns.name, child).await;
+    let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    eventually("status written, not Degraded", WAIT, || async {
+        let s = ecs.get("orders").await.ok()?.status?;
+        (condition(&s.conditions, DEGRADED)?.status == "False").then_some(())
     })
     .await;
     ns.delete().await;

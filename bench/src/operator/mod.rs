@@ -262,13 +262,20 @@ fn start_operator(setup: &OperatorSetup, ns: &str, tag: &str) -> Result<Arc<Mute
         ])
         .args(["--status-period", &format!("{}s", STATUS_PERIOD.as_secs())])
         .args(["--worker-image", "pipewright-worker:bench"])
-        .env("RUST_LOG", "info");
+        // PIPEWRIGHT_BENCH_OPERATOR_LOG: the operator's filter, to look into a run (e.g.
+        // `info,kube_client=debug` times every request); its log is in the work dir.
+        .env(
+            "RUST_LOG",
+            std::env::var("PIPEWRIGHT_BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    // Its log lines go to stdout; stderr holds what it prints when it cannot start.
     let log = setup.work_dir.join(format!("operator-{tag}.log"));
+    let stderr = setup.work_dir.join(format!("operator-{tag}.stderr"));
     let proc = Arc::new(Mutex::new(Proc::spawn(
         &format!("operator ({tag})"),
         command,
-        None,
-        &log,
+        Some(&log),
+        &stderr,
     )?));
     let sampled = Arc::downgrade(&proc);
     std::thread::spawn(move || {
