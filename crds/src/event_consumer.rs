@@ -81,6 +81,9 @@ use crate::common::{
     validation = Rule::new("has(self.processing.deadLetterTopic) || (has(self.events) && self.events.onUnknownType != 'deadLetter')")
         .message("processing.deadLetterTopic is required when events.onUnknownType is deadLetter (the default, also without events): set it, or set events.onUnknownType to skip or fail")
         .field_path(".processing.deadLetterTopic"),
+    validation = Rule::new("!has(self.events) || self.events.format != 'raw' || !has(self.sink.postgres)")
+        .message("sink.postgres maps the fields of JSON events to columns: it cannot take events.format raw")
+        .field_path(".sink.postgres"),
 )]
 pub struct EventConsumerSpec {
     /// The Kafka cluster to consume from (and, for a kafka sink and the dead-letter topic,
@@ -144,13 +147,32 @@ pub enum InitialOffset {
     Latest,
 }
 
-/// The declared event types.
+/// What the records are, and the declared event types.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.format != 'raw' || !has(self.typeFrom) || !has(self.typeFrom.field)")
+        .message("events.format raw: the values are not read, so the type can only come from a header (events.typeFrom.header)")
+        .field_path(".typeFrom"),
+    validation = Rule::new("self.format != 'raw' || !has(self.types) || (has(self.typeFrom) && has(self.typeFrom.header))")
+        .message("events.format raw: declared types need events.typeFrom.header (the values are not read)")
+        .field_path(".types"),
+    validation = Rule::new("self.format != 'raw' || !has(self.types) || self.types.all(t, !has(t.schema))")
+        .message("events.format raw: a JSON Schema cannot check values that are not JSON")
+        .field_path(".types"),
+)]
 pub struct Events {
+    /// `json` (default): every value must be a JSON object; its type is its `event_type`
+    /// (or what typeFrom names). `raw`: the values are delivered as they are, whatever their
+    /// bytes (text, Avro, Protobuf, ...), with retries and dead letters; their type comes
+    /// from typeFrom.header when set, else it is `pipewright.raw`. Not with the postgres
+    /// sink.
+    #[serde(default)]
+    pub format: EventFormat,
     /// Event types this consumer handles, each by its `event_type` name, optionally with a
-    /// JSON Schema its payload must match.
-    #[schemars(length(min = 1, max = 128))]
+    /// JSON Schema its payload must match. Unset: every type is handled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub types: Vec<EventType>,
     /// What to do with a record whose `event_type` is not declared: `deadLetter` (park it in
@@ -162,6 +184,20 @@ pub struct Events {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub type_from: Option<EventTypeFrom>,
 }
+
+/// What a record's value is (`events.format`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EventFormat {
+    /// A JSON object, checked before delivery.
+    #[default]
+    Json,
+    /// Bytes, delivered as they are.
+    Raw,
+}
+
+/// The event type of a record in `events.format: raw` when no header names one.
+pub const RAW_EVENT_TYPE: &str = "pipewright.raw";
 
 /// Where a record's event type is read: exactly one of header, field. Either way the value
 /// must be JSON (the sinks forward it, a schema checks it).

@@ -73,6 +73,7 @@ pub fn worker_config(
     };
     let mut events = worker_config::Events::default();
     if let Some(declared) = &spec.events {
+        events.format = declared.format;
         events.on_unknown_type = declared.on_unknown_type;
         events.type_from = declared.type_from.clone();
         for (i, t) in declared.types.iter().enumerate() {

@@ -402,6 +402,37 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.events.typeFrom.header",
         ),
         (
+            "raw values typed by a field of the value",
+            ec(json!({"events": {"format": "raw", "onUnknownType": "skip",
+                "typeFrom": {"field": "kind"}}})),
+            "spec.events.typeFrom",
+        ),
+        (
+            "raw values with declared types but no type header",
+            ec(json!({"events": {"format": "raw", "onUnknownType": "skip",
+                "types": [{"name": "a"}]}})),
+            "spec.events.types",
+        ),
+        (
+            "raw values with a JSON Schema",
+            ec(json!({"events": {"format": "raw", "onUnknownType": "skip",
+                "typeFrom": {"header": "type"},
+                "types": [{"name": "a", "schema": {"inline": {"type": "object"}}}]}})),
+            "spec.events.types",
+        ),
+        (
+            "raw values into the postgres sink",
+            ec(json!({"events": {"format": "raw", "onUnknownType": "skip"},
+                "sink": {"log": null, "postgres": {"dsnSecretRef": {"name": "db", "key": "dsn"},
+                "table": "events"}}})),
+            "spec.sink.postgres",
+        ),
+        (
+            "an unknown event format",
+            ec(json!({"events": {"format": "avro", "onUnknownType": "skip"}})),
+            "spec.events.format",
+        ),
+        (
             "an event type declared twice",
             ec(
                 json!({"events": {"onUnknownType": "skip", "types": [{"name": "a"}, {"name": "a"}]}}),

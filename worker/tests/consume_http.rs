@@ -359,3 +359,105 @@ async fn consume_http_sink_structured_mode_waits_for_retry_after_reuses_connecti
         letters[0].headers
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_raw_values_reach_the_http_sink_byte_for_byte_and_a_refused_one_is_dead_lettered_unchanged()
+ {
+    let topic = create_topic("ec-http-raw", 1).await;
+    let dlq = create_topic("ec-http-raw-dlq", 1).await;
+    let group = unique_name("ec-http-raw");
+    // What JSON mode refuses: bytes that are no UTF-8, text that is no JSON, nothing at all,
+    // a protobuf-like value with its content type.
+    let every_byte: Vec<u8> = (0..=255u8).rev().collect();
+    let values: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (every_byte.clone(), None),
+        (b"plain text, not JSON".to_vec(), Some("text/plain")),
+        (Vec::new(), None),
+        (vec![0x08, 0x96, 0x01], Some("application/x-protobuf")),
+        (b"{ refused".to_vec(), None),
+    ];
+    let records = values
+        .iter()
+        .enumerate()
+        .map(|(i, (value, content_type))| {
+            let headers = content_type
+                .map(|c| vec![("content-type".to_string(), c.to_string())])
+                .unwrap_or_default();
+            (Some(format!("k{i}")), Some(value.clone()), headers)
+        })
+        .collect();
+    common::consume::produce_with_headers(&topic, records).await;
+    let dead = TopicReader::start(&dlq, "read_committed");
+
+    // offset -> (content type, ce-type, body)
+    type Got = HashMap<i64, (String, String, Vec<u8>)>;
+    let got: Arc<Mutex<Got>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let log = got.clone();
+    let app = Router::new().route(
+        "/events",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let log = log.clone();
+            async move {
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default()
+                };
+                let offset: i64 = header("ce-id").rsplit('/').next().unwrap().parse().unwrap();
+                log.lock().unwrap().insert(
+                    offset,
+                    (header("content-type"), header("ce-type"), body.to_vec()),
+                );
+                if offset == 4 {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "cannot parse this")
+                } else {
+                    (StatusCode::OK, "")
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let sink = ["--sink", "http", "--sink-http-url", &url];
+    let args = ["--event-format", "raw", "--dead-letter-topic", &dlq];
+    let mut worker = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    let total = values.len() as i64;
+    eventually(
+        "every offset committed",
+        Duration::from_secs(120),
+        || async { (committed(&group, &topic, 1).get(&0) == Some(&total)).then_some(()) },
+    )
+    .await;
+    assert_eq!(worker.sigterm_and_wait().await, 0);
+
+    let got = got.lock().unwrap().clone();
+    for (offset, (value, content_type)) in values.iter().enumerate() {
+        let (got_type, ce_type, body) = &got[&(offset as i64)];
+        assert_eq!(body, value, "offset {offset}: the value byte for byte");
+        assert_eq!(
+            got_type,
+            content_type.unwrap_or("application/octet-stream"),
+            "offset {offset}"
+        );
+        assert_eq!(ce_type, "pipewright.raw");
+    }
+    let letters = eventually(
+        "the refused value is dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let s = dead.snapshot();
+            async move { (!s.is_empty()).then_some(s) }
+        },
+    )
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].value.as_deref(), Some(&b"{ refused"[..]));
+    assert_eq!(
+        letters[0].headers["pipewright.error.kind"],
+        "http_status_422"
+    );
+    assert!(letters[0].headers["pipewright.error.message"].contains("cannot parse this"));
+}

@@ -633,6 +633,22 @@ fn every_sink() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// The generated EventConsumer with the HTTP sink in binary mode over values delivered as
+/// they are (`events.format: raw`, typed by a header).
+fn raw_event_consumer() -> Value {
+    let mut http = every_sink()[1].1.clone();
+    http["http"].as_object_mut().unwrap().remove("contentMode");
+    let mut ec = every_field_event_consumer(http);
+    ec["metadata"]["name"] = json!("raw-values");
+    ec["spec"]["events"] = json!({
+        "format": "raw",
+        "types": [{"name": "order.placed"}, {"name": "order.paid"}],
+        "onUnknownType": "deadLetter",
+        "typeFrom": {"header": "type"},
+    });
+    ec
+}
+
 /// An Outbox that sets every optional field.
 fn every_field_outbox() -> Value {
     json!({
@@ -663,9 +679,12 @@ async fn the_generated_specs_render_every_field_of_the_worker_configuration_the_
     ]
     .into();
     let mut rendered = BTreeSet::new();
-    for (_, sink) in every_sink() {
-        let ec: EventConsumer =
-            serde_json::from_value(stored(every_field_event_consumer(sink))).unwrap();
+    let specs = every_sink()
+        .into_iter()
+        .map(|(_, sink)| every_field_event_consumer(sink))
+        .chain([raw_event_consumer()]);
+    for spec in specs {
+        let ec: EventConsumer = serde_json::from_value(stored(spec)).unwrap();
         let WorkerConfig::Consume(c) = event_consumer::plan(&ec, &Settings::default())
             .unwrap()
             .config
@@ -721,6 +740,11 @@ async fn the_worker_runs_generated_specs_with_every_sink_and_every_optional_fiel
             )
         })
         .collect();
+    runs.push(run(
+        "generated EventConsumer, raw values, http sink (binary)".to_string(),
+        raw_event_consumer(),
+        objects.clone(),
+    ));
     runs.push(run(
         "generated Outbox".to_string(),
         every_field_outbox(),

@@ -35,6 +35,7 @@ pub fn every_field_consume() -> Vec<Consume> {
                 header: Some("type".into()),
                 field: None,
             }),
+            format: EventFormat::Json,
         },
         processing: Processing {
             dead_letter_topic: Some("d".into()),
@@ -72,6 +73,12 @@ pub fn every_field_consume() -> Vec<Consume> {
             jitter: Duration::from_millis(2),
         })),
     ];
+    // Values delivered as they are, typed by the header (no schemas: they are not JSON):
+    // with the discard sink.
+    every[4].events.format = EventFormat::Raw;
+    for t in &mut every[4].events.types {
+        t.schema = None;
+    }
     // The other way to name the type (exactly one is set): with the PostgreSQL sink.
     every[3].events.type_from = Some(EventTypeFrom {
         header: None,

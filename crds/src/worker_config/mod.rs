@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use crate::event_consumer::{
-    ContentMode, EventTypeFrom, HttpMethod, InitialOffset, Ordering, UnknownTypePolicy,
+    ContentMode, EventFormat, EventTypeFrom, HttpMethod, InitialOffset, Ordering, RAW_EVENT_TYPE,
+    UnknownTypePolicy,
 };
 pub use crate::outbox::CleanupPolicy;
 
@@ -187,6 +188,11 @@ pub struct Kafka {
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Events {
+    /// `json` (default) or `raw` (values delivered as they are). Left out when `json`, as
+    /// every field added with a default is: a new operator renders the configurations of
+    /// resources that do not use it as before, and rolls no pod.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: EventFormat,
     /// The declared types.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<EventType>,
@@ -383,8 +389,9 @@ pub struct HttpSink {
     /// The header carrying `<topic>/<partition>/<offset>` for deduplication.
     #[serde(default = "default_idempotency_header")]
     pub idempotency_header: String,
-    /// `binary` (default) or `structured` CloudEvents.
-    #[serde(default)]
+    /// `binary` (default) or `structured` CloudEvents. Left out when `binary` (see
+    /// [`Events::format`]).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub content_mode: ContentMode,
     /// The CloudEvents `source`. Unset: `/kafka/<topic>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -584,6 +591,11 @@ fn default_batch_size() -> usize {
 }
 fn default_max_in_flight() -> usize {
     1000
+}
+
+/// Whether a field holds its default (and so is left out of a rendered configuration).
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 pub mod fixtures;

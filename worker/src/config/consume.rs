@@ -25,27 +25,33 @@ use crate::outbox::Table;
 pub fn settings(
     file: worker_config::Consume,
 ) -> Result<(ConsumeConfig, SinkSettings, DeclaredTypes), Error> {
-    let types = declared_types(&file.events.types)?.with_source(match &file.events.type_from {
-        None => TypeSource::EventTypeField,
-        Some(worker_config::EventTypeFrom {
-            header: Some(h),
-            field: None,
-        }) => TypeSource::Header(h.clone()),
-        Some(worker_config::EventTypeFrom {
-            header: None,
-            field: Some(f),
-        }) if f == "event_type" => TypeSource::EventTypeField,
-        Some(worker_config::EventTypeFrom {
-            header: None,
-            field: Some(f),
-        }) => TypeSource::Field(f.clone()),
-        Some(_) => {
-            return Err(Error::InvalidConfig {
-                field: "events.typeFrom",
-                reason: "set exactly one of header, field".into(),
-            });
-        }
-    });
+    let raw = file.events.format == worker_config::EventFormat::Raw;
+    if raw {
+        check_raw(&file)?;
+    }
+    let types = declared_types(&file.events.types)?
+        .with_raw(raw)
+        .with_source(match &file.events.type_from {
+            None => TypeSource::EventTypeField,
+            Some(worker_config::EventTypeFrom {
+                header: Some(h),
+                field: None,
+            }) => TypeSource::Header(h.clone()),
+            Some(worker_config::EventTypeFrom {
+                header: None,
+                field: Some(f),
+            }) if f == "event_type" => TypeSource::EventTypeField,
+            Some(worker_config::EventTypeFrom {
+                header: None,
+                field: Some(f),
+            }) => TypeSource::Field(f.clone()),
+            Some(_) => {
+                return Err(Error::InvalidConfig {
+                    field: "events.typeFrom",
+                    reason: "set exactly one of header, field".into(),
+                });
+            }
+        });
     let p = file.processing;
     let config = ConsumeConfig {
         consumer: ConsumerConfig {
@@ -92,9 +98,58 @@ pub fn settings(
         },
     };
     config.validate()?;
-    let sink = SinkSettings(file.sink);
+    let sink = SinkSettings {
+        sink: file.sink,
+        raw,
+    };
     sink.validate()?;
     Ok((config, sink, types))
+}
+
+/// What `events.format: raw` cannot go with: the values are not read, so nothing may need
+/// them as JSON.
+fn check_raw(file: &worker_config::Consume) -> Result<(), Error> {
+    let refuse = |field, reason: &str| {
+        Err(Error::InvalidConfig {
+            field,
+            reason: format!("events.format raw: {reason}"),
+        })
+    };
+    let header = file
+        .events
+        .type_from
+        .as_ref()
+        .is_some_and(|t| t.header.is_some());
+    if file
+        .events
+        .type_from
+        .as_ref()
+        .is_some_and(|t| t.field.is_some())
+    {
+        return refuse(
+            "events.typeFrom.field",
+            "the values are not read; the type can only come from a header",
+        );
+    }
+    if !file.events.types.is_empty() && !header {
+        return refuse(
+            "events.types",
+            "declared types need events.typeFrom.header (the values are not read)",
+        );
+    }
+    if file.events.types.iter().any(|t| t.schema.is_some()) {
+        return refuse(
+            "events.types[].schema",
+            "a JSON Schema cannot check values that are not JSON",
+        );
+    }
+    if matches!(file.sink, SinkConfig::Postgres(_)) {
+        return refuse(
+            "sink.postgres",
+            "the postgres sink maps the fields of JSON events to columns",
+        );
+    }
+    Ok(())
 }
 
 /// The declared event types with their schemas (inline, or read from their file).
@@ -134,12 +189,17 @@ fn declared_types(declared: &[worker_config::EventType]) -> Result<DeclaredTypes
 
 /// The sink's settings (`sink.*`), checked; [`SinkSettings::build`] connects it.
 #[derive(Debug, Clone)]
-pub struct SinkSettings(pub SinkConfig);
+pub struct SinkSettings {
+    pub sink: SinkConfig,
+    /// `events.format: raw`: the values are bytes, not JSON (the HTTP and log sinks show them
+    /// as such).
+    pub raw: bool,
+}
 
 impl SinkSettings {
     /// Checks the settings of the sink (before connecting anywhere).
     pub fn validate(&self) -> Result<(), Error> {
-        match &self.0 {
+        match &self.sink {
             SinkConfig::Log(_) | SinkConfig::Discard(_) => Ok(()),
             SinkConfig::Http(h) => HttpSinkConfig::parse(h).map(|_| ()),
             SinkConfig::Kafka(k) if k.topic.is_empty() => Err(Error::InvalidConfig {
@@ -194,13 +254,22 @@ impl SinkSettings {
         config: &ConsumeConfig,
     ) -> Result<(Sink, Option<Arc<Transaction>>), Error> {
         self.validate()?;
-        match &self.0 {
-            SinkConfig::Log(l) => Ok((Sink::Log(LogSink { payload: l.payload }), None)),
+        match &self.sink {
+            SinkConfig::Log(l) => Ok((
+                Sink::Log(LogSink {
+                    payload: l.payload,
+                    raw: self.raw,
+                }),
+                None,
+            )),
             SinkConfig::Discard(d) => {
                 Ok((Sink::Discard(DiscardSink::new(d.delay, d.jitter)), None))
             }
             SinkConfig::Http(h) => Ok((
-                Sink::Http(Box::new(HttpSink::new(HttpSinkConfig::parse(h)?)?)),
+                Sink::Http(Box::new(HttpSink::new(HttpSinkConfig {
+                    raw: self.raw,
+                    ..HttpSinkConfig::parse(h)?
+                })?)),
                 None,
             )),
             SinkConfig::Kafka(k) => {

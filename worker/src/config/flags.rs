@@ -127,6 +127,10 @@ pub struct ConsumeFlags {
     /// events.typeFrom.field: read the event type from this top-level field of the value.
     #[arg(long)]
     pub event_type_field: Option<String>,
+    /// events.format: `json` (default: each value a JSON object, checked) or `raw` (values
+    /// delivered as they are, whatever their bytes; not with the postgres sink).
+    #[arg(long)]
+    pub event_format: Option<String>,
     /// processing.concurrency: records running at most (1..1024; default 16).
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -207,6 +211,7 @@ impl ConsumeFlags {
         doc.set("events.onUnknownType", self.on_unknown_type.as_ref());
         doc.set("events.typeFrom.header", self.event_type_header.as_ref());
         doc.set("events.typeFrom.field", self.event_type_field.as_ref());
+        doc.set("events.format", self.event_format.as_ref());
         doc.set("processing.concurrency", self.concurrency);
         doc.set("processing.ordering", self.ordering.as_ref());
         doc.set("processing.retry.maxAttempts", self.retry_max_attempts);

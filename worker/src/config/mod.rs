@@ -405,6 +405,8 @@ mod tests {
                 "1ms",
                 "--sink-discard-jitter",
                 "2ms",
+                "--event-format",
+                "raw",
             ],
         ];
         let mut from_flags = BTreeSet::new();

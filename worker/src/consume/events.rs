@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pipewright_crds::event_consumer::RAW_EVENT_TYPE;
 use pipewright_crds::termination::RecordRef;
 use serde::de::DeserializeOwned;
 
@@ -338,6 +339,19 @@ impl TryFrom<serde_json::Value> for GenericEvent {
     }
 }
 
+/// The event type in the record header `name` (UTF-8).
+fn header_type(record: &Record, name: &str) -> Result<String, Rejection> {
+    let header = record
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.as_deref())
+        .ok_or_else(|| malformed(format!("no header {name:?} (the event type)")))?;
+    std::str::from_utf8(header)
+        .map(str::to_string)
+        .map_err(|_| malformed(format!("the header {name:?} is not UTF-8")))
+}
+
 /// Reads `event_type` of a JSON object, checking the rest is JSON without building it.
 fn event_type_only(payload: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -409,12 +423,22 @@ pub enum TypeSource {
 pub struct DeclaredTypes {
     types: Option<FastMap<String, Option<Box<dyn SchemaCheck>>>>,
     source: TypeSource,
+    /// `events.format: raw`: the values are not read (any bytes are an event).
+    raw: bool,
 }
 
 impl DeclaredTypes {
     /// Accept every event type.
     pub fn any() -> DeclaredTypes {
         DeclaredTypes::default()
+    }
+
+    /// `events.format: raw`: any value is an event, delivered as it is; its type is the
+    /// [`TypeSource::Header`]'s value, else [`RAW_EVENT_TYPE`] (a [`TypeSource::Field`] is
+    /// refused by the configuration's checks; here it is read as no source).
+    pub fn with_raw(mut self, raw: bool) -> DeclaredTypes {
+        self.raw = raw;
+        self
     }
 
     /// Reads the event type from `source` instead of `event_type`.
@@ -428,6 +452,7 @@ impl DeclaredTypes {
         DeclaredTypes {
             types: Some(names.into_iter().map(|n| (n, None)).collect()),
             source: TypeSource::default(),
+            raw: false,
         }
     }
 
@@ -452,6 +477,16 @@ impl DeclaredTypes {
         record: &Record,
         body: bool,
     ) -> Result<(String, Option<serde_json::Value>), Rejection> {
+        if self.raw {
+            if record.payload.is_none() {
+                return Err(malformed("no value (a tombstone)".into()));
+            }
+            let event_type = match &self.source {
+                TypeSource::Header(name) => header_type(record, name)?,
+                TypeSource::EventTypeField | TypeSource::Field(_) => RAW_EVENT_TYPE.to_string(),
+            };
+            return Ok((event_type, None));
+        }
         match &self.source {
             TypeSource::EventTypeField => self.event_type_field(record, body),
             TypeSource::Field(name) => {
@@ -464,15 +499,7 @@ impl DeclaredTypes {
                 Ok((event_type, Some(value)))
             }
             TypeSource::Header(name) => {
-                let header = record
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .and_then(|(_, v)| v.as_deref())
-                    .ok_or_else(|| malformed(format!("no header {name:?} (the event type)")))?;
-                let event_type = std::str::from_utf8(header)
-                    .map_err(|_| malformed(format!("the header {name:?} is not UTF-8")))?
-                    .to_string();
+                let event_type = header_type(record, name)?;
                 if body || self.has_schema(&event_type) {
                     Ok((event_type, Some(parse_json(record)?)))
                 } else {
@@ -624,6 +651,51 @@ mod tests {
                 .unwrap_err()
                 .kind,
             RejectionKind::Malformed
+        );
+    }
+
+    #[test]
+    fn raw_values_of_any_bytes_are_events_typed_by_their_header_or_the_raw_type() {
+        let bytes = Record {
+            payload: Some(vec![0xff, 0x00, b'{', 0x80]),
+            ..record("")
+        };
+        let any = DeclaredTypes::any().with_raw(true);
+        for body in [false, true] {
+            let e = any.decode(&bytes, body).unwrap();
+            assert_eq!(e.event_type, RAW_EVENT_TYPE);
+            assert_eq!(e.body, None, "a raw value is never parsed");
+        }
+        assert!(any.decode(&record(""), false).is_ok(), "an empty value");
+        let tombstone = Record {
+            payload: None,
+            ..record("")
+        };
+        assert_eq!(
+            any.decode(&tombstone, false).unwrap_err().kind,
+            RejectionKind::Malformed
+        );
+
+        let by_header = DeclaredTypes::names(["Paid".to_string()])
+            .with_raw(true)
+            .with_source(TypeSource::Header("type".into()));
+        let typed = Record {
+            headers: vec![("type".into(), Some(b"Paid".to_vec()))],
+            ..bytes.clone()
+        };
+        assert_eq!(by_header.decode(&typed, false).unwrap().event_type, "Paid");
+        let other = Record {
+            headers: vec![("type".into(), Some(b"Other".to_vec()))],
+            ..bytes.clone()
+        };
+        assert_eq!(
+            by_header.decode(&other, false).unwrap_err().kind,
+            RejectionKind::UnknownType
+        );
+        assert_eq!(
+            by_header.decode(&bytes, false).unwrap_err().kind,
+            RejectionKind::Malformed,
+            "no type header"
         );
     }
 

@@ -15,6 +15,10 @@
 //! | `time` | the record's timestamp (RFC 3339), when it has one |
 //! | `subject` | the record's key, when it is UTF-8 |
 //!
+//! With `events.format: raw` the value is bytes: in binary mode the body as it is, with the
+//! record's `content-type` header as the content type (else `application/octet-stream`); in
+//! structured mode base64 in `data_base64`, the content type in `datacontenttype`.
+//!
 //! The record headers named in `sink.http.forwardHeaders` (e.g. `traceparent`) are copied to
 //! the request as they are, in both modes.
 //!
@@ -34,6 +38,7 @@
 
 use std::time::Duration;
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use bytes::Bytes;
 use chrono::{SecondsFormat, TimeZone, Utc};
 use http_body_util::{BodyExt, Full, Limited};
@@ -68,6 +73,10 @@ pub struct HttpSinkConfig {
     pub ce_type: Option<String>,
     /// Record headers copied to the request.
     pub forward_headers: Vec<HeaderName>,
+    /// `events.format: raw`: the value is bytes, sent as they are with the record's
+    /// `content-type` header (else `application/octet-stream`), or as `data_base64` in
+    /// structured mode.
+    pub raw: bool,
 }
 
 impl std::fmt::Debug for HttpSinkConfig {
@@ -90,6 +99,7 @@ impl std::fmt::Debug for HttpSinkConfig {
             .field("ce_source", &self.ce_source)
             .field("ce_type", &self.ce_type)
             .field("forward_headers", &self.forward_headers)
+            .field("raw", &self.raw)
             .finish()
     }
 }
@@ -220,6 +230,7 @@ impl HttpSinkConfig {
             ce_source: sink.ce_source.clone(),
             ce_type: sink.ce_type.clone(),
             forward_headers,
+            raw: false,
             idempotency_header: HeaderName::try_from(sink.idempotency_header.as_str()).map_err(
                 |_| {
                     invalid(
@@ -281,10 +292,15 @@ impl HttpSink {
             .method(c.method.clone())
             .uri(c.url.clone())
             .header(&c.idempotency_header, &id);
+        let content_type = if c.raw {
+            raw_content_type(record)
+        } else {
+            HeaderValue::from_static(JSON)
+        };
         let body = match c.content_mode {
             ContentMode::Binary => {
                 builder = builder
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .header("ce-specversion", "1.0")
                     .header("ce-id", ce_header(&id))
                     .header("ce-source", ce_header(&source))
@@ -299,7 +315,16 @@ impl HttpSink {
             }
             ContentMode::Structured => {
                 builder = builder.header("content-type", "application/cloudevents+json");
-                structured(&id, &source, ce_type, time.as_deref(), subject, record)
+                let attributes = Attributes {
+                    specversion: "1.0",
+                    id: &id,
+                    source: &source,
+                    ce_type,
+                    time: time.as_deref(),
+                    subject,
+                    datacontenttype: content_type.to_str().unwrap_or(OCTETS),
+                };
+                structured(&attributes, record, c.raw)
             }
         };
         for (name, value) in &record.headers {
@@ -440,45 +465,57 @@ fn ce_header(value: &str) -> HeaderValue {
     HeaderValue::try_from(encoded).expect("percent-encoded text is a header value")
 }
 
-/// A structured-mode body: the attributes, and the record's value (JSON, checked by the
-/// decoder) as `data`, copied as it is rather than parsed and written again.
-fn structured(
-    id: &str,
-    source: &str,
-    ce_type: &str,
-    time: Option<&str>,
-    subject: Option<&str>,
-    record: &Record,
-) -> Bytes {
-    #[derive(serde::Serialize)]
-    struct Attributes<'a> {
-        specversion: &'static str,
-        id: &'a str,
-        source: &'a str,
-        #[serde(rename = "type")]
-        ce_type: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        time: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        subject: Option<&'a str>,
-        datacontenttype: &'static str,
-    }
-    let attributes = Attributes {
-        specversion: "1.0",
-        id,
-        source,
-        ce_type,
-        time,
-        subject,
-        datacontenttype: "application/json",
-    };
-    let mut body = serde_json::to_vec(&attributes).expect("attributes serialize");
-    if let Some(data) = record.payload.as_deref().filter(|d| !d.is_empty()) {
-        // Replace the closing brace with `,"data":<value>}`.
+/// The content type of JSON events.
+const JSON: &str = "application/json";
+
+/// The content type of raw values without a `content-type` header.
+const OCTETS: &str = "application/octet-stream";
+
+/// A raw value's content type: its record's `content-type` header (a CloudEvent in Kafka's
+/// binary mode, many producers' habit), else bytes.
+fn raw_content_type(record: &Record) -> HeaderValue {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
+        .filter(|v| v.to_str().is_ok())
+        .unwrap_or(HeaderValue::from_static(OCTETS))
+}
+
+/// The attributes of a structured-mode event.
+#[derive(serde::Serialize)]
+struct Attributes<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    ce_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    datacontenttype: &'a str,
+}
+
+/// A structured-mode body: the attributes, and the record's value as `data` — JSON (checked
+/// by the decoder) copied as it is rather than parsed and written again — or, raw, as
+/// `data_base64`.
+fn structured(attributes: &Attributes<'_>, record: &Record, raw: bool) -> Bytes {
+    let mut body = serde_json::to_vec(attributes).expect("attributes serialize");
+    if let Some(data) = record.payload.as_deref().filter(|d| raw || !d.is_empty()) {
+        // Replace the closing brace with `,"data":<value>}` or `,"data_base64":"..."}`.
         body.pop();
-        body.extend_from_slice(b",\"data\":");
-        body.extend_from_slice(data);
-        body.push(b'}');
+        if raw {
+            body.extend_from_slice(b",\"data_base64\":\"");
+            body.extend_from_slice(BASE64_STANDARD.encode(data).as_bytes());
+            body.extend_from_slice(b"\"}");
+        } else {
+            body.extend_from_slice(b",\"data\":");
+            body.extend_from_slice(data);
+            body.push(b'}');
+        }
     }
     Bytes::from(body)
 }
@@ -616,6 +653,53 @@ mod tests {
                 "data": {"event_type": "placed", "n": 1},
             })
         );
+    }
+
+    #[test]
+    fn raw_values_go_as_they_are_with_their_content_type_or_as_data_base64() {
+        let raw = |mode| {
+            let config = HttpSinkConfig::parse(&HttpSink {
+                content_mode: mode,
+                ..sink("http://h/x", Default::default())
+            })
+            .unwrap();
+            super::HttpSink::new(HttpSinkConfig {
+                raw: true,
+                ..config
+            })
+            .unwrap()
+        };
+        let bytes = Record {
+            payload: Some(vec![0x0a, 0xff, 0x00]),
+            ..record(&[("Content-Type", b"application/x-protobuf")])
+        };
+        let body = |r: Request<Full<Bytes>>| {
+            futures::executor::block_on(r.into_body().collect())
+                .unwrap()
+                .to_bytes()
+        };
+        let request = raw(ContentMode::Binary).request(&event(), &bytes).unwrap();
+        assert_eq!(header(&request, "content-type"), ["application/x-protobuf"]);
+        assert_eq!(&body(request)[..], [0x0a, 0xff, 0x00]);
+        let untyped = Record {
+            headers: vec![],
+            ..bytes.clone()
+        };
+        let request = raw(ContentMode::Binary)
+            .request(&event(), &untyped)
+            .unwrap();
+        assert_eq!(
+            header(&request, "content-type"),
+            ["application/octet-stream"]
+        );
+
+        let request = raw(ContentMode::Structured)
+            .request(&event(), &bytes)
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body(request)).unwrap();
+        assert_eq!(json["data_base64"], "Cv8A");
+        assert_eq!(json["datacontenttype"], "application/x-protobuf");
+        assert!(json.get("data").is_none());
     }
 
     #[test]
