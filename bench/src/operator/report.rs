@@ -292,7 +292,24 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
          controller reads its informer cache and makes one create. The Deployment waits for \
          the objects its pods refer to (a pod created before its ServiceAccount exists is \
          refused, and the ReplicaSet controller reports a failed create), so two round trips \
-         remain: that is the gap to the 2× target. Cold start: children are applied before \
+         remain. Profiled (quick profile, the operator's requests timed from its own log with \
+         `PIPEWRIGHT_BENCH_OPERATOR_LOG=info,kube_client=debug`, and the apiserver's \
+         `apiserver_request_duration_seconds` before and after a run): the reconcile takes \
+         16–21 ms (p50) from its start to the Deployment's apply returning, the first four \
+         applies 7 ms and the Deployment's 7–9 ms: a server-side apply costs the apiserver \
+         2–3 × a create here (a Deployment: 7–11 ms against 2.8 ms for the built-in's \
+         `POST`). The window also holds the create of the resource itself, which the apiserver \
+         validates with the CRD's CEL rules: 8.1 ms per EventConsumer against 2.8 ms per \
+         Deployment. Two applies plus a validated create are the gap to the 2× target; what \
+         would close it changes behaviour: the Deployment sent with the others (a pod may then \
+         be refused until its ServiceAccount exists), or creates instead of applies for new \
+         children (fields the operator stops setting would then stay, owned by an `Update` \
+         manager). Tried and measured: the Service and PodDisruptionBudget sent with the \
+         Deployment instead of before it (first round trip 7.4 → 5.3 ms, the Deployment's \
+         6.5 → 8.5 ms: no gain, reverted). The workers' Service is headless since 004c618: \
+         with a cluster IP it was the slowest child (mean apply 114–124 ms over a run, an \
+         `IPAddress` object per Service; cold start of 240 resources 7.6 / 10.7 s before, \
+         7.1 / 5.7 s after, alternating runs). Cold start: children are applied before \
          anything is measured; the reconciles the operator's own applies trigger reuse the \
          figures, and apply nothing when the children are as last applied (same object, same \
          `generation` or `resourceVersion`; the run committed in 77cbc82, which read the \
