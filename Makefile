@@ -53,10 +53,14 @@ fuzz: ## Fuzz the event decoder, the worker's configuration files and the identi
 	fuzz/run $(FUZZ_SECONDS)
 
 .PHONY: chaos
-chaos: ## The whole pipeline under faults (pod kills, broker SIGKILL, database and operator restarts) with 100k events, figures into docs/reliability.md (make test runs 10k)
+chaos: ## The whole pipeline under faults (pod kills, broker SIGKILL, database and operator restarts) with 100k events, and the bad-input catalogue; figures and tables into docs/reliability.md (make test runs 10k events and the same catalogue)
 	@eval "$$($(ENV_UP))"; tests/env/images >/dev/null && \
 	  PIPEWRIGHT_CHAOS_EVENTS=$${CHAOS_EVENTS:-100000} PIPEWRIGHT_CHAOS_REPORT=$(CURDIR)/docs/reliability.md \
-	  $(CARGO) test -p pipewright-testenv --locked --test chaos -- --nocapture
+	  $(CARGO) test -p pipewright-testenv --locked --test chaos -- --nocapture && \
+	  PIPEWRIGHT_BAD_INPUT_REPORT=$(CURDIR)/docs/reliability.md \
+	  $(CARGO) test -p pipewright-testenv --locked --test crds -- invalid_ && \
+	  PIPEWRIGHT_BAD_INPUT_REPORT=$(CURDIR)/docs/reliability.md \
+	  $(CARGO) test -p pipewright-worker --locked --test consume_bad_input
 
 .PHONY: generate
 generate: ## Regenerate the CRD YAML into charts/pipewright/crds (issue #3)

@@ -441,6 +441,33 @@ pub fn check_metrics_doc(exposition: &str, prefixes: &[&str]) {
     );
 }
 
+/// When the environment variable `var` names a file (a doc), replaces what is between its
+/// `<!-- {marker}: begin -->` and `<!-- {marker}: end -->` markers with a line saying when,
+/// then `body`: how `make chaos` writes the figures of its run into docs/reliability.md.
+/// Panics when the markers are missing.
+pub fn write_report(var: &str, marker: &str, body: &str) {
+    let Ok(path) = std::env::var(var) else {
+        return;
+    };
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let (begin, end) = (
+        format!("<!-- {marker}: begin -->"),
+        format!("<!-- {marker}: end -->"),
+    );
+    let (head, rest) = doc
+        .split_once(&begin)
+        .unwrap_or_else(|| panic!("{path}: no {begin}"));
+    let (_, tail) = rest
+        .split_once(&end)
+        .unwrap_or_else(|| panic!("{path}: no {end}"));
+    let when = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+    std::fs::write(
+        &path,
+        format!("{head}{begin}\nLast run: {when}.\n\n{body}{end}{tail}"),
+    )
+    .unwrap_or_else(|e| panic!("write {path}: {e}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,27 +371,11 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
     }
     println!("{out}");
     // `make chaos` writes the figures of its run into docs/reliability.md.
-    if let Ok(path) = std::env::var("PIPEWRIGHT_CHAOS_REPORT") {
-        let doc = std::fs::read_to_string(&path).unwrap();
-        let (head, rest) = doc
-            .split_once("<!-- chaos: begin -->")
-            .expect("chaos begin marker");
-        let (_, tail) = rest
-            .split_once("<!-- chaos: end -->")
-            .expect("chaos end marker");
-        let when = std::process::Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        std::fs::write(
-            &path,
-            format!(
-                "{head}<!-- chaos: begin -->\nLast run: {when}, `PIPEWRIGHT_CHAOS_EVENTS={min_events}`.\n\n{out}<!-- chaos: end -->{tail}"
-            ),
-        )
-        .unwrap();
-    }
+    pipewright_testenv::write_report(
+        "PIPEWRIGHT_CHAOS_REPORT",
+        "chaos",
+        &format!("Events: `PIPEWRIGHT_CHAOS_EVENTS={min_events}`.\n\n{out}"),
+    );
     assert_eq!(lost, 0, "events lost");
     assert!(
         violations.is_empty(),

@@ -533,12 +533,15 @@ fn invalid_outboxes() -> Vec<Case> {
     ]
 }
 
-async fn expect_rejected(api: &Api<DynamicObject>, cases: Vec<Case>) {
+/// Checks every case is refused naming its field; returns the table of what the apiserver
+/// answered (for the bad-input catalogue in docs/reliability.md).
+async fn expect_rejected(api: &Api<DynamicObject>, cases: Vec<Case>) -> String {
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
     };
     let mut wrong = Vec::new();
+    let mut table = String::new();
     for (what, object, field) in cases {
         let object: DynamicObject = serde_json::from_value(object).unwrap();
         match rejection(api.create(&dry_run, &object).await) {
@@ -546,10 +549,19 @@ async fn expect_rejected(api: &Api<DynamicObject>, cases: Vec<Case>) {
             Some(message) if !message.contains(field) => {
                 wrong.push(format!("{what}: {message:?} does not name {field}"))
             }
-            Some(_) => {}
+            Some(message) => {
+                // The apiserver's own text, without the object's name it starts with.
+                let answer = message
+                    .split_once(" is invalid: ")
+                    .map_or(message.as_str(), |(_, m)| m)
+                    .replace('|', "\\|")
+                    .replace('\n', " ");
+                table.push_str(&format!("| {what} | `{field}` | {answer} |\n"));
+            }
         }
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    table
 }
 
 #[tokio::test]
@@ -564,7 +576,17 @@ async fn invalid_event_consumers_are_rejected_with_a_message_naming_the_field() 
         .unwrap();
     let cases = invalid_event_consumers();
     assert!(cases.len() >= 15);
-    expect_rejected(&api, cases).await;
+    let count = cases.len();
+    let table = expect_rejected(&api, cases).await;
+    pipewright_testenv::write_report(
+        "PIPEWRIGHT_BAD_INPUT_REPORT",
+        "bad-input-event-consumers",
+        &format!(
+            "{count} EventConsumers refused by the apiserver (schema and CEL), each answer \
+             naming the field; nothing is stored, so nothing runs.\n\n\
+             | resource | field | the apiserver's answer |\n|---|---|---|\n{table}"
+        ),
+    );
     ns.delete().await;
 }
 
@@ -575,7 +597,17 @@ async fn invalid_outboxes_are_rejected_with_a_message_naming_the_field() {
     let ns = TestNamespace::create(&client, "crds-invalid-obx").await;
     let api = dynamic_api::<Outbox>(&client, &ns.name);
     create(&api, outbox("valid", json!({}))).await.unwrap();
-    expect_rejected(&api, invalid_outboxes()).await;
+    let cases = invalid_outboxes();
+    let count = cases.len();
+    let table = expect_rejected(&api, cases).await;
+    pipewright_testenv::write_report(
+        "PIPEWRIGHT_BAD_INPUT_REPORT",
+        "bad-input-outboxes",
+        &format!(
+            "{count} Outboxes refused by the apiserver, each answer naming the field.\n\n\
+             | resource | field | the apiserver's answer |\n|---|---|---|\n{table}"
+        ),
+    );
     ns.delete().await;
 }
 

@@ -283,6 +283,13 @@ fn check_json(record: &Record) -> Result<(), Rejection> {
 
 /// Parses the payload as a JSON object with a string `event_type`.
 pub fn parse_event(record: &Record) -> Result<(String, serde_json::Value), Rejection> {
+    // The tree keeps the last of two `event_type`s; the type alone is read first (cheap) to
+    // refuse them, as the fast path does.
+    if let Some(Err(true)) = record.payload.as_deref().map(event_type_only) {
+        return Err(malformed(
+            "the object names \"event_type\" more than once".into(),
+        ));
+    }
     let value = parse_json(record)?;
     let event_type = value
         .get("event_type")
@@ -353,7 +360,8 @@ fn header_type(record: &Record, name: &str) -> Result<String, Rejection> {
 }
 
 /// Reads `event_type` of a JSON object, checking the rest is JSON without building it.
-fn event_type_only(payload: &[u8]) -> Option<String> {
+/// `Err(true)`: the object names `event_type` more than once.
+fn event_type_only(payload: &[u8]) -> Result<String, bool> {
     #[derive(serde::Deserialize)]
     struct Tag<'a> {
         #[serde(borrow)]
@@ -364,16 +372,19 @@ fn event_type_only(payload: &[u8]) -> Option<String> {
     //   "a"): only an object is an event;
     // - serde_json does not check the UTF-8 of strings it skips (`{"event_type":"a",
     //   "x":"\xE1"}` passed): the whole payload is checked first (JSON text is UTF-8).
-    let text = std::str::from_utf8(payload).ok()?;
+    // - an object with `event_type` twice: serde_json's tree keeps the last, this struct
+    //   refuses it; two readers of one record must not see two types, so it is malformed
+    //   on every path ([`parse_event`] checks too; found by the bad-input catalogue).
+    let text = std::str::from_utf8(payload).map_err(|_| false)?;
     if !text
         .trim_start_matches([' ', '\t', '\n', '\r'])
         .starts_with('{')
     {
-        return None;
+        return Err(false);
     }
     serde_json::from_str::<Tag<'_>>(text)
-        .ok()
         .map(|t| t.event_type.into_owned())
+        .map_err(|e| e.to_string().starts_with("duplicate field"))
 }
 
 /// A JSON Schema check of one declared event type.
@@ -521,7 +532,7 @@ impl DeclaredTypes {
             record
                 .payload
                 .as_deref()
-                .and_then(event_type_only)
+                .and_then(|p| event_type_only(p).ok())
                 .filter(|t| !self.has_schema(t))
         };
         match fast {
@@ -650,6 +661,30 @@ mod tests {
                 .decode(&record(r#"{"event_type":"a.b"}"#), false)
                 .unwrap_err()
                 .kind,
+            RejectionKind::Malformed
+        );
+    }
+
+    #[test]
+    fn an_object_naming_event_type_twice_is_malformed_on_every_path() {
+        let twice = record(r#"{"event_type":"a","n":1,"event_type":"b"}"#);
+        let types = DeclaredTypes::any();
+        for body in [false, true] {
+            let rejected = types.decode(&twice, body).unwrap_err();
+            assert_eq!(rejected.kind, RejectionKind::Malformed, "body {body}");
+            assert!(rejected.message.contains("more than once"));
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(tag = "event_type")]
+        #[allow(dead_code)]
+        enum Typed {
+            #[serde(rename = "a")]
+            A { n: u32 },
+            #[serde(rename = "b")]
+            B { n: u32 },
+        }
+        assert_eq!(
+            decode_tagged::<Typed>(&twice).unwrap_err().kind,
             RejectionKind::Malformed
         );
     }

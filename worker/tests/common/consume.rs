@@ -211,6 +211,8 @@ pub async fn group_reaches(group: &str, topic: &str, partitions: i32, total: i64
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub key: Option<String>,
+    /// The key as it is (`key` is its lossy UTF-8).
+    pub key_bytes: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
 }
@@ -263,6 +265,7 @@ impl TopicReader {
                         .unwrap_or_default();
                     sink.lock().unwrap().push(DeadLetter {
                         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        key_bytes: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                         headers,
                     });
