@@ -1,11 +1,13 @@
 //! The whole pipeline under faults, with counts (issue 15's faults under load, reduced run):
 //! an application writes business rows and outbox events in one transaction at a steady
-//! rate → Outbox pod → Kafka → EventConsumer pod → PostgreSQL sink, while, one after another:
-//! the consumer's worker pod is killed (`kubectl delete --grace-period=0 --force`), the
+//! rate → Outbox pod → Kafka → EventConsumer pod → PostgreSQL sink, and a second
+//! EventConsumer on the same topic → HTTP sink → a receiver that deduplicates on the
+//! idempotency key, while, one after another: both consumers' worker pods are killed
+//! (`kubectl delete --grace-period=0 --force`), the
 //! Kafka broker is SIGKILLed and restarted, PostgreSQL is restarted (fast shutdown), the
 //! operator pod is deleted, and the outbox's worker pod is killed. At the end: nothing lost,
 //! no aggregate's events delivered out of order, duplicates (from at-least-once redelivery)
-//! counted; for each fault the time until events flow again and the conditions the resources
+//! counted before each idempotent sink; for each fault the time until events flow again and the conditions the resources
 //! showed meanwhile (printed: `-- --nocapture`).
 //!
 //! Not in this run (docs/reliability.md): restarting the apiserver and the node's containerd,
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{NODE, Stack, bootstrap, event_consumer, outbox, repo, run};
+use common::{NODE, Stack, bootstrap, event_consumer, outbox, repo, run, serve_on_node};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
@@ -61,6 +63,14 @@ async fn delivered(pool: &sqlx::PgPool) -> Option<i64> {
         .ok()
 }
 
+/// One request the webhook's receiver took.
+#[derive(Debug, Clone)]
+struct Received {
+    key: String,
+    order_id: String,
+    seq: i64,
+}
+
 #[tokio::test]
 async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_through_pod_broker_database_and_operator_faults()
  {
@@ -101,8 +111,51 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
             }),
         ))
         .await;
+    // The second consumer: every event to an HTTP receiver that deduplicates on the
+    // idempotency key (the record's coordinates), as the HTTP sink's receivers are asked to.
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post({
+            let received = received.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    let event: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    received.lock().unwrap().push(Received {
+                        key,
+                        order_id: event["order_id"].as_str().unwrap_or_default().to_string(),
+                        seq: event["seq"].as_i64().unwrap_or(-1),
+                    });
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let url = format!("http://{}/events", serve_on_node(app).await);
+    let _: EventConsumer = stack
+        .apply(event_consumer(
+            "webhook",
+            json!({
+                "kafka": {"bootstrapServers": bootstrap()},
+                "topics": [topic],
+                "groupId": unique_name("chaos-webhook"),
+                "events": {"types": [{"name": "OrderStep"}], "onUnknownType": "fail"},
+                "processing": {"ordering": "key", "concurrency": 16,
+                    "retry": {"maxAttempts": 100, "backoff": {"initial": "100ms", "max": "5s"}}},
+                "sink": {"http": {"url": url}},
+            }),
+        ))
+        .await;
     stack.wait_workers_ready("orders", 1).await;
     stack.wait_workers_ready("read-model", 1).await;
+    stack.wait_workers_ready("webhook", 1).await;
 
     // The conditions both resources show, every transition, with the time it was seen.
     let started = Instant::now();
@@ -221,7 +274,7 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
     let restart = repo().join("tests/env/restart");
     let restart = restart.to_str().unwrap();
     let faults = [
-        "consumer worker pod force-deleted",
+        "consumers' worker pods force-deleted",
         "Kafka broker SIGKILLed and restarted",
         "PostgreSQL restarted (fast shutdown)",
         "operator pod deleted",
@@ -262,7 +315,9 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
             }
         };
         match fault {
-            "consumer worker pod force-deleted" => kill_pods("read-model").await,
+            "consumers' worker pods force-deleted" => {
+                tokio::join!(kill_pods("read-model"), kill_pods("webhook"));
+            }
             "outbox worker pod force-deleted" => kill_pods("orders").await,
             "Kafka broker SIGKILLed and restarted" => {
                 run(restart, &["kafka", "kill"]);
@@ -325,6 +380,17 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
         (n == 0).then_some(())
     })
     .await;
+    // The webhook received every event too.
+    eventually("every event received by the webhook", RECOVERY, || async {
+        let distinct: BTreeSet<(String, i64)> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.order_id.clone(), r.seq))
+            .collect();
+        (distinct.len() as i64 == total).then_some(())
+    })
+    .await;
     watcher.abort();
 
     let rows: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, seq FROM delivered ORDER BY n")
@@ -350,14 +416,43 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
     }
     let lost = total - distinct.len() as i64;
     let duplicates = rows.len() as i64 - distinct.len() as i64;
+    // The webhook: its receiver keeps the first request of each idempotency key; a record
+    // delivered again (the consumer's redelivery) repeats a key, a row the relay published
+    // twice is a second record (another key) of the same event.
+    let requests = received.lock().unwrap().clone();
+    let mut keys = BTreeSet::new();
+    let mut web_first: BTreeMap<String, i64> = BTreeMap::new();
+    let mut web_events = BTreeSet::new();
+    let mut web_violations = Vec::new();
+    for r in &requests {
+        if !keys.insert(r.key.clone()) || !web_events.insert((r.order_id.clone(), r.seq)) {
+            continue;
+        }
+        let next = web_first.entry(r.order_id.clone()).or_insert(0);
+        if r.seq != *next {
+            web_violations.push(format!(
+                "webhook {}: {} first received when {next} was due",
+                r.order_id, r.seq
+            ));
+        }
+        *next = (*next).max(r.seq + 1);
+    }
+    let web_lost = total - web_events.len() as i64;
+    let redelivered = requests.len() as i64 - keys.len() as i64;
+    let republished = keys.len() as i64 - web_events.len() as i64;
+    violations.extend(web_violations);
 
     let mut out = format!(
         "{total} events from {ORDERS} orders at {RATE} rows/s; {} rows in the sink: **lost \
          {lost}**, duplicates {duplicates} (at least once; bound 3,000), **order violations \
          {}**; the application's transactions retried {retries} times (the database \
-         restart).\n\n| at | fault | events flowing again after |\n|---:|---|---:|\n",
+         restart). The webhook (HTTP sink): {} requests, **lost {web_lost}**; before its \
+         receiver's deduplication {redelivered} redelivered records (the same idempotency \
+         key) and {republished} events published twice by the relay (another key).\n\n\
+         | at | fault | events flowing again after |\n|---:|---|---:|\n",
         rows.len(),
-        violations.len()
+        violations.len(),
+        requests.len()
     );
     for (fault, at, flowing) in &report {
         out.push_str(&format!("| {at:.1} s | {fault} | {flowing:.1} s |\n"));
@@ -377,6 +472,7 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
         &format!("Events: `PIPEWRIGHT_CHAOS_EVENTS={min_events}`.\n\n{out}"),
     );
     assert_eq!(lost, 0, "events lost");
+    assert_eq!(web_lost, 0, "events lost on the way to the webhook");
     assert!(
         violations.is_empty(),
         "order violations:\n{}",
@@ -387,5 +483,14 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
     // record of each offset once. Bound: what one relay has in flight (1,000 by default) per
     // relay fault (the outbox pod's kill, the broker's, the database's).
     assert!(duplicates <= 3 * 1000, "{duplicates} duplicates");
+    // The webhook's receiver sees a record again when its consumer dies with it delivered
+    // and not committed: per consumer fault (its pod's kill, the broker's) at most the
+    // records below the next commit, `maxUncommittedPerPartition` per partition (3).
+    let window = pipewright_crds::worker_config::DEFAULT_MAX_UNCOMMITTED_PER_PARTITION as i64;
+    assert!(
+        redelivered <= 2 * 3 * window,
+        "{redelivered} redelivered records"
+    );
+    assert!(republished <= 3 * 1000, "{republished} republished events");
     stack.down().await;
 }
