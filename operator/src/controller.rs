@@ -49,7 +49,7 @@ use crate::children::Children;
 use crate::context::{Context, Settings};
 use crate::error::{Chain, Error, Result};
 use crate::measure::Clients;
-use crate::metrics::{ErrorLabels, KindLabels};
+use crate::metrics::{ErrorLabels, KindLabels, Metrics};
 use crate::report::{self, Reports};
 use crate::status::{self, Problem, Rollout, Workers, reasons};
 use crate::workload::{
@@ -162,6 +162,9 @@ pub trait Pipeline:
         settings: &Settings,
         clients: &Clients,
     ) -> impl Future<Output = Result<Self::Figures>> + Send;
+    /// Sets the metrics of freshly measured figures (`pipewright_operator_consumergroup_lag`,
+    /// `…_outbox_pending`, ...).
+    fn export(&self, figures: &Self::Figures, metrics: &Metrics);
     /// The replicas to run, given those running, the figures and the autoscaler's cooldown.
     fn replicas(&self, scale: Scale<'_, Self::Figures>) -> i32;
     /// The stored status.
@@ -360,6 +363,9 @@ impl KindContext {
     fn forget<K: Pipeline>(&self, obj: &K) {
         let ns = obj.meta().namespace.as_deref().unwrap_or_default();
         self.ctx.forget(&key_of(obj));
+        self.ctx
+            .metrics
+            .forget_figures(K::KIND, ns, &obj.name_any());
         self.children
             .forget(ns, &child_name(&obj.name_any(), K::COMPONENT));
     }
@@ -567,6 +573,7 @@ async fn measure<K: Pipeline>(obj: &K, ctx: &Context, planned: &Plan) -> Result<
     let figures = obj
         .measure(&planned.secrets, &ctx.settings, &ctx.clients)
         .await?;
+    obj.export(&figures, &ctx.metrics);
     ctx.measured(&key, of, figures.clone());
     Ok(figures)
 }

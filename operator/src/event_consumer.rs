@@ -25,6 +25,7 @@ use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
 use crate::measure::Clients;
 use crate::measure::kafka::{self, Lag, Target};
+use crate::metrics::Metrics;
 use crate::render::{self, count, duration};
 use crate::report::Reports;
 use crate::status::Workers;
@@ -248,6 +249,20 @@ impl Pipeline for EventConsumer {
             initial_offset: self.spec.initial_offset,
         };
         kafka::measure(&clients.kafka, target, settings.measure_timeout).await
+    }
+
+    fn export(&self, lag: &Lag, metrics: &Metrics) {
+        let partitions: Vec<(String, i32, i64)> = lag
+            .partitions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition, p.lag))
+            .collect();
+        metrics.export_lag(
+            self.namespace().as_deref().unwrap_or_default(),
+            &self.name_any(),
+            &group_id(self),
+            &partitions,
+        );
     }
 
     fn replicas(&self, scale: Scale<'_, Lag>) -> i32 {

@@ -1,7 +1,11 @@
 //! Prometheus metrics of the operator: reconciles, errors by reason, reconcile durations, and
 //! whether this process holds the leader Lease, status writes, unanswered worker reports and
-//! child applies (sent or skipped).
+//! child applies (sent or skipped); and the figures it measures for the status, under the
+//! names kafka_exporter's users query (`…_consumergroup_lag{consumergroup,topic,partition}`,
+//! its per-topic sum) and the outbox backlog, one series per resource, removed with it.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -32,6 +36,40 @@ pub struct ApplyLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a partition's lag: the EventConsumer, its group, the partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub namespace: String,
+    pub eventconsumer: String,
+    pub consumergroup: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Labels of a topic's summed lag.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagSumLabels {
+    pub namespace: String,
+    pub eventconsumer: String,
+    pub consumergroup: String,
+    pub topic: String,
+}
+
+/// Labels of an Outbox's figures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboxLabels {
+    pub namespace: String,
+    pub outbox: String,
+}
+
+/// The series a resource's figures were last exported as, to remove those it no longer has.
+#[derive(Debug, Default)]
+struct Exported {
+    lag: Vec<LagLabels>,
+    sums: Vec<LagSumLabels>,
+    outbox: Option<OutboxLabels>,
+}
+
 /// The operator's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -44,6 +82,16 @@ pub struct Metrics {
     pub reports_unanswered: Family<KindLabels, Counter>,
     /// Server-side applies of children, sent or skipped as unchanged.
     pub applies: Family<ApplyLabels, Counter>,
+    /// Records of a partition the group has not committed, as last measured.
+    pub consumergroup_lag: Family<LagLabels, Gauge>,
+    /// The same, summed per topic.
+    pub consumergroup_lag_sum: Family<LagSumLabels, Gauge>,
+    /// Outbox rows not yet published, as last measured.
+    pub outbox_pending: Family<OutboxLabels, Gauge>,
+    /// Age of the oldest of them (0 when none is pending).
+    pub outbox_oldest_pending_age_seconds: Family<OutboxLabels, Gauge>,
+    /// Resource (`<kind>/<namespace>/<name>`) → the series of its figures.
+    exported: std::sync::Arc<Mutex<HashMap<String, Exported>>>,
 }
 
 impl Metrics {
@@ -59,6 +107,11 @@ impl Metrics {
             status_writes: Family::default(),
             reports_unanswered: Family::default(),
             applies: Family::default(),
+            consumergroup_lag: Family::default(),
+            consumergroup_lag_sum: Family::default(),
+            outbox_pending: Family::default(),
+            outbox_oldest_pending_age_seconds: Family::default(),
+            exported: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("pipewright_operator");
         r.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -92,7 +145,131 @@ impl Metrics {
             "Server-side applies of children: sent, or skipped as unchanged since the last one",
             m.applies.clone(),
         );
+        r.register(
+            "consumergroup_lag",
+            "Records of a partition an EventConsumer's group has not committed, as last measured",
+            m.consumergroup_lag.clone(),
+        );
+        r.register(
+            "consumergroup_lag_sum",
+            "Records of a topic an EventConsumer's group has not committed, as last measured",
+            m.consumergroup_lag_sum.clone(),
+        );
+        r.register(
+            "outbox_pending",
+            "Rows of an Outbox's table not yet published, as last measured",
+            m.outbox_pending.clone(),
+        );
+        r.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest row of an Outbox's table not yet published (0: none)",
+            m.outbox_oldest_pending_age_seconds.clone(),
+        );
         m
+    }
+
+    /// Sets the lag series of an EventConsumer to `partitions` (topic, partition, lag),
+    /// removing those of partitions it no longer has.
+    pub fn export_lag(
+        &self,
+        namespace: &str,
+        name: &str,
+        group: &str,
+        partitions: &[(String, i32, i64)],
+    ) {
+        let mut lag = Vec::new();
+        let mut sums: HashMap<LagSumLabels, i64> = HashMap::new();
+        for (topic, partition, value) in partitions {
+            let labels = LagLabels {
+                namespace: namespace.into(),
+                eventconsumer: name.into(),
+                consumergroup: group.into(),
+                topic: topic.clone(),
+                partition: *partition,
+            };
+            self.consumergroup_lag.get_or_create(&labels).set(*value);
+            lag.push(labels);
+            *sums
+                .entry(LagSumLabels {
+                    namespace: namespace.into(),
+                    eventconsumer: name.into(),
+                    consumergroup: group.into(),
+                    topic: topic.clone(),
+                })
+                .or_default() += value;
+        }
+        for (labels, value) in &sums {
+            self.consumergroup_lag_sum.get_or_create(labels).set(*value);
+        }
+        let sums: Vec<LagSumLabels> = sums.into_keys().collect();
+        let key = format!("EventConsumer/{namespace}/{name}");
+        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = exported.insert(
+            key,
+            Exported {
+                lag: lag.clone(),
+                sums: sums.clone(),
+                outbox: None,
+            },
+        );
+        for old in previous.iter().flat_map(|p| &p.lag) {
+            if !lag.contains(old) {
+                self.consumergroup_lag.remove(old);
+            }
+        }
+        for old in previous.iter().flat_map(|p| &p.sums) {
+            if !sums.contains(old) {
+                self.consumergroup_lag_sum.remove(old);
+            }
+        }
+    }
+
+    /// Sets the backlog series of an Outbox.
+    pub fn export_backlog(
+        &self,
+        namespace: &str,
+        name: &str,
+        pending: i64,
+        oldest_age_seconds: Option<i64>,
+    ) {
+        let labels = OutboxLabels {
+            namespace: namespace.into(),
+            outbox: name.into(),
+        };
+        self.outbox_pending.get_or_create(&labels).set(pending);
+        self.outbox_oldest_pending_age_seconds
+            .get_or_create(&labels)
+            .set(oldest_age_seconds.unwrap_or(0));
+        self.exported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                format!("Outbox/{namespace}/{name}"),
+                Exported {
+                    outbox: Some(labels),
+                    ..Exported::default()
+                },
+            );
+    }
+
+    /// Removes every series of a resource's figures (it was deleted).
+    pub fn forget_figures(&self, kind: &str, namespace: &str, name: &str) {
+        let removed = self
+            .exported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{kind}/{namespace}/{name}"));
+        let Some(removed) = removed else { return };
+        for labels in &removed.lag {
+            self.consumergroup_lag.remove(labels);
+        }
+        for labels in &removed.sums {
+            self.consumergroup_lag_sum.remove(labels);
+        }
+        if let Some(labels) = &removed.outbox {
+            self.outbox_pending.remove(labels);
+            self.outbox_oldest_pending_age_seconds.remove(labels);
+        }
     }
 }
 
@@ -114,7 +291,14 @@ mod tests {
             status_writes,
             reports_unanswered,
             applies,
+            consumergroup_lag: _,
+            consumergroup_lag_sum: _,
+            outbox_pending: _,
+            outbox_oldest_pending_age_seconds: _,
+            exported: _,
         } = &m;
+        m.export_lag("ns", "orders", "ns.orders", &[("t".into(), 0, 3)]);
+        m.export_backlog("ns", "orders", 2, Some(5));
         let kind = KindLabels {
             kind: "EventConsumer",
         };
@@ -137,5 +321,42 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         pipewright_testenv::check_metrics_doc(&text, &["pipewright_operator_"]);
+    }
+
+    #[test]
+    fn figures_are_exported_per_partition_and_topic_and_removed_with_the_partition_or_resource() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let text = |registry: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let partitions = [
+            ("a".to_string(), 0, 3),
+            ("a".into(), 1, 4),
+            ("b".into(), 0, 1),
+        ];
+        m.export_lag("ns", "orders", "g", &partitions);
+        let lines = text(&registry);
+        assert!(lines.contains(&"pipewright_operator_consumergroup_lag{namespace=\"ns\",eventconsumer=\"orders\",consumergroup=\"g\",topic=\"a\",partition=\"1\"} 4".to_string()), "{lines:#?}");
+        assert!(lines.contains(&"pipewright_operator_consumergroup_lag_sum{namespace=\"ns\",eventconsumer=\"orders\",consumergroup=\"g\",topic=\"a\"} 7".to_string()), "{lines:#?}");
+        // Topic b no longer consumed: its series go.
+        m.export_lag("ns", "orders", "g", &partitions[..2]);
+        assert!(!text(&registry).iter().any(|l| l.contains("topic=\"b\"")));
+        m.export_backlog("ns", "relay", 5, None);
+        assert!(text(&registry).contains(
+            &"pipewright_operator_outbox_oldest_pending_age_seconds{namespace=\"ns\",outbox=\"relay\"} 0".to_string()
+        ));
+        m.forget_figures("EventConsumer", "ns", "orders");
+        m.forget_figures("Outbox", "ns", "relay");
+        assert!(
+            text(&registry).iter().all(|l| !l.contains("ns")),
+            "{:#?}",
+            text(&registry)
+        );
     }
 }

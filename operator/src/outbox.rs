@@ -24,6 +24,7 @@ use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
 use crate::measure::Clients;
 use crate::measure::postgres::{self, Backlog};
+use crate::metrics::Metrics;
 use crate::render::{self, count, duration};
 use crate::report::Reports;
 use crate::workload::{Component, SecretMount, WorkerConfig, WorkerPlan};
@@ -159,6 +160,15 @@ impl Pipeline for Outbox {
             settings.measure_timeout,
         )
         .await
+    }
+
+    fn export(&self, backlog: &Backlog, metrics: &Metrics) {
+        metrics.export_backlog(
+            self.namespace().as_deref().unwrap_or_default(),
+            &self.name_any(),
+            backlog.pending,
+            backlog.oldest_age_seconds,
+        );
     }
 
     fn replicas(&self, _scale: Scale<'_, Backlog>) -> i32 {

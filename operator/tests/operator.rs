@@ -519,7 +519,7 @@ async fn a_missing_secret_is_reported_as_secret_not_found_until_it_exists_then_t
 
 #[tokio::test]
 async fn outbox_pending_equals_the_rows_really_pending_in_the_table() {
-    let (client, ns, _operator) = setup("op-backlog").await;
+    let (client, ns, operator) = setup("op-backlog").await;
     let schema = TestSchema::create("op_backlog").await;
     outbox_table(&schema).await;
     insert_rows(&schema, 4, false).await;
@@ -536,6 +536,15 @@ async fn outbox_pending_equals_the_rows_really_pending_in_the_table() {
     .await;
     assert!(status.oldest_pending_age_seconds.is_some_and(|a| a >= 0));
     assert!(status.measured_time.is_some());
+    let text = operator.metrics().expect("the operator's metrics");
+    assert!(
+        text.lines().any(|l| l
+            == format!(
+                "pipewright_operator_outbox_pending{{namespace=\"{}\",outbox=\"orders\"}} 4",
+                ns.name
+            )),
+        "{text}"
+    );
 
     insert_rows(&schema, 2, false).await;
     eventually("pending = 6 after two more rows", WAIT, || async {
@@ -549,7 +558,7 @@ async fn outbox_pending_equals_the_rows_really_pending_in_the_table() {
 
 #[tokio::test]
 async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
-    let (client, ns, _operator) = setup("op-lag").await;
+    let (client, ns, operator) = setup("op-lag").await;
     let topic = create_topic("op-lag", 3).await;
     let group = unique_name("group");
     produce(&topic, 0, 10).await;
@@ -594,12 +603,58 @@ async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
     .await;
     assert_eq!(status.total_lag, Some(11));
     assert_eq!(status.group_id.as_deref(), Some(group.as_str()));
+    // The same figures on the operator's /metrics, under kafka_exporter's names.
+    let series = |text: &str, name: &str, topic_partition: Option<i32>| -> Option<f64> {
+        let labels = format!(
+            "{{namespace=\"{}\",eventconsumer=\"orders\",consumergroup=\"{group}\",topic=\"{topic}\"{}}} ",
+            ns.name,
+            topic_partition.map_or(String::new(), |p| format!(",partition=\"{p}\""))
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{labels}")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let text = operator.metrics().expect("the operator's metrics");
+    for p in &expected {
+        assert_eq!(
+            series(
+                &text,
+                "pipewright_operator_consumergroup_lag",
+                Some(p.partition)
+            ),
+            Some(p.lag as f64),
+            "partition {}:\n{text}",
+            p.partition
+        );
+    }
+    assert_eq!(
+        series(&text, "pipewright_operator_consumergroup_lag_sum", None),
+        Some(11.0)
+    );
 
     // The group catches up on partition 0: the next refresh shows it.
     commit(&group, &topic, 0, 10);
     eventually("lag 5 after the commit", WAIT, || async {
         let s = ecs.get("orders").await.ok()?.status?;
         (s.total_lag == Some(5)).then_some(())
+    })
+    .await;
+    let text = operator.metrics().expect("the operator's metrics");
+    assert_eq!(
+        series(&text, "pipewright_operator_consumergroup_lag_sum", None),
+        Some(5.0),
+        "the metric follows the status"
+    );
+    // Deleted: its series go with it.
+    ecs.delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the lag series removed", WAIT, || async {
+        let text = operator.metrics()?;
+        (!text.contains(&format!(
+            "eventconsumer=\"orders\",consumergroup=\"{group}\""
+        )))
+        .then_some(())
     })
     .await;
     ns.delete().await;
