@@ -21,7 +21,7 @@
 //!   operator restarts (the records live in memory: a new process, or a new leader, applies
 //!   everything once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +31,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ObjectMeta, Preconditions};
+use kube::api::{Api, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -86,6 +86,9 @@ pub struct Children {
     written: Mutex<HashMap<String, Written>>,
     /// Deployments this process applied, by `namespace/name`, until the store shows them.
     recent: Mutex<HashMap<String, Arc<Deployment>>>,
+    /// Services (`namespace/name`) made with a cluster IP by an earlier release, applied
+    /// without `clusterIP` ([`Children::apply_service`]).
+    with_cluster_ip: Mutex<HashSet<String>>,
 }
 
 /// What the operator last applied to one child.
@@ -262,6 +265,7 @@ impl Children {
             pods,
             written: Mutex::new(HashMap::new()),
             recent: Mutex::new(HashMap::new()),
+            with_cluster_ip: Mutex::new(HashSet::new()),
         };
         (children, watches)
     }
@@ -312,6 +316,10 @@ impl Children {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| !k.ends_with(&suffix));
         self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{ns}/{child}"));
+        self.with_cluster_ip
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&format!("{ns}/{child}"));
@@ -405,9 +413,10 @@ impl Children {
         }
     }
 
-    /// Applies the workers' Service. One made by an earlier release has a cluster IP, which
-    /// the apiserver does not let change to `None` (headless; "spec.clusterIPs[0]: may not
-    /// change once set"): that one is deleted (it alone: a uid precondition) and made again.
+    /// Applies the workers' Service, headless. One made by an earlier release has a cluster
+    /// IP, which the apiserver does not let change ("spec.clusterIPs[0]: may not change once
+    /// set"): it is kept, and applied from then on without `clusterIP` (the operator may not
+    /// delete Services; its scrapers see the same endpoints either way).
     async fn apply_service(
         &self,
         client: &Client,
@@ -415,48 +424,58 @@ impl Children {
         ns: &str,
         desired: &Service,
     ) -> Result<Option<Service>> {
-        let current = lookup(&self.services, ns, desired);
-        let applied = self
-            .apply_one(
-                client,
-                metrics,
-                ns,
-                desired,
-                current.clone(),
-                By::ResourceVersion,
-            )
-            .await;
-        match applied {
+        let key = format!("{ns}/{}", desired.name_any());
+        let without_cluster_ip = || {
+            let mut service = desired.clone();
+            if let Some(spec) = service.spec.as_mut() {
+                spec.cluster_ip = None;
+            }
+            service
+        };
+        let current = || lookup(&self.services, ns, desired);
+        let keeps = self
+            .with_cluster_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key);
+        if keeps {
+            let service = without_cluster_ip();
+            return self
+                .apply_one(
+                    client,
+                    metrics,
+                    ns,
+                    &service,
+                    current(),
+                    By::ResourceVersion,
+                )
+                .await;
+        }
+        match self
+            .apply_one(client, metrics, ns, desired, current(), By::ResourceVersion)
+            .await
+        {
             Err(Error::Kube(kube::Error::Api(s)))
                 if s.code == 422 && s.message.contains("clusterIP") =>
             {
-                let name = desired.name_any();
-                let api: Api<Service> = Api::namespaced(client.clone(), ns);
-                let uid = match current.and_then(|m| m.uid) {
-                    Some(uid) => Some(uid),
-                    None => api
-                        .get_metadata_opt(&name)
-                        .await?
-                        .and_then(|m| m.metadata.uid),
-                };
                 info!(
-                    service = %name,
-                    "replacing the workers' Service, made with a cluster IP by an earlier release, with a headless one"
+                    service = %key,
+                    "the workers' Service has a cluster IP (made by an earlier release): kept, applied without clusterIP"
                 );
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid,
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete(&name, &params).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.apply_one(client, metrics, ns, desired, None, By::ResourceVersion)
-                    .await
+                self.with_cluster_ip
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key);
+                let service = without_cluster_ip();
+                self.apply_one(
+                    client,
+                    metrics,
+                    ns,
+                    &service,
+                    current(),
+                    By::ResourceVersion,
+                )
+                .await
             }
             other => other,
         }

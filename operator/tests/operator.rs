@@ -241,10 +241,10 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
 }
 
 /// Upgrading from a release whose workers' Service had a cluster IP: the apiserver refuses to
-/// make that one headless, so the operator replaces it (and only it) with a headless one.
+/// make that one headless, and the operator may not delete Services, so it keeps it (same
+/// object, same address) and applies it from then on without `clusterIP`.
 #[tokio::test]
-async fn a_workers_service_with_a_cluster_ip_from_an_earlier_release_is_replaced_by_a_headless_one()
-{
+async fn a_workers_service_with_a_cluster_ip_from_an_earlier_release_is_kept_and_adopted() {
     let client = kube_client().await;
     install_crds(&client).await;
     let ns = TestNamespace::create(&client, "op-svc").await;
@@ -275,19 +275,20 @@ async fn a_workers_service_with_a_cluster_ip_from_an_earlier_release_is_replaced
         &event_consumer("orders", &topic, json!({})),
     )
     .await;
-    let new = eventually(
-        "a headless Service owned by the EventConsumer",
-        WAIT,
-        || async {
-            let svc = services.get_opt(child).await.ok()??;
-            let headless = svc.spec.as_ref()?.cluster_ip.as_deref() == Some("None");
-            let owned = svc.owner_references().iter().any(|r| r.uid == uid(&ec));
-            (headless && owned).then_some(svc)
-        },
-    )
+    let adopted = eventually("the Service owned by the EventConsumer", WAIT, || async {
+        let svc = services.get_opt(child).await.ok()??;
+        svc.owner_references()
+            .iter()
+            .any(|r| r.uid == uid(&ec))
+            .then_some(svc)
+    })
     .await;
-    assert_ne!(new.uid(), old.uid(), "a new Service");
-    // Nothing else was replaced, and the EventConsumer is not Degraded over it.
+    assert_eq!(adopted.uid(), old.uid(), "the same Service");
+    assert_eq!(
+        adopted.spec.as_ref().and_then(|s| s.cluster_ip.clone()),
+        Some(old_ip)
+    );
+    // The rest of the children are made, and the EventConsumer is not Degraded over it.
     deployment(&client, &ns.name, child).await;
     let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
     eventually("status written, not Degraded", WAIT, || async {
