@@ -425,60 +425,45 @@ impl Children {
         desired: &Service,
     ) -> Result<Option<Service>> {
         let key = format!("{ns}/{}", desired.name_any());
-        let without_cluster_ip = || {
-            let mut service = desired.clone();
-            if let Some(spec) = service.spec.as_mut() {
-                spec.cluster_ip = None;
-            }
-            service
-        };
         let current = || lookup(&self.services, ns, desired);
         let keeps = self
             .with_cluster_ip
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&key);
-        if keeps {
-            let service = without_cluster_ip();
-            return self
-                .apply_one(
-                    client,
-                    metrics,
-                    ns,
-                    &service,
-                    current(),
-                    By::ResourceVersion,
-                )
-                .await;
-        }
-        match self
-            .apply_one(client, metrics, ns, desired, current(), By::ResourceVersion)
-            .await
-        {
-            Err(Error::Kube(kube::Error::Api(s)))
-                if s.code == 422 && s.message.contains("clusterIP") =>
-            {
-                info!(
-                    service = %key,
-                    "the workers' Service has a cluster IP (made by an earlier release): kept, applied without clusterIP"
-                );
-                self.with_cluster_ip
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key);
-                let service = without_cluster_ip();
-                self.apply_one(
-                    client,
-                    metrics,
-                    ns,
-                    &service,
-                    current(),
-                    By::ResourceVersion,
-                )
+        if !keeps {
+            match self
+                .apply_one(client, metrics, ns, desired, current(), By::ResourceVersion)
                 .await
+            {
+                Err(Error::Kube(kube::Error::Api(s)))
+                    if s.code == 422 && s.message.contains("clusterIP") =>
+                {
+                    info!(
+                        service = %key,
+                        "the workers' Service has a cluster IP (made by an earlier release): kept, applied without clusterIP"
+                    );
+                    self.with_cluster_ip
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key);
+                }
+                other => return other,
             }
-            other => other,
         }
+        let mut service = desired.clone();
+        if let Some(spec) = service.spec.as_mut() {
+            spec.cluster_ip = None;
+        }
+        self.apply_one(
+            client,
+            metrics,
+            ns,
+            &service,
+            current(),
+            By::ResourceVersion,
+        )
+        .await
     }
 
     /// Applies `desired` unless the child (`current`: its metadata in the store) is at the

@@ -10,8 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::consume::{ConsumeWorker, TopicReader, committed};
-use pipewright_testenv::{create_topic, eventually, kafka_config, unique_name};
+use common::consume::{ConsumeWorker, TopicReader, group_reaches};
+use pipewright_testenv::{create_topic, kafka_config, unique_name};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -244,25 +244,15 @@ async fn consume_bad_input_catalogue_each_bad_record_is_dead_lettered_once_with_
     ];
     let mut worker = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
     let total = cases.len() as i64;
-    eventually(
-        "every offset committed",
-        Duration::from_secs(120),
-        || async { (committed(&group, &topic, 1).get(&0) == Some(&total)).then_some(()) },
-    )
-    .await;
+    group_reaches(&group, &topic, 1, total).await;
     assert_eq!(worker.sigterm_and_wait().await, 0);
     let bad = cases.iter().filter(|c| c.expect.is_some()).count();
     let good = cases.len() - bad;
-    // Every record comes out once, as an output or a dead letter (which, the table says).
-    let (letters, outputs) = eventually(
-        "every record out, delivered or dead-lettered",
-        Duration::from_secs(30),
-        || {
-            let (l, o) = (dead.snapshot(), delivered.snapshot());
-            async move { (l.len() + o.len() >= total as usize).then_some((l, o)) }
-        },
-    )
-    .await;
+    // Outputs and dead letters are acknowledged before their offsets are committed: every
+    // record is out, once, as one or the other (which, the table says).
+    dead.caught_up().await;
+    delivered.caught_up().await;
+    let (letters, outputs) = (dead.snapshot(), delivered.snapshot());
     // Where each offset went: the dead letters by their original offset, the outputs by
     // their `pipewright.source` header.
     let mut letter_at: BTreeMap<i64, Vec<_>> = BTreeMap::new();

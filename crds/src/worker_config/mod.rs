@@ -621,6 +621,23 @@ mod tests {
         assert_eq!(from_json::<Consume>(&to_json(&c)).unwrap(), c);
     }
 
+    /// Upgrading the operator must not change the configuration it renders for a resource
+    /// that uses none of the new fields: the hash of that text rolls the pods.
+    #[test]
+    fn fields_added_with_a_default_are_left_out_while_default() {
+        let c: Consume = from_json(minimal_consume()).unwrap();
+        let rendered: serde_json::Value = serde_json::from_str(&to_json(&c)).unwrap();
+        assert!(rendered["events"].get("format").is_none(), "{rendered}");
+        assert!(
+            rendered["sink"]["http"].get("contentMode").is_none(),
+            "{rendered}"
+        );
+        let mut raw = c.clone();
+        raw.events.format = EventFormat::Raw;
+        let rendered: serde_json::Value = serde_json::from_str(&to_json(&raw)).unwrap();
+        assert_eq!(rendered["events"]["format"], "raw");
+    }
+
     #[test]
     fn an_unknown_field_is_an_error_naming_its_path() {
         let text = minimal_consume().replace("\"headers\"", "\"headerz\"");

@@ -171,15 +171,16 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64>
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    // Retried: on a broker that has just started, the first lookups can time out while the
-    // offsets topic and its coordinator come up.
+    // Retried: on a broker that has just started, the first lookups can time out or answer
+    // NotCoordinator (at once) while the offsets topic and its coordinator come up.
     let mut attempt = 1;
     let tpl = loop {
         match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
             Ok(tpl) => break tpl,
-            Err(e) if attempt < 3 => {
+            Err(e) if attempt < 20 => {
                 eprintln!("committed offsets of {group} (attempt {attempt}): {e}; again");
                 attempt += 1;
+                std::thread::sleep(Duration::from_millis(250));
             }
             Err(e) => panic!("committed offsets of {group}: {e}"),
         }
