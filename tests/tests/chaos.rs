@@ -1,23 +1,23 @@
 //! The whole pipeline under faults, with counts (issue 15's faults under load, reduced run):
 //! an application writes business rows and outbox events in one transaction at a steady
 //! rate → Outbox pod → Kafka → EventConsumer pod → PostgreSQL sink, and a second
-//! EventConsumer on the same topic → HTTP sink → a receiver that deduplicates on the
-//! idempotency key, while, one after another: both consumers' worker pods are killed
-//! (`kubectl delete --grace-period=0 --force`), the
+//! EventConsumer on the same topic (lag-autoscaled, 1 to 2 replicas) → HTTP sink → a receiver
+//! that deduplicates on the idempotency key, while, one after another: both consumers' worker
+//! pods are killed (`kubectl delete --grace-period=0 --force`), the
 //! Kafka broker is SIGKILLed and restarted, PostgreSQL is restarted (fast shutdown), the
 //! operator pod is deleted, the PostgreSQL sink's consumer is scaled from 1 to 2 replicas (a
-//! rebalance under load), the apiserver is SIGKILLed and restarted, and the outbox's worker
-//! pod is killed. At the end: nothing lost,
+//! rebalance under load), the webhook's receiver slows down until the lag autoscaler adds a
+//! replica (and removes it once the lag drained), the apiserver is SIGKILLed and restarted,
+//! the node's containerd is SIGKILLed and restarted (its containers run on), and the outbox's
+//! worker pod is killed. At the end: nothing lost,
 //! no aggregate's events delivered out of order, duplicates (from at-least-once redelivery)
 //! counted before each idempotent sink; for each fault the time until events flow again and the conditions the resources
 //! showed meanwhile (printed: `-- --nocapture`).
-//!
-//! Not in this run (docs/reliability.md): restarting the node's containerd; the scaling step
-//! is a spec change, not the autoscaler's decision.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ const MIN_EVENTS: i64 = 10_000;
 const RATE: u64 = 200;
 /// How long each fault may take to recover before the test fails.
 const RECOVERY: Duration = Duration::from_secs(180);
+/// The webhook consumer's lag autoscaler: one replica per this many records of lag, 1 to 2.
+const WEBHOOK_LAG_THRESHOLD: i64 = 1500;
+/// How long the webhook's receiver takes per request while it is slowed down: 16 requests
+/// in flight per replica take 16 events/s, far below `RATE`, so the lag grows.
+const SLOW_RECEIVER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "event_type")]
@@ -63,6 +68,27 @@ async fn delivered(pool: &sqlx::PgPool) -> Option<i64> {
         .fetch_one(pool)
         .await
         .ok()
+}
+
+/// Every worker pod's uid and its container's restart count.
+async fn all_worker_containers(stack: &Stack) -> BTreeMap<String, i32> {
+    let mut out = BTreeMap::new();
+    for instance in ["orders", "read-model", "webhook"] {
+        for pod in stack.worker_pods(instance).await {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let restarts = pod
+                .status
+                .iter()
+                .flat_map(|s| &s.container_statuses)
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum();
+            out.insert(pod.uid().unwrap_or_default(), restarts);
+        }
+    }
+    out
 }
 
 /// One request the webhook's receiver took.
@@ -115,14 +141,21 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
         .await;
     // The second consumer: every event to an HTTP receiver that deduplicates on the
     // idempotency key (the record's coordinates), as the HTTP sink's receivers are asked to.
+    // While `delay_ms` is not 0 it answers that much later (the autoscaling step).
     let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let delay_ms = Arc::new(AtomicU64::new(0));
     let app = axum::Router::new().route(
         "/events",
         axum::routing::post({
             let received = received.clone();
+            let delay_ms = delay_ms.clone();
             move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let received = received.clone();
+                let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
                 async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let event: serde_json::Value =
                         serde_json::from_slice(&body).unwrap_or_default();
                     let key = headers
@@ -151,6 +184,8 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
                 "events": {"types": [{"name": "OrderStep"}], "onUnknownType": "fail"},
                 "processing": {"ordering": "key", "concurrency": 16,
                     "retry": {"maxAttempts": 100, "backoff": {"initial": "100ms", "max": "5s"}}},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 2,
+                    "lagThreshold": WEBHOOK_LAG_THRESHOLD},
                 "sink": {"http": {"url": url}},
             }),
         ))
@@ -179,6 +214,14 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
                             format!("{}/{}", k.status, k.reason),
                         ));
                     }
+                }
+                if let Ok(c) = consumers.get("webhook").await
+                    && let Some(status) = &c.status
+                {
+                    now.push((
+                        "EventConsumer webhook replicas".into(),
+                        status.replicas.to_string(),
+                    ));
                 }
                 if let Ok(o) = outboxes.get("orders").await {
                     for k in o.status.iter().flat_map(|s| &s.conditions) {
@@ -281,7 +324,9 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
         "PostgreSQL restarted (fast shutdown)",
         "operator pod deleted",
         "consumer scaled from 1 to 2 replicas (a rebalance under load)",
+        "webhook's receiver slowed: the autoscaler adds a replica, then removes it",
         "apiserver SIGKILLed and restarted",
+        "node's containerd SIGKILLed and restarted (containers run on)",
         "outbox worker pod force-deleted",
     ];
     let mut report = Vec::new();
@@ -360,6 +405,35 @@ async fn e2e_chaos_under_load_loses_nothing_and_keeps_each_aggregates_order_thro
                     .await
                     .unwrap();
                 stack.wait_workers_ready("read-model", 2).await;
+            }
+            "webhook's receiver slowed: the autoscaler adds a replica, then removes it" => {
+                // A slow downstream: the webhook's lag grows past its threshold and the
+                // operator's autoscaler (not the test) scales it to 2; once the receiver is
+                // fast again the lag drains and, after the cooldown, it scales back to 1.
+                delay_ms.store(SLOW_RECEIVER.as_millis() as u64, Ordering::SeqCst);
+                stack.wait_workers_ready("webhook", 2).await;
+                delay_ms.store(0, Ordering::SeqCst);
+                stack.wait_workers_ready("webhook", 1).await;
+            }
+            "node's containerd SIGKILLed and restarted (containers run on)" => {
+                // As systemd restarts containerd.service (KillMode=process): the shims and
+                // the containers live on; the kubelet reconnects to the new containerd.
+                let before = all_worker_containers(&stack).await;
+                run(restart, &["containerd", "kill"]);
+                eventually("the node's runtime answering again", RECOVERY, || async {
+                    let out = std::process::Command::new(common::var("CTR"))
+                        .args(["version"])
+                        .output()
+                        .ok()?;
+                    out.status.success().then_some(())
+                })
+                .await;
+                // The same containers, not restarted, in the same pods.
+                assert_eq!(
+                    all_worker_containers(&stack).await,
+                    before,
+                    "worker containers (pod uid, restart count) after containerd's restart"
+                );
             }
             "apiserver SIGKILLed and restarted" => {
                 // A crash (SIGKILL; its graceful shutdown waits a minute for the watch
