@@ -54,6 +54,7 @@ use pipewright_crds::worker_config::{ContentMode, HttpMethod};
 
 use crate::Error;
 use crate::consume::events::{GenericEvent, HandlerError, Record};
+use crate::error::Chain;
 
 /// Settings of the HTTP sink.
 #[derive(Clone)]
@@ -364,7 +365,14 @@ impl HttpSink {
                     format!("no answer within {timeout:?}"),
                 ));
             }
-            Ok(Err(e)) => return Err(HandlerError::retryable("http_connect", e.to_string())),
+            // With its causes: hyper's own text is only "client error (Connect)"; the cause
+            // says which (refused, reset, a certificate no root vouches for).
+            Ok(Err(e)) => {
+                return Err(HandlerError::retryable(
+                    "http_connect",
+                    Chain(&e).to_string(),
+                ));
+            }
             Ok(Ok(answer)) => answer,
         };
         if status.is_success() {
