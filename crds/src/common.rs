@@ -54,6 +54,13 @@ pub mod conditions {
     pub const KAFKA_UNREACHABLE: &str = "KafkaUnreachable";
     /// The PostgreSQL database does not answer.
     pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
+    /// The PostgreSQL database answers but refuses the DSN's login (SQLSTATE class 28: no
+    /// such role, a wrong password, no pg_hba.conf entry).
+    pub const DATABASE_LOGIN_REFUSED: &str = "DatabaseLoginRefused";
+    /// The outbox table is not one the relay can read: it does not exist or lacks a column
+    /// (the operator's query), or a worker refused it (no stamping trigger, a column of the
+    /// wrong type; the worker's check, reported as it stopped).
+    pub const OUTBOX_TABLE_INVALID: &str = "OutboxTableInvalid";
     /// A record failed every retry and there is no dead-letter topic to park it in.
     pub const POISON_MESSAGE: &str = "PoisonMessage";
     /// A worker refused the configuration it was given and stopped (exit code 2): the

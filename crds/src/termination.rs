@@ -8,6 +8,8 @@
 //!   retry and there was no dead-letter topic. The coordinates let the operator tell when the
 //!   group has moved past the record (the cause is gone) without guessing from timings.
 //! - `WorkerConfigRejected: <error>`: the worker refused its configuration (exit code 2).
+//! - `OutboxTableInvalid: <error>`: the outbox worker refused its table (missing, a column
+//!   missing or of the wrong type, no stamping trigger; exit code 1): the table must change.
 //!
 //! Never a payload or a secret value: the error texts are the worker's own, which hold
 //! neither. The kubelet keeps at most 4 KiB; the worker writes at most [`MAX_LEN`] bytes.
@@ -19,6 +21,8 @@ use std::str::FromStr;
 pub const POISON_MESSAGE_PREFIX: &str = "PoisonMessage: ";
 /// The prefix of a refused-configuration report.
 pub const CONFIG_REJECTED_PREFIX: &str = "WorkerConfigRejected: ";
+/// The prefix of a refused-outbox-table report.
+pub const OUTBOX_TABLE_INVALID_PREFIX: &str = "OutboxTableInvalid: ";
 /// The most bytes a worker writes (cut at a character boundary).
 pub const MAX_LEN: usize = 1024;
 
@@ -72,6 +76,8 @@ pub enum Termination {
     },
     /// The worker refused its configuration.
     ConfigRejected(String),
+    /// The outbox worker refused its table.
+    TableRefused(String),
 }
 
 impl Termination {
@@ -87,6 +93,7 @@ impl Termination {
                 detail,
             } => format!("{POISON_MESSAGE_PREFIX}{detail}"),
             Termination::ConfigRejected(error) => format!("{CONFIG_REJECTED_PREFIX}{error}"),
+            Termination::TableRefused(error) => format!("{OUTBOX_TABLE_INVALID_PREFIX}{error}"),
         };
         if text.len() > MAX_LEN {
             let mut end = MAX_LEN;
@@ -123,6 +130,9 @@ impl Termination {
                 },
             });
         }
+        if let Some(rest) = message.strip_prefix(OUTBOX_TABLE_INVALID_PREFIX) {
+            return Some(Termination::TableRefused(rest.trim().to_string()));
+        }
         message
             .strip_prefix(CONFIG_REJECTED_PREFIX)
             .map(|rest| Termination::ConfigRejected(rest.trim().to_string()))
@@ -132,6 +142,16 @@ impl Termination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_table_reads_back() {
+        let t = Termination::TableRefused("outbox table app.outbox does not exist".into());
+        assert_eq!(
+            t.message(),
+            "OutboxTableInvalid: outbox table app.outbox does not exist"
+        );
+        assert_eq!(Termination::parse(&t.message()), Some(t));
+    }
 
     #[test]
     fn a_poison_report_reads_back_with_its_coordinates() {

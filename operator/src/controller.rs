@@ -219,6 +219,8 @@ pub fn problem_of(e: &Error) -> Problem {
         Error::KafkaUnreachable(_) => conditions::KAFKA_UNREACHABLE,
         Error::TopicNotFound(_) => reasons::TOPIC_NOT_FOUND,
         Error::DatabaseUnreachable(_) => conditions::DATABASE_UNREACHABLE,
+        Error::DatabaseLoginRefused(_) => conditions::DATABASE_LOGIN_REFUSED,
+        Error::OutboxTableInvalid(_) => conditions::OUTBOX_TABLE_INVALID,
         Error::Kube(_)
         | Error::Serialize { .. }
         | Error::Join(_)
@@ -769,9 +771,11 @@ pub fn error_policy<K: Pipeline>(obj: Arc<K>, error: &Error, kc: Arc<KindContext
     let ctx = &kc.ctx;
     let backoff = ctx.failed(&key_of(obj.as_ref()));
     let backoff = match error {
-        Error::KafkaUnreachable(_) | Error::TopicNotFound(_) | Error::DatabaseUnreachable(_) => {
-            backoff.min(ctx.settings.status_period)
-        }
+        Error::KafkaUnreachable(_)
+        | Error::TopicNotFound(_)
+        | Error::DatabaseUnreachable(_)
+        | Error::DatabaseLoginRefused(_)
+        | Error::OutboxTableInvalid(_) => backoff.min(ctx.settings.status_period),
         _ => backoff,
     };
     warn!(

@@ -36,6 +36,12 @@ pub enum Error {
     /// The outbox database did not answer, or the query failed.
     #[error("database: {0}")]
     DatabaseUnreachable(#[source] sqlx::Error),
+    /// The outbox database refused the login of the DSN (SQLSTATE class 28).
+    #[error("database refused the login: {0}")]
+    DatabaseLoginRefused(#[source] sqlx::Error),
+    /// The outbox table does not exist or lacks a column the backlog query reads.
+    #[error("outbox table: {0}")]
+    OutboxTableInvalid(#[source] sqlx::Error),
     /// A blocking measurement task panicked or was cancelled.
     #[error("measurement task failed: {0}")]
     Join(#[source] tokio::task::JoinError),
@@ -63,6 +69,8 @@ impl Error {
             Error::KafkaUnreachable(_) => "KafkaUnreachable",
             Error::TopicNotFound(_) => "TopicNotFound",
             Error::DatabaseUnreachable(_) => "DatabaseUnreachable",
+            Error::DatabaseLoginRefused(_) => "DatabaseLoginRefused",
+            Error::OutboxTableInvalid(_) => "OutboxTableInvalid",
             Error::Join(_) => "Join",
             Error::NotLeading => "NotLeading",
             Error::Listen { .. } => "Listen",
@@ -82,6 +90,8 @@ impl Error {
             | Error::KafkaUnreachable(_)
             | Error::TopicNotFound(_)
             | Error::DatabaseUnreachable(_)
+            | Error::DatabaseLoginRefused(_)
+            | Error::OutboxTableInvalid(_)
             | Error::Join(_)
             | Error::Listen { .. } => Action::requeue(attempt_backoff),
         }

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use pipewright_crds::conditions::{
-    DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, POISON_MESSAGE, PROGRESSING, READY,
-    WORKER_CONFIG_REJECTED,
+    DEGRADED, DEPLOYMENT_UNAVAILABLE, OUTBOX_TABLE_INVALID, PAUSED, POISON_MESSAGE, PROGRESSING,
+    READY, WORKER_CONFIG_REJECTED,
 };
 use pipewright_crds::termination::{RecordRef, Termination};
 
@@ -95,9 +95,12 @@ pub fn workers_of<P: Borrow<Pod>>(pods: &[P], moved_past: impl Fn(&RecordRef) ->
                     stuck.extend(record);
                 }
                 Termination::ConfigRejected(error) if !(last && running_ready) => {
-                    rejected.get_or_insert(error);
+                    rejected.get_or_insert((WORKER_CONFIG_REJECTED, error));
                 }
-                Termination::ConfigRejected(_) => {}
+                Termination::TableRefused(error) if !(last && running_ready) => {
+                    rejected.get_or_insert((OUTBOX_TABLE_INVALID, error));
+                }
+                Termination::ConfigRejected(_) | Termination::TableRefused(_) => {}
             }
         }
     }
@@ -106,9 +109,13 @@ pub fn workers_of<P: Borrow<Pod>>(pods: &[P], moved_past: impl Fn(&RecordRef) ->
             POISON_MESSAGE,
             format!("a worker stopped on a poison message: {}", report.trim()),
         )),
-        (None, Some(report)) => Some(Problem::new(
+        (None, Some((WORKER_CONFIG_REJECTED, report))) => Some(Problem::new(
             WORKER_CONFIG_REJECTED,
             format!("a worker refused its configuration: {}", report.trim()),
+        )),
+        (None, Some((reason, report))) => Some(Problem::new(
+            reason,
+            format!("a worker refused the outbox table: {}", report.trim()),
         )),
         (None, None) => None,
     };

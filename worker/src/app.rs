@@ -37,6 +37,12 @@ fn report_stop(e: &Error, config: bool) {
             message,
         } => Termination::poison(record.clone(), kind, message).message(),
         _ if config => Termination::ConfigRejected(Chain(e).to_string()).message(),
+        Error::TableMissing { .. }
+        | Error::TableColumns { .. }
+        | Error::TableColumnTypes { .. }
+        | Error::TableNotStamped { .. } => {
+            Termination::TableRefused(Chain(e).to_string()).message()
+        }
         _ => return,
     };
     // The default file exists only in a container (the kubelet mounts it): never create it

@@ -59,6 +59,12 @@ pub enum Error {
     /// The outbox table lacks columns the poller needs.
     #[error("outbox table {table} lacks the column(s) {missing}: see docs/outbox.md for its shape")]
     TableColumns { table: String, missing: String },
+    /// Columns of the outbox table have types the poller cannot read as it must (a `bytea`
+    /// payload would be published as its hex text, a `bigint` txid breaks the fence).
+    #[error(
+        "outbox table {table} has column(s) of the wrong type: {columns} (see docs/outbox.md for its shape)"
+    )]
+    TableColumnTypes { table: String, columns: String },
     /// The outbox table has no enabled `pipewright_outbox_stamp` trigger, so rows carry no
     /// commit-safe sequence number.
     #[error(
@@ -120,6 +126,7 @@ impl Error {
                 | Error::DatabaseUrlInvalid(_)
                 | Error::TableMissing { .. }
                 | Error::TableColumns { .. }
+                | Error::TableColumnTypes { .. }
                 | Error::TableNotStamped { .. }
         )
     }

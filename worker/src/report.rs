@@ -215,9 +215,10 @@ pub fn error_class(e: &crate::Error) -> String {
             Some(code) => format!("kafka_{code:?}"),
             None => "kafka_error".to_string(),
         },
-        Error::TableMissing { .. } | Error::TableColumns { .. } | Error::TableNotStamped { .. } => {
-            "outbox_table".to_string()
-        }
+        Error::TableMissing { .. }
+        | Error::TableColumns { .. }
+        | Error::TableColumnTypes { .. }
+        | Error::TableNotStamped { .. } => "outbox_table".to_string(),
         Error::InvalidTopic { .. } => "invalid_topic".to_string(),
         _ => "error".to_string(),
     };

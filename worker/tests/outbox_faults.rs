@@ -444,6 +444,38 @@ async fn outbox_stops_with_a_clear_error_on_a_missing_or_unstamped_table_and_pub
         .unwrap();
     assert_eq!(left, 1);
 
+    // Every column there and the trigger too, but a bytea payload (it would go out as its
+    // hex text) and a bigint txid (the fence compares xid8s): refused, naming both.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE mistyped_seq; \
+         CREATE TABLE mistyped (id uuid PRIMARY KEY, aggregatetype varchar(64), \
+         aggregateid text, type text, payload bytea, created_at timestamptz DEFAULT now(), \
+         seq bigint, txid bigint); \
+         CREATE TRIGGER mistyped_stamp BEFORE INSERT ON mistyped \
+         FOR EACH ROW EXECUTE FUNCTION pipewright_outbox_stamp('mistyped_seq')",
+    )
+    .execute(&fx.schema.pool)
+    .await
+    .unwrap();
+    let mistyped = format!("{}.mistyped", fx.schema.name);
+    let (code, output) = run_to_exit(
+        &[
+            "--table",
+            &mistyped,
+            "--topic",
+            &fx.topic,
+            "--kafka-bootstrap-servers",
+            &bootstrap(),
+        ],
+        &url,
+    );
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("payload is bytea (expected jsonb or json or text or varchar)")
+            && output.contains("txid is int8 (expected xid8)"),
+        "{output}"
+    );
+
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(recorder.snapshot().is_empty(), "nothing is published");
     fx.schema.drop().await;

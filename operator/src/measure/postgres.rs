@@ -93,11 +93,25 @@ pub async fn measure(
     )
     .await
     .unwrap_or(Err(sqlx::Error::PoolTimedOut));
-    let (pending, oldest) = row.map_err(Error::DatabaseUnreachable)?;
+    let (pending, oldest) = row.map_err(database_error)?;
     Ok(Backlog {
         pending,
         oldest_age_seconds: oldest.map(|a| a.max(0)),
     })
+}
+
+/// What a failed backlog query says, by the server's SQLSTATE: a refused login (class 28), a
+/// table or column that is not there (42P01, 42703), or else the database as unreachable.
+fn database_error(e: sqlx::Error) -> Error {
+    let code = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned());
+    match code.as_deref() {
+        Some(c) if c.starts_with("28") => Error::DatabaseLoginRefused(e),
+        Some("42P01" | "42703") => Error::OutboxTableInvalid(e),
+        _ => Error::DatabaseUnreachable(e),
+    }
 }
 
 #[cfg(test)]

@@ -662,7 +662,27 @@ async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> 
     }
 }
 
-/// Looks the table up, checks its columns and its stamping trigger.
+/// The types (PostgreSQL `typname`) a column the poller reads may have; `None`: a column it
+/// does not read. What the claim decodes: `seq` as an `int8`, `id` as a `uuid`, the names as
+/// text; `payload` and `headers` go out as their text (JSON's text is the JSON; a `bytea`'s
+/// would be its hex escape); `created_at` and `published_at` are compared with `now()`;
+/// `txid` is compared with the snapshot's `xid8`s (the fence).
+fn column_types(column: &str) -> Option<&'static [&'static str]> {
+    const NAME: &[&str] = &["text", "varchar", "bpchar"];
+    Some(match column {
+        "id" => &["uuid"],
+        "aggregatetype" | "aggregateid" | "type" => NAME,
+        "payload" => &["jsonb", "json", "text", "varchar"],
+        "headers" => &["jsonb", "json"],
+        "created_at" | "published_at" => &["timestamptz", "timestamp"],
+        "seq" => &["int8"],
+        "txid" => &["xid8"],
+        _ => return None,
+    })
+}
+
+/// Looks the table up, checks its columns (present, of a type it can read) and its stamping
+/// trigger.
 async fn resolve(conn: &mut PgConnection, config: &PollerConfig) -> Result<Resolved, Error> {
     let sql_name = config.table.quoted();
     let oid: Option<i64> = db(
@@ -676,16 +696,20 @@ async fn resolve(conn: &mut PgConnection, config: &PollerConfig) -> Result<Resol
     let oid = oid.ok_or_else(|| Error::TableMissing {
         table: table.clone(),
     })?;
-    let columns: Vec<String> = db(
+    // Each column with its type (a domain's base type).
+    let typed: Vec<(String, String)> = db(
         "read columns",
-        sqlx::query_scalar(
-            "SELECT attname::text FROM pg_attribute \
-             WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
+        sqlx::query_as(
+            "SELECT a.attname::text, b.typname::text FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
         )
         .bind(oid)
         .fetch_all(&mut *conn),
     )
     .await?;
+    let columns: Vec<String> = typed.iter().map(|(name, _)| name.clone()).collect();
     let mut required = vec![
         "id",
         "aggregatetype",
@@ -707,6 +731,20 @@ async fn resolve(conn: &mut PgConnection, config: &PollerConfig) -> Result<Resol
         return Err(Error::TableColumns {
             table,
             missing: missing.join(", "),
+        });
+    }
+    let wrong: Vec<String> = typed
+        .iter()
+        .filter_map(|(name, ty)| {
+            let allowed = column_types(name)?;
+            (!allowed.contains(&ty.as_str()))
+                .then(|| format!("{name} is {ty} (expected {})", allowed.join(" or ")))
+        })
+        .collect();
+    if !wrong.is_empty() {
+        return Err(Error::TableColumnTypes {
+            table,
+            columns: wrong.join(", "),
         });
     }
     let stamped: bool = db(
