@@ -62,7 +62,9 @@ chaos: ## The whole pipeline under faults (pod kills, broker SIGKILL, database a
 	  PIPEWRIGHT_BAD_INPUT_REPORT=$(CURDIR)/docs/reliability.md \
 	  $(CARGO) test -p pipewright-worker --locked --test consume_bad_input && \
 	  PIPEWRIGHT_BAD_INPUT_REPORT=$(CURDIR)/docs/reliability.md \
-	  $(CARGO) test -p pipewright-worker --locked --test consume_bad_sinks
+	  $(CARGO) test -p pipewright-worker --locked --test consume_bad_sinks && \
+	  PIPEWRIGHT_BAD_INPUT_REPORT=$(CURDIR)/docs/reliability.md \
+	  $(CARGO) test -p pipewright-testenv --locked --test e2e_bad_resources
 
 .PHONY: generate
 generate: ## Regenerate the CRD YAML into charts/pipewright/crds (issue #3)
