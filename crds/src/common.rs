@@ -295,6 +295,90 @@ impl JsonSchema for Duration {
     }
 }
 
+/// Label and annotation key prefixes the operator owns on worker pods: a pod's
+/// `app.kubernetes.io/*` labels are the Deployment's selector, its `pipewright.io/*`
+/// annotations roll the pods when the configuration or a Secret changes.
+pub const RESERVED_POD_LABEL_PREFIXES: &[&str] = &["app.kubernetes.io/", "pipewright.io/"];
+/// The environment variable prefix the worker reads its own settings from.
+pub const RESERVED_ENV_PREFIX: &str = "PIPEWRIGHT_";
+
+/// Where and how the worker pods run: scheduling, pulling, metadata and extra environment.
+/// Each field set here is copied into the pod template as it is; unset fields leave the pod as
+/// the operator renders it (so adding this block later rolls the pods once, leaving it out
+/// rolls nothing). The pods' security settings (restricted profile, no service-account token)
+/// are the operator's and cannot be changed here.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPod {
+    /// Extra labels on the worker pods. Keys under app.kubernetes.io/ and pipewright.io/
+    /// are the operator's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = string_map_limits::<32, 63>)]
+    #[x_kube(validation = Rule::new(reserved_keys_rule()).message(
+        "pod.labels: keys under app.kubernetes.io/ and pipewright.io/ are set by the operator"
+    ).reason(Reason::FieldValueForbidden))]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the worker pods (e.g. a service mesh's or a log collector's).
+    /// Keys under app.kubernetes.io/ and pipewright.io/ are the operator's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = string_map_limits::<32, 4096>)]
+    #[x_kube(validation = Rule::new(reserved_keys_rule()).message(
+        "pod.annotations: keys under app.kubernetes.io/ and pipewright.io/ are set by the operator"
+    ).reason(Reason::FieldValueForbidden))]
+    pub annotations: BTreeMap<String, String>,
+    /// The pods run only on nodes with these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = string_map_limits::<32, 63>)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Node and pod (anti-)affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// How the pods spread over zones or nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>,
+    /// The PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Secrets (in the resource's namespace) for pulling the worker image from a private
+    /// registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub image_pull_secrets: Vec<k8s_openapi::api::core::v1::LocalObjectReference>,
+    /// Extra environment of the worker container (e.g. `RUST_LOG`, proxy settings). A secret
+    /// value belongs in `valueFrom.secretKeyRef`, never in `value`. Names starting with
+    /// PIPEWRIGHT_ are the worker's own settings, which the operator sets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(format!(
+        "self.all(e, !e.name.startsWith('{RESERVED_ENV_PREFIX}'))"
+    )).message(
+        "pod.env: names starting with PIPEWRIGHT_ are the worker's own settings, set by the operator"
+    ).reason(Reason::FieldValueForbidden))]
+    pub env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+}
+
+impl WorkerPod {
+    /// Whether nothing is set (the pod as the operator renders it).
+    pub fn is_empty(&self) -> bool {
+        *self == WorkerPod::default()
+    }
+}
+
+/// The CEL rule that keeps a map's keys out of [`RESERVED_POD_LABEL_PREFIXES`].
+fn reserved_keys_rule() -> String {
+    let checks: Vec<String> = RESERVED_POD_LABEL_PREFIXES
+        .iter()
+        .map(|p| format!("!k.startsWith('{p}')"))
+        .collect();
+    format!("self.all(k, {})", checks.join(" && "))
+}
+
 /// How many worker replicas an autoscaler may run for an EventConsumer, and the consumer lag
 /// that calls for one more.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]

@@ -12,7 +12,7 @@ pub use crate::worker_report::{ConsumerCounters, RejectedCounters};
 
 use crate::common::{
     ConfigMapKeyRef, ConsumerAutoscaling, Duration, IMAGE_PATTERN, KafkaConnection,
-    SQL_IDENTIFIER_PATTERN, SQL_TABLE_PATTERN, SecretKeyRef, SecretRef, TOPIC_PATTERN,
+    SQL_IDENTIFIER_PATTERN, SQL_TABLE_PATTERN, SecretKeyRef, SecretRef, TOPIC_PATTERN, WorkerPod,
     duration_between, duration_not_longer,
 };
 
@@ -130,6 +130,10 @@ pub struct EventConsumerSpec {
     /// CPU and memory requests and limits of each worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling, image pull Secrets, labels, annotations and extra environment of the
+    /// worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<WorkerPod>,
 }
 
 fn one() -> i32 {

@@ -20,7 +20,7 @@ use kube::CustomResourceExt;
 
 pub use common::{
     CATEGORY, ConfigMapKeyRef, ConsumerAutoscaling, Duration, GROUP, KafkaConnection, SecretKeyRef,
-    SecretRef, VERSION, conditions,
+    SecretRef, VERSION, WorkerPod, conditions,
 };
 pub use event_consumer::{EventConsumer, EventConsumerSpec, EventConsumerStatus};
 pub use outbox::{Outbox, OutboxSpec, OutboxStatus};

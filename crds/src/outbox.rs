@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     Duration, IMAGE_PATTERN, KafkaConnection, SQL_TABLE_PATTERN, SecretKeyRef, TOPIC_PATTERN,
-    duration_between,
+    WorkerPod, duration_between,
 };
 
 /// The placeholder a topic template must contain.
@@ -113,6 +113,10 @@ pub struct OutboxSpec {
     /// CPU and memory requests and limits of each publisher container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Scheduling, image pull Secrets, labels, annotations and extra environment of the
+    /// publisher pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<WorkerPod>,
 }
 
 fn default_table() -> String {

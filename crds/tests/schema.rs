@@ -130,13 +130,21 @@ fn no_spec_field_can_carry_a_secret_value() {
         walk("spec", &schema["properties"]["spec"], &mut |path, s| {
             let name = path.rsplit('.').next().unwrap().to_ascii_lowercase();
             if secretish.iter().any(|w| name.contains(w)) {
-                // Only references to Secrets may be named like one: objects of name (and key).
-                let props = s.get("properties").and_then(Value::as_object);
+                // Only references to Secrets may be named like one: objects of name (and key,
+                // and the pod API's `optional`), or lists of them (`imagePullSecrets`).
+                let object = s.get("items").unwrap_or(s);
+                let props = object.get("properties").and_then(Value::as_object);
                 let keys: Vec<&str> = props
                     .map(|p| p.keys().map(String::as_str).collect())
                     .unwrap_or_default();
+                let reference = keys == ["name"]
+                    || keys == ["key", "name"]
+                    || keys == ["key", "name", "optional"];
                 assert!(
-                    name.ends_with("secretref") && (keys == ["name"] || keys == ["key", "name"]),
+                    (name.ends_with("secretref")
+                        || name == "secretkeyref"
+                        || name.starts_with("imagepullsecrets"))
+                        && reference,
                     "{}: {path} looks like it could hold a secret value (properties {keys:?})",
                     crd.spec.names.kind
                 );

@@ -211,6 +211,11 @@ pub fn is_paused(meta: &ObjectMeta) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+/// Whether the apiserver refused an object as invalid (422).
+fn refused_as_invalid(e: &Error) -> bool {
+    matches!(e, Error::Kube(kube::Error::Api(status)) if status.code == 422)
+}
+
 /// The condition a failure shows as.
 pub fn problem_of(e: &Error) -> Problem {
     let reason = match e {
@@ -221,6 +226,10 @@ pub fn problem_of(e: &Error) -> Problem {
         Error::DatabaseUnreachable(_) => conditions::DATABASE_UNREACHABLE,
         Error::DatabaseLoginRefused(_) => conditions::DATABASE_LOGIN_REFUSED,
         Error::OutboxTableInvalid(_) => conditions::OUTBOX_TABLE_INVALID,
+        // The apiserver refused a child the spec asked for (422: a toleration, an affinity
+        // or an environment variable that passed the resource's schema but not the pod's
+        // validation): the spec must change, and the message names the field.
+        e if refused_as_invalid(e) => reasons::INVALID_SPEC,
         Error::Kube(_)
         | Error::Serialize { .. }
         | Error::Join(_)
@@ -445,11 +454,16 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, kc: &KindContext) -> Result<Actio
     // 2. Apply, before any measurement: a new or changed resource gets its children at once.
     if let Some(planned) = planned.as_ref().filter(|_| !paused) {
         let desired = workload::desired(&planned.worker);
-        seen.deployment = Some(
-            kc.children
-                .apply(&ctx.client, &ctx.metrics, &ns, &desired)
-                .await?,
-        );
+        match kc
+            .children
+            .apply(&ctx.client, &ctx.metrics, &ns, &desired)
+            .await
+        {
+            Ok(deployment) => seen.deployment = Some(deployment),
+            // Refused as invalid: the spec must change; the status says why (InvalidSpec).
+            Err(e @ Error::Kube(kube::Error::Api(_))) if refused_as_invalid(&e) => seen.fail(e),
+            Err(e) => return Err(e),
+        }
     }
     // 3. Observe.
     observe(obj, kc, planned.as_ref(), &mut seen).await;

@@ -194,6 +194,7 @@ pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
         config_map_mounts,
         replicas: spec.replicas,
         resources: spec.resources.clone(),
+        pod: spec.pod.clone(),
         drain_seconds: i64::try_from(drain.as_secs()).unwrap_or(i64::MAX / 2),
         secrets_hash: String::new(),
         last_scale_time: None,

@@ -104,6 +104,7 @@ pub fn plan(obx: &Outbox, settings: &Settings) -> Result<WorkerPlan> {
         config_map_mounts: vec![],
         replicas: spec.replicas,
         resources: spec.resources.clone(),
+        pod: spec.pod.clone(),
         drain_seconds: SHUTDOWN_GRACE_SECONDS,
         secrets_hash: String::new(),
         last_scale_time: None,

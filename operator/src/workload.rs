@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pipewright_crds::WorkerPod;
 use pipewright_crds::worker_config::{self, CONFIG_DIR, CONFIG_FILE};
 use sha2::{Digest, Sha256};
 
@@ -142,6 +143,8 @@ pub struct WorkerPlan {
     pub config_map_mounts: Vec<ConfigMapMount>,
     pub replicas: i32,
     pub resources: Option<ResourceRequirements>,
+    /// The spec's pod settings (scheduling, pull Secrets, metadata, extra environment).
+    pub pod: Option<WorkerPod>,
     /// The worker's drain deadline; the pod's grace period adds a margin to it.
     pub drain_seconds: i64,
     /// Hash of the referenced Secrets' data.
@@ -158,6 +161,11 @@ pub struct Desired {
     pub deployment: Deployment,
     pub service: Service,
     pub pod_disruption_budget: PodDisruptionBudget,
+}
+
+/// `Some(list)` unless it is empty: an unset field stays out of the pod template.
+fn nonempty<T: Clone>(list: &[T]) -> Option<Vec<T>> {
+    (!list.is_empty()).then(|| list.to_vec())
 }
 
 /// The name of a resource's children: `<name>-<suffix>`, shortened with a hash when that would
@@ -327,6 +335,7 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         });
     }
 
+    let pod = plan.pod.as_ref();
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -348,7 +357,7 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         // so its partitions would wait for its session to time out (librdkafka: 45 s)
         // before anyone consumed them again. A dynamic member leaves on SIGTERM, after its
         // drain and final commit, and the group hands its partitions on at once.
-        env: None,
+        env: pod.and_then(|p| nonempty(&p.env)),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: WORKER_PORT,
@@ -379,17 +388,19 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         volume_mounts: Some(mounts),
         ..Container::default()
     };
-    let pod_annotations: BTreeMap<String, String> = [
-        (CONFIG_HASH_ANNOTATION.to_string(), config_hash),
-        (
-            SECRETS_HASH_ANNOTATION.to_string(),
-            plan.secrets_hash.clone(),
-        ),
-    ]
-    .into();
+    // The spec's labels and annotations first: the operator's own keys (the schema refuses
+    // them there) always win.
+    let mut pod_annotations = pod.map(|p| p.annotations.clone()).unwrap_or_default();
+    pod_annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), config_hash);
+    pod_annotations.insert(
+        SECRETS_HASH_ANNOTATION.to_string(),
+        plan.secrets_hash.clone(),
+    );
+    let mut pod_labels = pod.map(|p| p.labels.clone()).unwrap_or_default();
+    pod_labels.extend(labels.clone());
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
+            labels: Some(pod_labels),
             annotations: Some(pod_annotations),
             ..ObjectMeta::default()
         }),
@@ -411,6 +422,14 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
             }),
             containers: vec![container],
             volumes: Some(volumes),
+            node_selector: pod
+                .filter(|p| !p.node_selector.is_empty())
+                .map(|p| p.node_selector.clone()),
+            tolerations: pod.and_then(|p| nonempty(&p.tolerations)),
+            affinity: pod.and_then(|p| p.affinity.clone()),
+            topology_spread_constraints: pod.and_then(|p| nonempty(&p.topology_spread_constraints)),
+            priority_class_name: pod.and_then(|p| p.priority_class_name.clone()),
+            image_pull_secrets: pod.and_then(|p| nonempty(&p.image_pull_secrets)),
             ..PodSpec::default()
         }),
     };
@@ -510,6 +529,7 @@ pub(crate) mod tests {
             config_map_mounts: vec![],
             replicas: 2,
             resources: None,
+            pod: None,
             drain_seconds: 30,
             secrets_hash: "abc".into(),
             last_scale_time: None,
@@ -647,5 +667,58 @@ pub(crate) mod tests {
             let (k, v) = pair.split_once('=').unwrap();
             assert_eq!(labels[k], v);
         }
+    }
+
+    #[test]
+    fn pod_settings_reach_the_pod_template_and_the_operators_keys_win() {
+        let base = desired(&plan()).deployment.spec.template;
+        let mut p = plan();
+        p.pod = Some(WorkerPod::default());
+        assert_eq!(
+            desired(&p).deployment.spec.template,
+            base,
+            "an empty pod block renders the same pods (nothing rolls)"
+        );
+        let pod: WorkerPod = serde_json::from_value(serde_json::json!({
+            "labels": {"team": "payments"},
+            "annotations": {"sidecar.istio.io/inject": "false"},
+            "nodeSelector": {"disktype": "ssd"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "events",
+                             "effect": "NoSchedule"}],
+            "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                 "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "orders"}}}}]}},
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                           "whenUnsatisfiable": "ScheduleAnyway"}],
+            "priorityClassName": "events-high",
+            "imagePullSecrets": [{"name": "registry"}],
+            "env": [{"name": "RUST_LOG", "value": "debug"}],
+        }))
+        .unwrap();
+        p.pod = Some(pod.clone());
+        let t = desired(&p).deployment.spec.template;
+        let meta = t.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations["sidecar.istio.io/inject"], "false");
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        let spec = t.spec.unwrap();
+        assert_eq!(spec.node_selector, Some(pod.node_selector.clone()));
+        assert_eq!(spec.tolerations, Some(pod.tolerations.clone()));
+        assert_eq!(spec.affinity, pod.affinity.clone());
+        assert_eq!(
+            spec.topology_spread_constraints,
+            Some(pod.topology_spread_constraints.clone())
+        );
+        assert_eq!(spec.priority_class_name.as_deref(), Some("events-high"));
+        assert_eq!(
+            spec.image_pull_secrets,
+            Some(pod.image_pull_secrets.clone())
+        );
+        assert_eq!(spec.containers[0].env, Some(pod.env.clone()));
+        // The security settings stay the operator's.
+        assert_eq!(spec.automount_service_account_token, Some(false));
     }
 }

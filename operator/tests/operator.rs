@@ -400,6 +400,60 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
 }
 
 /// Creates an outbox table shaped like the worker's migration (columns only) in `schema`.
+/// Pod settings the resource's schema takes as they are but the pod's own validation refuses
+/// (an unknown toleration operator): the Deployment is refused by the apiserver and the
+/// resource shows Degraded/InvalidSpec with the apiserver's answer naming the field; fixed,
+/// the Deployment carries the settings.
+#[tokio::test]
+async fn pod_settings_the_apiserver_refuses_show_as_invalid_spec_naming_the_field_then_apply_once_fixed()
+ {
+    let (client, ns, _operator) = setup("op-pod").await;
+    let topic = create_topic("op-pod", 1).await;
+    let bad = json!({"pod": {
+        "nodeSelector": {"disktype": "ssd"},
+        "tolerations": [{"key": "dedicated", "operator": "Maybe"}],
+    }});
+    create(&client, &ns.name, &event_consumer("placed", &topic, bad)).await;
+    let consumers: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    let degraded = eventually("Degraded/InvalidSpec", WAIT, || async {
+        let s = consumers.get("placed").await.ok()?.status?;
+        let d = condition(&s.conditions, DEGRADED)?;
+        (d.status == "True" && d.reason == "InvalidSpec").then_some(d.clone())
+    })
+    .await;
+    assert!(
+        degraded.message.contains("tolerations[0].operator"),
+        "the condition names the field: {}",
+        degraded.message
+    );
+    consumers
+        .patch(
+            "placed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pod": {"tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "events", "effect": "NoSchedule"}
+            ]}}})),
+        )
+        .await
+        .unwrap();
+    let d = eventually("the Deployment with the pod settings", WAIT, || async {
+        let d = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .get_opt("placed-consumer")
+            .await
+            .ok()??;
+        let spec = d.spec.template.spec.clone()?;
+        (spec.tolerations.as_ref()?.len() == 1).then_some(spec)
+    })
+    .await;
+    assert_eq!(d.node_selector.unwrap()["disktype"], "ssd");
+    eventually("Degraded=False", WAIT, || async {
+        let s = consumers.get("placed").await.ok()?.status?;
+        (condition(&s.conditions, DEGRADED)?.status == "False").then_some(())
+    })
+    .await;
+    ns.delete().await;
+}
+
 async fn outbox_table(schema: &TestSchema) {
     sqlx::query(
         "CREATE TABLE outbox (id uuid PRIMARY KEY, aggregatetype text NOT NULL, \

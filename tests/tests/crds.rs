@@ -238,6 +238,21 @@ fn invalid_event_consumers() -> Vec<Case> {
     vec![
         ("no topics", ec(json!({"topics": []})), "spec.topics"),
         (
+            "a pod label under app.kubernetes.io/ (the selector's)",
+            ec(json!({"pod": {"labels": {"app.kubernetes.io/instance": "other"}}})),
+            "spec.pod.labels",
+        ),
+        (
+            "a pod annotation under pipewright.io/",
+            ec(json!({"pod": {"annotations": {"pipewright.io/secrets-hash": "x"}}})),
+            "spec.pod.annotations",
+        ),
+        (
+            "an environment variable of the worker's own (PIPEWRIGHT_)",
+            ec(json!({"pod": {"env": [{"name": "PIPEWRIGHT_LISTEN", "value": "0.0.0.0:1"}]}})),
+            "spec.pod.env",
+        ),
+        (
             "a topic name with a space",
             ec(json!({"topics": ["my topic"]})),
             "spec.topics[0]",
@@ -529,6 +544,11 @@ fn invalid_outboxes() -> Vec<Case> {
             "a retention with policy delete",
             obx(json!({"cleanup": {"retention": "1h"}})),
             "spec.cleanup.retention",
+        ),
+        (
+            "a pod label under pipewright.io/",
+            obx(json!({"pod": {"labels": {"pipewright.io/config-hash": "x"}}})),
+            "spec.pod.labels",
         ),
     ]
 }
