@@ -645,6 +645,9 @@ pub struct EventConsumerStatus {
     /// Sum of the partitions' lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_lag: Option<i64>,
+    /// The largest of the partitions' lagSeconds: how far behind in time the group is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_seconds: Option<i64>,
     /// Records handled since the current worker pods started: the sum of the counters the
     /// workers report (`GET /report`), over the reportedReplicas pods that answered at
     /// reportTime. A pod that restarts or is replaced starts again from 0, so this sum can go
@@ -688,4 +691,10 @@ pub struct PartitionStatus {
     pub end: i64,
     /// end minus committed (from the start offset when nothing is committed).
     pub lag: i64,
+    /// How old the oldest record not yet processed is: now minus the timestamp of the record
+    /// at the committed offset (or where the group will start), in whole seconds; 0 without
+    /// lag. Unset when the record could not be read (the operator's Kafka credentials need
+    /// Read on the topic for this, Describe for the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<i64>,
 }

@@ -25,7 +25,7 @@ use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
 use crate::measure::Clients;
 use crate::measure::kafka::{self, Lag, Target};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PartitionLag};
 use crate::render::{self, count, duration};
 use crate::report::Reports;
 use crate::status::Workers;
@@ -249,20 +249,27 @@ impl Pipeline for EventConsumer {
             topics: self.spec.topics.clone(),
             initial_offset: self.spec.initial_offset,
         };
-        kafka::measure(&clients.kafka, target, settings.measure_timeout).await
+        kafka::measure(
+            &clients.kafka,
+            &clients.kafka_readers,
+            target,
+            settings.measure_timeout,
+        )
+        .await
     }
 
     fn export(&self, lag: &Lag, metrics: &Metrics) {
-        let partitions: Vec<(String, i32, i64)> = lag
+        let partitions: Vec<PartitionLag> = lag
             .partitions
             .iter()
-            .map(|p| (p.topic.clone(), p.partition, p.lag))
+            .map(|p| (p.topic.clone(), p.partition, p.lag, p.lag_seconds))
             .collect();
         metrics.export_lag(
             self.namespace().as_deref().unwrap_or_default(),
             &self.name_any(),
             &group_id(self),
             &partitions,
+            lag.max_lag_seconds,
         );
     }
 
@@ -313,21 +320,29 @@ impl Pipeline for EventConsumer {
         now: Timestamp,
     ) -> EventConsumerStatus {
         let previous = self.status.clone().unwrap_or_default();
-        let (partitions, total_lag, measured_time) = match figures {
+        let (partitions, total_lag, max_lag_seconds, measured_time) = match figures {
             Some(lag)
                 if previous.partitions == lag.partitions
-                    && previous.total_lag == Some(lag.total) =>
+                    && previous.total_lag == Some(lag.total)
+                    && previous.max_lag_seconds == lag.max_lag_seconds =>
             {
                 (
                     previous.partitions,
                     previous.total_lag,
+                    previous.max_lag_seconds,
                     previous.measured_time,
                 )
             }
-            Some(lag) => (lag.partitions.clone(), Some(lag.total), Some(Time(now))),
+            Some(lag) => (
+                lag.partitions.clone(),
+                Some(lag.total),
+                lag.max_lag_seconds,
+                Some(Time(now)),
+            ),
             None => (
                 previous.partitions,
                 previous.total_lag,
+                previous.max_lag_seconds,
                 previous.measured_time,
             ),
         };
@@ -367,6 +382,7 @@ impl Pipeline for EventConsumer {
             group_id: Some(group_id(self)),
             partitions,
             total_lag,
+            max_lag_seconds,
             counters,
             processed_last_minute,
             reported_replicas,
@@ -567,9 +583,11 @@ mod tests {
                     committed: None,
                     end: 100,
                     lag: 100,
+                    lag_seconds: None,
                 })
                 .collect(),
             total: 300,
+            max_lag_seconds: None,
         };
         let settings = Settings::default();
         let now = Timestamp::now();
@@ -604,10 +622,12 @@ mod tests {
             committed: Some(17),
             end: 17 + lag,
             lag,
+            lag_seconds: None,
         };
         let lag = Lag {
             partitions: vec![partition(0, 1000), partition(1, 5), partition(2, 5)],
             total: 1010,
+            max_lag_seconds: None,
         };
         let settings = Settings::default();
         let scale = |workers: &Workers| {
@@ -651,6 +671,7 @@ mod tests {
         let lag = Lag {
             partitions: vec![],
             total: 0,
+            max_lag_seconds: Some(0),
         };
         let t1 = Timestamp::from_second(100).unwrap();
         let first = ec.status(CommonStatus::default(), Some(&lag), None, t1);

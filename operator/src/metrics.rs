@@ -55,6 +55,17 @@ pub struct LagSumLabels {
     pub topic: String,
 }
 
+/// Labels of a consumer group's figures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub namespace: String,
+    pub eventconsumer: String,
+    pub consumergroup: String,
+}
+
+/// One partition's figures as exported: topic, partition, lag (records), lag in seconds.
+pub type PartitionLag = (String, i32, i64, Option<i64>);
+
 /// Labels of an Outbox's figures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutboxLabels {
@@ -67,6 +78,7 @@ pub struct OutboxLabels {
 struct Exported {
     lag: Vec<LagLabels>,
     sums: Vec<LagSumLabels>,
+    group: Option<GroupLabels>,
     outbox: Option<OutboxLabels>,
 }
 
@@ -86,6 +98,10 @@ pub struct Metrics {
     pub consumergroup_lag: Family<LagLabels, Gauge>,
     /// The same, summed per topic.
     pub consumergroup_lag_sum: Family<LagSumLabels, Gauge>,
+    /// Age of a partition's oldest record the group has not committed, as last measured.
+    pub consumergroup_lag_seconds: Family<LagLabels, Gauge>,
+    /// The largest of those per group.
+    pub consumergroup_max_lag_seconds: Family<GroupLabels, Gauge>,
     /// Outbox rows not yet published, as last measured.
     pub outbox_pending: Family<OutboxLabels, Gauge>,
     /// Age of the oldest of them (0 when none is pending).
@@ -109,6 +125,8 @@ impl Metrics {
             applies: Family::default(),
             consumergroup_lag: Family::default(),
             consumergroup_lag_sum: Family::default(),
+            consumergroup_lag_seconds: Family::default(),
+            consumergroup_max_lag_seconds: Family::default(),
             outbox_pending: Family::default(),
             outbox_oldest_pending_age_seconds: Family::default(),
             exported: Default::default(),
@@ -156,6 +174,16 @@ impl Metrics {
             m.consumergroup_lag_sum.clone(),
         );
         r.register(
+            "consumergroup_lag_seconds",
+            "Age in seconds of the oldest record of a partition an EventConsumer's group has not committed (its timestamp to now; 0 without lag), as last measured",
+            m.consumergroup_lag_seconds.clone(),
+        );
+        r.register(
+            "consumergroup_max_lag_seconds",
+            "The largest consumergroup_lag_seconds of an EventConsumer's group",
+            m.consumergroup_max_lag_seconds.clone(),
+        );
+        r.register(
             "outbox_pending",
             "Rows of an Outbox's table not yet published, as last measured",
             m.outbox_pending.clone(),
@@ -175,11 +203,12 @@ impl Metrics {
         namespace: &str,
         name: &str,
         group: &str,
-        partitions: &[(String, i32, i64)],
+        partitions: &[PartitionLag],
+        max_seconds: Option<i64>,
     ) {
         let mut lag = Vec::new();
         let mut sums: HashMap<LagSumLabels, i64> = HashMap::new();
-        for (topic, partition, value) in partitions {
+        for (topic, partition, value, seconds) in partitions {
             let labels = LagLabels {
                 namespace: namespace.into(),
                 eventconsumer: name.into(),
@@ -188,6 +217,16 @@ impl Metrics {
                 partition: *partition,
             };
             self.consumergroup_lag.get_or_create(&labels).set(*value);
+            match seconds {
+                Some(s) => {
+                    self.consumergroup_lag_seconds
+                        .get_or_create(&labels)
+                        .set(*s);
+                }
+                None => {
+                    self.consumergroup_lag_seconds.remove(&labels);
+                }
+            }
             lag.push(labels);
             *sums
                 .entry(LagSumLabels {
@@ -202,6 +241,21 @@ impl Metrics {
             self.consumergroup_lag_sum.get_or_create(labels).set(*value);
         }
         let sums: Vec<LagSumLabels> = sums.into_keys().collect();
+        let group_labels = GroupLabels {
+            namespace: namespace.into(),
+            eventconsumer: name.into(),
+            consumergroup: group.into(),
+        };
+        match max_seconds {
+            Some(s) => {
+                self.consumergroup_max_lag_seconds
+                    .get_or_create(&group_labels)
+                    .set(s);
+            }
+            None => {
+                self.consumergroup_max_lag_seconds.remove(&group_labels);
+            }
+        }
         let key = format!("EventConsumer/{namespace}/{name}");
         let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
         let previous = exported.insert(
@@ -209,12 +263,19 @@ impl Metrics {
             Exported {
                 lag: lag.clone(),
                 sums: sums.clone(),
+                group: Some(group_labels.clone()),
                 outbox: None,
             },
         );
         for old in previous.iter().flat_map(|p| &p.lag) {
             if !lag.contains(old) {
                 self.consumergroup_lag.remove(old);
+                self.consumergroup_lag_seconds.remove(old);
+            }
+        }
+        for old in previous.iter().filter_map(|p| p.group.as_ref()) {
+            if *old != group_labels {
+                self.consumergroup_max_lag_seconds.remove(old);
             }
         }
         for old in previous.iter().flat_map(|p| &p.sums) {
@@ -262,6 +323,10 @@ impl Metrics {
         let Some(removed) = removed else { return };
         for labels in &removed.lag {
             self.consumergroup_lag.remove(labels);
+            self.consumergroup_lag_seconds.remove(labels);
+        }
+        if let Some(labels) = &removed.group {
+            self.consumergroup_max_lag_seconds.remove(labels);
         }
         for labels in &removed.sums {
             self.consumergroup_lag_sum.remove(labels);
@@ -293,11 +358,19 @@ mod tests {
             applies,
             consumergroup_lag: _,
             consumergroup_lag_sum: _,
+            consumergroup_lag_seconds: _,
+            consumergroup_max_lag_seconds: _,
             outbox_pending: _,
             outbox_oldest_pending_age_seconds: _,
             exported: _,
         } = &m;
-        m.export_lag("ns", "orders", "ns.orders", &[("t".into(), 0, 3)]);
+        m.export_lag(
+            "ns",
+            "orders",
+            "ns.orders",
+            &[("t".into(), 0, 3, Some(7))],
+            Some(7),
+        );
         m.export_backlog("ns", "orders", 2, Some(5));
         let kind = KindLabels {
             kind: "EventConsumer",
@@ -336,16 +409,23 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let partitions = [
-            ("a".to_string(), 0, 3),
-            ("a".into(), 1, 4),
-            ("b".into(), 0, 1),
+            ("a".to_string(), 0, 3, Some(12)),
+            ("a".into(), 1, 4, None),
+            ("b".into(), 0, 1, Some(90)),
         ];
-        m.export_lag("ns", "orders", "g", &partitions);
+        m.export_lag("ns", "orders", "g", &partitions, Some(90));
         let lines = text(&registry);
         assert!(lines.contains(&"pipewright_operator_consumergroup_lag{namespace=\"ns\",eventconsumer=\"orders\",consumergroup=\"g\",topic=\"a\",partition=\"1\"} 4".to_string()), "{lines:#?}");
         assert!(lines.contains(&"pipewright_operator_consumergroup_lag_sum{namespace=\"ns\",eventconsumer=\"orders\",consumergroup=\"g\",topic=\"a\"} 7".to_string()), "{lines:#?}");
+        assert!(lines.contains(&"pipewright_operator_consumergroup_lag_seconds{namespace=\"ns\",eventconsumer=\"orders\",consumergroup=\"g\",topic=\"b\",partition=\"0\"} 90".to_string()), "{lines:#?}");
+        assert!(lines.contains(&"pipewright_operator_consumergroup_max_lag_seconds{namespace=\"ns\",eventconsumer=\"orders\",consumergroup=\"g\"} 90".to_string()), "{lines:#?}");
+        // Not read: no series rather than a wrong 0.
+        assert!(!lines.iter().any(
+            |l| l.starts_with("pipewright_operator_consumergroup_lag_seconds")
+                && l.contains("partition=\"1\"")
+        ));
         // Topic b no longer consumed: its series go.
-        m.export_lag("ns", "orders", "g", &partitions[..2]);
+        m.export_lag("ns", "orders", "g", &partitions[..2], Some(12));
         assert!(!text(&registry).iter().any(|l| l.contains("topic=\"b\"")));
         m.export_backlog("ns", "relay", 5, None);
         assert!(text(&registry).contains(

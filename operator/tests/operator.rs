@@ -77,13 +77,24 @@ where
 
 /// Produces `count` records to one partition.
 async fn produce(topic: &str, partition: i32, count: usize) {
+    produce_aged(topic, partition, count, Duration::ZERO).await;
+}
+
+/// Produces `count` records to one partition, timestamped `age` ago.
+async fn produce_aged(topic: &str, partition: i32, count: usize, age: Duration) {
     let producer: FutureProducer = kafka_config().create().unwrap();
+    let stamp = std::time::SystemTime::now() - age;
+    let stamp = stamp
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     for i in 0..count {
         let payload = format!("{{\"event_type\":\"test\",\"i\":{i}}}");
         producer
             .send(
                 FutureRecord::<(), _>::to(topic)
                     .partition(partition)
+                    .timestamp(stamp)
                     .payload(&payload),
                 Duration::from_secs(30),
             )
@@ -611,12 +622,15 @@ async fn outbox_pending_equals_the_rows_really_pending_in_the_table() {
     ns.delete().await;
 }
 
+const HOUR: Duration = Duration::from_secs(3600);
+
 #[tokio::test]
 async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
     let (client, ns, operator) = setup("op-lag").await;
     let topic = create_topic("op-lag", 3).await;
     let group = unique_name("group");
-    produce(&topic, 0, 10).await;
+    // Partition 0's records are an hour old (their timestamps say so): its lag in seconds.
+    produce_aged(&topic, 0, 10, HOUR).await;
     produce(&topic, 1, 5).await;
     commit(&group, &topic, 0, 4);
     create(
@@ -633,6 +647,7 @@ async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
             committed: Some(4),
             end: 10,
             lag: 6,
+            lag_seconds: None,
         },
         // Nothing committed: lag from the start (initialOffset earliest).
         PartitionStatus {
@@ -641,6 +656,7 @@ async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
             committed: None,
             end: 5,
             lag: 5,
+            lag_seconds: None,
         },
         PartitionStatus {
             topic: topic.clone(),
@@ -648,15 +664,36 @@ async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
             committed: None,
             end: 0,
             lag: 0,
+            lag_seconds: None,
         },
     ];
     let ecs: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    // Lag in seconds aside (it grows while the test runs), the figures as committed.
+    let without_seconds = |partitions: &[PartitionStatus]| -> Vec<PartitionStatus> {
+        partitions
+            .iter()
+            .map(|p| PartitionStatus {
+                lag_seconds: None,
+                ..p.clone()
+            })
+            .collect()
+    };
     let status = eventually("the measured lag", WAIT, || async {
         let s = ecs.get("orders").await.ok()?.status?;
-        (s.partitions == expected).then_some(s)
+        (without_seconds(&s.partitions) == expected).then_some(s)
     })
     .await;
     assert_eq!(status.total_lag, Some(11));
+    // The age of the record where each partition's lag starts: offset 4 of partition 0, an
+    // hour old; partition 1's first record, just produced; no lag, 0.
+    let seconds: Vec<Option<i64>> = status.partitions.iter().map(|p| p.lag_seconds).collect();
+    let hour = HOUR.as_secs() as i64;
+    let limit = WAIT.as_secs() as i64 * 3;
+    assert!(
+        matches!(seconds[..], [Some(a), Some(b), Some(0)] if (hour..hour + limit).contains(&a) && (0..limit).contains(&b)),
+        "lagSeconds {seconds:?}"
+    );
+    assert_eq!(status.max_lag_seconds, seconds[0]);
     assert_eq!(status.group_id.as_deref(), Some(group.as_str()));
     // The same figures on the operator's /metrics, under kafka_exporter's names.
     let series = |text: &str, name: &str, topic_partition: Option<i32>| -> Option<f64> {
@@ -685,6 +722,17 @@ async fn status_lag_equals_what_the_consumer_group_committed_on_the_broker() {
     assert_eq!(
         series(&text, "pipewright_operator_consumergroup_lag_sum", None),
         Some(11.0)
+    );
+    let metric_seconds = series(
+        &text,
+        "pipewright_operator_consumergroup_lag_seconds",
+        Some(0),
+    )
+    .expect("lag seconds of partition 0");
+    assert!(
+        metric_seconds >= seconds[0].unwrap() as f64
+            && metric_seconds < (seconds[0].unwrap() + limit) as f64,
+        "the metric ({metric_seconds}) is the status' figure or a later one"
     );
 
     // The group catches up on partition 0: the next refresh shows it.

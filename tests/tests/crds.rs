@@ -830,8 +830,10 @@ async fn status_round_trips_through_patch_status_and_shows_in_printer_columns() 
             committed: Some(58),
             end: 100,
             lag: 42,
+            lag_seconds: Some(95),
         }],
         total_lag: Some(42),
+        max_lag_seconds: Some(95),
         counters: Some(ConsumerCounters {
             processed: 58,
             retried: 2,

@@ -8,14 +8,22 @@
 //!   `initialOffset` (librdkafka's `auto.offset.reset`), so the lag counts from the low
 //!   watermark (`earliest`) or is 0 (`latest`), never the records that no longer exist.
 //! - A committed offset beyond the high watermark (a truncated partition) counts as lag 0.
+//!
+//! Lag in seconds (kafka-lag-exporter's figure): the age of the oldest record the group has not
+//! processed, read from the record where each lagging partition's lag starts (its timestamp to
+//! now). One fetch per lagging partition per measurement, through a reader client of the
+//! cluster that the measurements take turns on. A record that cannot be read in time (no Read
+//! permission, a slow broker) leaves that partition's figure unset rather than guessed.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pipewright_crds::event_consumer::{InitialOffset, PartitionStatus};
 use pipewright_crds::termination::RecordRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use pipewright_kafka_admin as group_offsets;
 
@@ -48,6 +56,8 @@ impl std::fmt::Debug for Target {
 pub struct Lag {
     pub partitions: Vec<PartitionStatus>,
     pub total: i64,
+    /// The largest of the partitions' lag in seconds (`None`: none could be read).
+    pub max_lag_seconds: Option<i64>,
 }
 
 impl Lag {
@@ -99,14 +109,115 @@ pub fn partition_lag(committed: Option<i64>, low: i64, high: i64, initial: Initi
 /// cluster's pooled client.
 pub async fn measure(
     clients: &Pool<BaseConsumer>,
+    readers: &Pool<Mutex<BaseConsumer>>,
     target: Target,
     timeout: Duration,
 ) -> Result<Lag> {
     let key = (&target.bootstrap_servers, &target.settings);
     let consumer = clients.get(&key, || client(&target))?;
-    tokio::task::spawn_blocking(move || measure_blocking(&consumer, &target, timeout))
-        .await
-        .map_err(Error::Join)?
+    let reader = readers.get(&key, || reader(&target).map(Mutex::new))?;
+    tokio::task::spawn_blocking(move || {
+        let mut lag = measure_blocking(&consumer, &target, timeout)?;
+        add_lag_seconds(&reader, &mut lag, timeout);
+        Ok(lag)
+    })
+    .await
+    .map_err(Error::Join)?
+}
+
+/// The reader client of a cluster: assigns partitions at offsets and reads one record of each;
+/// small fetches (only the first record matters).
+fn reader(target: &Target) -> Result<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    for (k, v) in &target.settings {
+        config.set(k, v);
+    }
+    config
+        .set("bootstrap.servers", &target.bootstrap_servers)
+        .set("enable.auto.commit", "false")
+        .set("client.id", "pipewright-operator-lag-reader")
+        // librdkafka assigns only with a group id; with assign (no subscribe) it never joins
+        // the group, and nothing is committed.
+        .set("group.id", "pipewright-operator-lag-reader")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("max.partition.fetch.bytes", "4096")
+        .set("queued.max.messages.kbytes", "1024")
+        .set("log_level", "3");
+    config.create().map_err(Error::KafkaUnreachable)
+}
+
+/// Sets each partition's `lag_seconds` and the largest: 0 without lag, else the age of the
+/// record where the lag starts (`end - lag`), read with `reader`.
+fn add_lag_seconds(reader: &Mutex<BaseConsumer>, lag: &mut Lag, timeout: Duration) {
+    let starts: Vec<(String, i32, i64)> = lag
+        .partitions
+        .iter()
+        .filter(|p| p.lag > 0)
+        .map(|p| (p.topic.clone(), p.partition, p.end - p.lag))
+        .collect();
+    let stamps = record_timestamps(reader, &starts, timeout);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    for p in &mut lag.partitions {
+        p.lag_seconds = if p.lag == 0 {
+            Some(0)
+        } else {
+            stamps
+                .get(&(p.topic.clone(), p.partition))
+                .map(|ts| (now_ms - ts).max(0) / 1000)
+        };
+    }
+    lag.max_lag_seconds = lag.partitions.iter().filter_map(|p| p.lag_seconds).max();
+}
+
+/// The timestamp (ms) of the first record at or after each (topic, partition, offset), as far
+/// as they arrive within `timeout`.
+fn record_timestamps(
+    reader: &Mutex<BaseConsumer>,
+    starts: &[(String, i32, i64)],
+    timeout: Duration,
+) -> HashMap<(String, i32), i64> {
+    let mut found = HashMap::new();
+    if starts.is_empty() {
+        return found;
+    }
+    let reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in starts {
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .is_err()
+        {
+            return found;
+        }
+    }
+    if let Err(e) = reader.assign(&tpl) {
+        tracing::warn!(error = %e, "lag seconds: cannot assign the partitions to read");
+        return found;
+    }
+    let deadline = Instant::now() + timeout;
+    while found.len() < starts.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match reader.poll(left.min(Duration::from_millis(100))) {
+            Some(Ok(m)) => {
+                if let Some(ts) = m.timestamp().to_millis() {
+                    found
+                        .entry((m.topic().to_string(), m.partition()))
+                        .or_insert(ts);
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "lag seconds: reading a record"),
+            None => {}
+        }
+    }
+    // Nothing stays assigned between measurements (no fetching in the background).
+    let _ = reader.unassign();
+    found
 }
 
 /// The measurement client of a cluster: no `group.id` (it never joins a group; committed
@@ -175,11 +286,16 @@ fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration)
             committed,
             end: high,
             lag: partition_lag(committed, low, high, target.initial_offset),
+            lag_seconds: None,
         });
     }
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let total = partitions.iter().map(|p| p.lag).sum();
-    Ok(Lag { partitions, total })
+    Ok(Lag {
+        partitions,
+        total,
+        max_lag_seconds: None,
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub const IDLE_CLIENT_TTL: Duration = Duration::from_secs(600);
 #[derive(Debug, Default)]
 pub struct Clients {
     pub kafka: Pool<rdkafka::consumer::BaseConsumer>,
+    /// Per cluster, a client that reads the record at a group's committed offset (its
+    /// timestamp: the lag in seconds); one measurement at a time uses it (it assigns).
+    pub kafka_readers: Pool<Mutex<rdkafka::consumer::BaseConsumer>>,
     pub postgres: Pool<sqlx::PgPool>,
 }
 
