@@ -172,6 +172,9 @@ fn add_lag_seconds(reader: &Mutex<BaseConsumer>, lag: &mut Lag, timeout: Duratio
     lag.max_lag_seconds = lag.partitions.iter().filter_map(|p| p.lag_seconds).max();
 }
 
+/// The longest a measurement waits for the records of its lagging partitions.
+const READ_DEADLINE: Duration = Duration::from_secs(2);
+
 /// The timestamp (ms) of the first record at or after each (topic, partition, offset), as far
 /// as they arrive within `timeout`.
 fn record_timestamps(
@@ -197,7 +200,9 @@ fn record_timestamps(
         tracing::warn!(error = %e, "lag seconds: cannot assign the partitions to read");
         return found;
     }
-    let deadline = Instant::now() + timeout;
+    // At most READ_DEADLINE: measurements of the cluster wait for the reader in turn, and a
+    // record that cannot be read (no Read permission) must not hold them up for long.
+    let deadline = Instant::now() + timeout.min(READ_DEADLINE);
     while found.len() < starts.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
