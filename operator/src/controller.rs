@@ -698,11 +698,21 @@ async fn write_status<K: Pipeline>(
         ready_replicas: rollout.ready,
         selector: Some(selector_string(&name, K::COMPONENT)),
     };
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    ctx.metrics.export_conditions(
+        K::KIND,
+        ns,
+        &name,
+        &common
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect::<Vec<_>>(),
+    );
     let new_status = obj.status(common, seen.figures.as_ref(), seen.reports.as_deref(), now);
     if previous == Some(&new_status) {
         return Ok(true);
     }
-    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let body = StatusApply {
         api_version: K::api_version(&()).into_owned(),

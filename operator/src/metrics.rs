@@ -55,6 +55,18 @@ pub struct LagSumLabels {
     pub topic: String,
 }
 
+/// Labels of a resource's condition (kube-state-metrics' `*_status_condition` shape).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// The condition's type (`Ready`, `Degraded`, ...).
+    pub condition: String,
+    pub status: String,
+    pub reason: String,
+}
+
 /// Labels of a consumer group's figures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
@@ -106,8 +118,12 @@ pub struct Metrics {
     pub outbox_pending: Family<OutboxLabels, Gauge>,
     /// Age of the oldest of them (0 when none is pending).
     pub outbox_oldest_pending_age_seconds: Family<OutboxLabels, Gauge>,
+    /// Each resource's conditions as its status last had them: 1 per condition.
+    pub resource_condition: Family<ConditionLabels, Gauge>,
     /// Resource (`<kind>/<namespace>/<name>`) → the series of its figures.
     exported: std::sync::Arc<Mutex<HashMap<String, Exported>>>,
+    /// Resource → the series of its conditions.
+    conditions: std::sync::Arc<Mutex<HashMap<String, Vec<ConditionLabels>>>>,
 }
 
 impl Metrics {
@@ -129,7 +145,9 @@ impl Metrics {
             consumergroup_max_lag_seconds: Family::default(),
             outbox_pending: Family::default(),
             outbox_oldest_pending_age_seconds: Family::default(),
+            resource_condition: Family::default(),
             exported: Default::default(),
+            conditions: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("pipewright_operator");
         r.register("reconciles", "Reconciles run", m.reconciles.clone());
@@ -182,6 +200,11 @@ impl Metrics {
             "consumergroup_max_lag_seconds",
             "The largest consumergroup_lag_seconds of an EventConsumer's group",
             m.consumergroup_max_lag_seconds.clone(),
+        );
+        r.register(
+            "resource_condition",
+            "1 for each condition of an EventConsumer or Outbox, with its type, status and reason, as its status last had them",
+            m.resource_condition.clone(),
         );
         r.register(
             "outbox_pending",
@@ -313,8 +336,52 @@ impl Metrics {
             );
     }
 
-    /// Removes every series of a resource's figures (it was deleted).
+    /// Sets the condition series of a resource to `conditions` (type, status, reason),
+    /// removing those it no longer has.
+    pub fn export_conditions(
+        &self,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+        conditions: &[(String, String, String)],
+    ) {
+        let labels: Vec<ConditionLabels> = conditions
+            .iter()
+            .map(|(type_, status, reason)| ConditionLabels {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+                condition: type_.clone(),
+                status: status.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        for l in &labels {
+            self.resource_condition.get_or_create(l).set(1);
+        }
+        let previous = self
+            .conditions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{kind}/{namespace}/{name}"), labels.clone());
+        for old in previous.iter().flatten() {
+            if !labels.contains(old) {
+                self.resource_condition.remove(old);
+            }
+        }
+    }
+
+    /// Removes every series of a resource's figures and conditions (it was deleted).
     pub fn forget_figures(&self, kind: &str, namespace: &str, name: &str) {
+        let key = format!("{kind}/{namespace}/{name}");
+        let conditions = self
+            .conditions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        for labels in conditions.iter().flatten() {
+            self.resource_condition.remove(labels);
+        }
         let removed = self
             .exported
             .lock()
@@ -362,7 +429,9 @@ mod tests {
             consumergroup_max_lag_seconds: _,
             outbox_pending: _,
             outbox_oldest_pending_age_seconds: _,
+            resource_condition: _,
             exported: _,
+            conditions: _,
         } = &m;
         m.export_lag(
             "ns",
@@ -370,6 +439,12 @@ mod tests {
             "ns.orders",
             &[("t".into(), 0, 3, Some(7))],
             Some(7),
+        );
+        m.export_conditions(
+            "EventConsumer",
+            "ns",
+            "orders",
+            &[("Ready".into(), "True".into(), "DeploymentAvailable".into())],
         );
         m.export_backlog("ns", "orders", 2, Some(5));
         let kind = KindLabels {

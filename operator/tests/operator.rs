@@ -418,7 +418,7 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
 #[tokio::test]
 async fn pod_settings_the_apiserver_refuses_show_as_invalid_spec_naming_the_field_then_apply_once_fixed()
  {
-    let (client, ns, _operator) = setup("op-pod").await;
+    let (client, ns, operator) = setup("op-pod").await;
     let topic = create_topic("op-pod", 1).await;
     let bad = json!({"pod": {
         "nodeSelector": {"disktype": "ssd"},
@@ -437,6 +437,13 @@ async fn pod_settings_the_apiserver_refuses_show_as_invalid_spec_naming_the_fiel
         "the condition names the field: {}",
         degraded.message
     );
+    // The same condition on /metrics, for alerts.
+    let series = format!(
+        "pipewright_operator_resource_condition{{kind=\"EventConsumer\",namespace=\"{}\",name=\"placed\",condition=\"Degraded\",status=\"True\",reason=\"InvalidSpec\"}} 1",
+        ns.name
+    );
+    let text = operator.metrics().expect("the operator's metrics");
+    assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
     consumers
         .patch(
             "placed",
@@ -460,6 +467,11 @@ async fn pod_settings_the_apiserver_refuses_show_as_invalid_spec_naming_the_fiel
     eventually("Degraded=False", WAIT, || async {
         let s = consumers.get("placed").await.ok()?.status?;
         (condition(&s.conditions, DEGRADED)?.status == "False").then_some(())
+    })
+    .await;
+    eventually("the Degraded=True series removed", WAIT, || async {
+        let text = operator.metrics()?;
+        (!text.lines().any(|l| l == series)).then_some(())
     })
     .await;
     ns.delete().await;
