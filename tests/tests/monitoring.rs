@@ -3,8 +3,10 @@
 //! tests of tests/monitoring/alerts.test.yaml (`promtool test rules`); every alert has a unit
 //! test; every metric the rules use is one docs/metrics.md documents (the registries check
 //! that file against what is exposed); the chart's PrometheusRule carries the file unchanged and
-//! its PodMonitor selects the worker pods. `promtool` is built from the Prometheus Go module
-//! pinned in tests/env/promtool/go.mod (`$PROMTOOL`, set by tests/env/up).
+//! its PodMonitor selects the worker pods; every query of the Grafana dashboard parses as
+//! PromQL (promtool) over documented metrics, and the chart ships the dashboard unchanged.
+//! `promtool` is built from the Prometheus Go module pinned in tests/env/promtool/go.mod
+//! (`$PROMTOOL`, set by tests/env/up).
 
 mod common;
 
@@ -121,4 +123,77 @@ fn the_charts_prometheus_rule_is_the_checked_file_and_its_pod_monitor_selects_th
     // Off by default: nothing is rendered.
     let none = run(&var("HELM"), &["template", "x", chart.to_str().unwrap()]);
     assert!(!none.contains("kind: PrometheusRule") && !none.contains("kind: PodMonitor"));
+}
+
+const DASHBOARD: &str = "charts/pipewright/files/grafana-dashboard.json";
+
+#[test]
+fn the_dashboards_queries_are_valid_promql_over_documented_metrics_and_the_chart_ships_it() {
+    let text = std::fs::read_to_string(repo().join(DASHBOARD)).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "pipewright");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            exprs.push((panel["id"].as_i64().unwrap(), expr.to_string()));
+        }
+    }
+    assert!(exprs.len() >= 12, "{exprs:?}");
+    // Each query as a recording rule, Grafana's variables replaced by what they expand to,
+    // for promtool to parse.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (n, (panel, expr)) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$namespace", ".*")
+            .replace("$__rate_interval", "5m");
+        rules.push_str(&format!(
+            "      - record: pipewright:dashboard:panel{panel}_{n}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+    }
+    let file = std::env::temp_dir().join(pipewright_testenv::unique_name("pw-dashboard-rules"));
+    std::fs::write(&file, rules).unwrap();
+    let checked = promtool(&["check", "rules", file.to_str().unwrap()]);
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{checked}"
+    );
+    let documented = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    for (_, expr) in &exprs {
+        for metric in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("pipewright_"))
+        {
+            let family = metric.trim_end_matches("_bucket");
+            assert!(
+                documented.contains(&format!("| `{family}` |")),
+                "{metric} (dashboard) has no row in docs/metrics.md"
+            );
+        }
+    }
+
+    // The chart's ConfigMap carries the file unchanged, labelled for Grafana's sidecar.
+    let chart = repo().join("charts/pipewright");
+    let rendered = run(
+        &var("HELM"),
+        &[
+            "template",
+            "x",
+            chart.to_str().unwrap(),
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--show-only",
+            "templates/dashboard.yaml",
+        ],
+    );
+    assert!(rendered.contains("grafana_dashboard: \"1\""), "{rendered}");
+    let shipped: String = rendered
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("pipewright.json: |-"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let shipped: serde_json::Value = serde_json::from_str(&shipped).expect("the shipped JSON");
+    assert_eq!(shipped, dashboard);
 }
