@@ -460,10 +460,25 @@ impl RdkafkaReport {
     }
 }
 
-/// The raw loop uses the worker's own prefetch settings
+/// The raw loop's librdkafka settings: the worker's own
 /// ([`pipewright_worker::consume::consumer::PREFETCH_DEFAULTS`]), so that the worker-to-raw-loop
-/// ratio measures the pipeline and not a fetch setting.
-pub use pipewright_worker::consume::consumer::PREFETCH_DEFAULTS as RAW_LOOP_CONFIG;
+/// ratio measures the pipeline and not a fetch setting, with the same prefetch memory: the
+/// worker caps each partition's queue, the raw loop's one queue holds every partition, so its
+/// cap is the worker's times the partitions.
+pub fn raw_loop_config(partitions: u32) -> Vec<(String, String)> {
+    pipewright_worker::consume::consumer::PREFETCH_DEFAULTS
+        .iter()
+        .map(|&(key, value)| {
+            let value = match (key, value.parse::<u32>()) {
+                ("queued.max.messages.kbytes", Ok(per_partition)) => {
+                    (per_partition * partitions).to_string()
+                }
+                _ => value.to_string(),
+            };
+            (key.to_string(), value)
+        })
+        .collect()
+}
 
 fn run_raw(
     setup: &Setup,
@@ -479,7 +494,7 @@ fn run_raw(
         .args(["--topic", &topic.name])
         .args(["--group-id", group])
         .args(["--records", &topic.records.to_string()]);
-    for (key, value) in RAW_LOOP_CONFIG {
+    for (key, value) in raw_loop_config(crate::workload::PARTITIONS as u32) {
         command.args(["--config", &format!("{key}={value}")]);
     }
     let mut proc = Proc::spawn("raw rust-rdkafka loop", command, Some(stdout), log)?;
@@ -866,6 +881,24 @@ pub fn run_timeout(topic: &Topic) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_raw_loop_gets_the_workers_fetch_settings_and_its_prefetch_memory_over_all_partitions() {
+        let raw = raw_loop_config(6);
+        let get = |k: &str| {
+            raw.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        // The report's text names these values (report.rs, "Each tool with its own defaults").
+        assert_eq!(get("queued.max.messages.kbytes"), Some("24576"));
+        assert_eq!(get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(
+            raw.len(),
+            pipewright_worker::consume::consumer::PREFETCH_DEFAULTS.len()
+        );
+    }
 
     #[test]
     fn java_summary_line_gives_end_time_records_rebalance_and_fetch_time() {

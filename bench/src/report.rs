@@ -463,10 +463,13 @@ const METHOD: &[&str] = &[
     "**Each tool with its own defaults.** Java `ConsumerPerformance` with the JVM options of \
      `kafka-consumer-perf-test.sh` (`-Xmx512M`, G1, `kafka-run-class.sh`'s GC flags); \
      `rdkafka_performance -G` (which raises `queued.min.messages` to 1,000,000 on its own); the \
-     raw loop with the librdkafka settings the worker sets itself (`queued.max.messages.kbytes` \
-     16384, `fetch.queue.backoff.ms` 10: with librdkafka's 1 s backoff a fast consumer stalls \
-     a second whenever it drains its queue), so that the worker-to-raw-loop ratio measures the \
-     pipeline and not a fetch setting; the worker with its CLI defaults (commit interval \
+     raw loop with the librdkafka settings the worker sets itself (`fetch.queue.backoff.ms` \
+     10: with librdkafka's 1 s backoff a fast consumer stalls a second whenever it drains its \
+     queue; `fetch.wait.max.ms` 100: a partition with a backlog waits behind a fetch the \
+     broker holds for caught-up partitions) and the same prefetch memory (the worker caps \
+     each partition's own queue at `queued.max.messages.kbytes` 4096, the raw loop's one queue \
+     at 6 × 4096), so that the worker-to-raw-loop ratio measures the pipeline and not a fetch \
+     setting; the worker with its CLI defaults (commit interval \
      1 s, Kafka sink zstd) plus `--event-types` (the 4 types declared) and `--on-unknown-type \
      skip`. All start at the earliest offset.",
     "**What the peers do per record.** Java and `rdkafka_performance` count bytes and do not \
@@ -598,8 +601,9 @@ fn limits(results: &Results) -> Vec<String> {
             // A difference counts only when the ranges of the runs do not overlap.
             let clear = q_min > w_max;
             text.push_str(&format!(
-                " The worker caps librdkafka's prefetch queue (`queued.max.messages.kbytes`) at \
-                 16384 kB; with librdkafka's default, 65536 kB, the same worker runs at {gain:.2}× \
+                " The worker caps librdkafka's prefetch of each partition \
+                 (`queued.max.messages.kbytes`) at 4096 kB; with librdkafka's default, 65536 kB, \
+                 the same worker runs at {gain:.2}× \
                  ({:.2} cores busy, row *queued.max.messages.kbytes=65536*){}",
                 q.cores_busy,
                 if clear {

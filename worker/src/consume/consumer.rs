@@ -4,9 +4,10 @@
 //! and resumes partitions by their windows, and commits.
 //!
 //! - **The loop never waits for the pipeline.** It keeps polling (so a slow record never makes
-//!   the consumer miss `max.poll.interval.ms` and leave the group); a partition whose window is
-//!   full is paused in librdkafka (its fetch queue purged, fetched again from the consumed
-//!   position on resume) while the others keep flowing.
+//!   the consumer miss `max.poll.interval.ms` and leave the group). Each assigned partition
+//!   has a queue of its own ([`super::queues`]); a partition whose window is full is not read
+//!   until the window has room (what librdkafka prefetched of it waits in its queue, capped
+//!   per partition) while the others keep flowing.
 //! - **Commits.** Each waits first until every output sent by the records below its offsets
 //!   is acknowledged ([`Handler::await_outputs`]; an output lost fails the worker
 //!   uncommitted). In the background (the loop never waits for one; at most one in flight),
@@ -31,12 +32,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::task::Poll;
+
 use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::stream_consumer::MessageStream;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -49,6 +54,7 @@ use super::events::{Handler, Record};
 use super::metrics::{ConsumerMetrics, PartitionLabels};
 use super::offsets::Tp;
 use super::pipeline::{Flow, Pipeline, Taken};
+use super::queues::{PartitionQueues, Queue};
 use super::sinks::kafka::{TX_QUIESCE_MAX, Transaction};
 use crate::kafka::KafkaSettings;
 use crate::{Error, Health};
@@ -64,16 +70,30 @@ pub enum InitialOffset {
 /// Default of [`ConsumerConfig::revoke_timeout`].
 pub const DEFAULT_REVOKE_TIMEOUT: Duration = pipewright_crds::worker_config::DEFAULT_REVOKE_TIMEOUT;
 
-/// The consumer's prefetch settings (defaults the allow-listed `kafka.config` keys may
+/// The consumer's fetch settings (defaults the allow-listed `kafka.config` keys may
 /// override); the benchmark's raw rust-rdkafka loop uses the same, so its ratio measures the
-/// pipeline, not a fetch setting. Bounded prefetch: the windows are the real bound, this caps
-/// librdkafka's own queue. A fetch that stopped at that cap starts again after
-/// `fetch.queue.backoff.ms`: librdkafka's default (1 s) stalled every partition for a second
-/// whenever the pipeline drained the queue faster than the broker filled it (measured: 3.4 s
-/// instead of 1.1 s for 300k records).
+/// pipeline, not a fetch setting.
+///
+/// - `queued.max.messages.kbytes`: each partition has a queue of its own ([`super::queues`]),
+///   so this caps the prefetch *per partition* (librdkafka's default, 64 MiB, applies to the
+///   consumer's one queue). 4 MiB is about 14,000 records of 300 bytes, more than a window
+///   takes at once by default: measured against 16 MiB (1 ms handler at concurrency 256 on
+///   one partition; no-op sink on six), no slower (docs/benchmarks.md).
+/// - `fetch.queue.backoff.ms`: a fetch that stopped at that cap starts again after this:
+///   librdkafka's default (1 s) stalled every partition for a second whenever the pipeline
+///   drained the queue faster than the broker filled it (measured: 3.4 s instead of 1.1 s for
+///   300k records).
+/// - `fetch.wait.max.ms`: a broker holds a fetch for partitions at their log end this long,
+///   and librdkafka sends a broker's next fetch only when the previous one returned; so a
+///   partition with a backlog whose queue ran dry waited behind a fetch held for caught-up
+///   partitions of the same broker, up to librdkafka's 500 ms each time (measured: six
+///   partitions ending at different times, no-op sink, 590–610k records/s with 500 ms against
+///   770k–1.05M with 100 ms). The cost: an idle consumer sends a fetch to each broker 10 times
+///   a second instead of twice.
 pub const PREFETCH_DEFAULTS: &[(&str, &str)] = &[
-    ("queued.max.messages.kbytes", "16384"),
+    ("queued.max.messages.kbytes", "4096"),
     ("fetch.queue.backoff.ms", "10"),
+    ("fetch.wait.max.ms", "100"),
 ];
 
 /// Records taken per wake-up of the fetch loop, at most, before it looks at other work.
@@ -166,6 +186,8 @@ pub struct ConsumeContext<H: Handler> {
     transaction: Option<Arc<Transaction>>,
     revoke_timeout: Duration,
     drain_timeout: Duration,
+    /// The assigned partitions' own queues.
+    queues: PartitionQueues<H>,
 }
 
 impl<H: Handler> ClientContext for ConsumeContext<H> {
@@ -287,15 +309,21 @@ impl<H: Handler> ConsumerContext for ConsumeContext<H> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                for tp in tps_of(tpl) {
+                let tps = tps_of(tpl);
+                for tp in &tps {
                     info!(topic = %tp.topic, partition = tp.partition, "partition assigned");
-                    self.pipeline.assign(tp);
+                    self.pipeline.assign(tp.clone());
                 }
+                // Before librdkafka starts fetching them.
+                self.queues.split(&tps);
             }
-            Rebalance::Revoke(tpl) => match &self.transaction {
-                Some(tx) => self.revoke_transactional(consumer, tpl, tx),
-                None => self.revoke(consumer, tpl),
-            },
+            Rebalance::Revoke(tpl) => {
+                match &self.transaction {
+                    Some(tx) => self.revoke_transactional(consumer, tpl, tx),
+                    None => self.revoke(consumer, tpl),
+                }
+                self.queues.remove(&tps_of(tpl));
+            }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
@@ -362,11 +390,15 @@ struct Fetcher<'a, H: Handler> {
 }
 
 impl<H: Handler> Fetcher<'_, H> {
-    /// Pauses and resumes partitions as their windows ask.
-    fn apply(&self, flow: Flow) {
+    /// Pauses and resumes the partitions read from the consumer's queue as their windows ask
+    /// (a partition with a queue of its own is paused by not reading it).
+    fn apply(&self, mut flow: Flow) {
         if flow.is_empty() {
             return;
         }
+        let queues = &self.consumer.context().queues;
+        flow.pause.retain(|tp| !queues.is_split(tp));
+        flow.resume.retain(|tp| !queues.is_split(tp));
         let list = |tps: &[Tp]| {
             let mut tpl = TopicPartitionList::new();
             for tp in tps {
@@ -538,6 +570,60 @@ impl<H: Handler> Fetcher<'_, H> {
     }
 }
 
+/// The next record of any of `queues` (polled in order) with the index of its queue. Pending
+/// forever when there is none (the loop's other branches wake it).
+async fn next_of<'a, C: ConsumerContext>(
+    queues: &mut [MessageStream<'a, C>],
+) -> (usize, KafkaResult<BorrowedMessage<'a>>) {
+    std::future::poll_fn(|cx| {
+        for (i, q) in queues.iter_mut().enumerate() {
+            // A partition queue's stream never ends.
+            if let Poll::Ready(Some(m)) = q.poll_next_unpin(cx) {
+                return Poll::Ready((i, m));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// After a record of `queues[first]` was taken: takes what else the queues hold already, in
+/// turn, without another trip through the select (bounded, so ends of records and ticks are
+/// not starved). Stops as soon as a window is full: the next round of the loop reads only the
+/// partitions whose window has room (the window is a hard bound).
+fn take_fetched<H: Handler, C: ConsumerContext>(
+    pipeline: &Pipeline<H>,
+    queues: &mut [MessageStream<'_, C>],
+    first: usize,
+    mut taken: Taken,
+    topics: &mut TopicNames,
+) {
+    let mut empty = vec![false; queues.len()];
+    let mut i = first;
+    let mut count = 1;
+    while taken != Taken::Paused && count < FETCH_BATCH {
+        match queues[i].next().now_or_never() {
+            Some(Some(Ok(m))) => {
+                taken = pipeline.take(to_record(&m, topics));
+                count += 1;
+                continue;
+            }
+            Some(Some(Err(e))) => {
+                warn!(error = %e, "consumer error");
+                return;
+            }
+            _ => empty[i] = true,
+        }
+        match (1..=queues.len())
+            .map(|d| (i + d) % queues.len())
+            .find(|&j| !empty[j])
+        {
+            Some(j) => i = j,
+            None => return,
+        }
+    }
+}
+
 /// Consumes until `shutdown` is cancelled or the pipeline fails, then drains and commits.
 ///
 /// With `transaction` (a transactional Kafka sink), offsets are committed only inside its
@@ -558,6 +644,7 @@ pub async fn run<H: Handler>(
         transaction: transaction.clone(),
         revoke_timeout: config.revoke_timeout,
         drain_timeout: config.drain_timeout,
+        queues: PartitionQueues::default(),
     };
     let consumer: Arc<StreamConsumer<ConsumeContext<H>>> = Arc::new(
         config
@@ -565,6 +652,7 @@ pub async fn run<H: Handler>(
             .create_with_context(context)
             .map_err(Error::Kafka)?,
     );
+    consumer.context().queues.set_consumer(&consumer);
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(Error::Kafka)?;
     info!(group = %config.group_id, topics = ?config.topics, "consuming");
@@ -582,6 +670,10 @@ pub async fn run<H: Handler>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stream = consumer.stream();
     let mut topics = TopicNames::default();
+    // The partitions read from queues of their own, and which of them comes first next time.
+    let mut parts: Vec<(Tp, Arc<Queue<H>>)> = Vec::new();
+    let mut parts_seen = 0;
+    let mut turn = 0usize;
     loop {
         fetcher.apply(pipeline.take_flow());
         // Also with a transaction: its offsets move only with a commit, so a partition whose
@@ -589,12 +681,39 @@ pub async fn run<H: Handler>(
         if pipeline.commit_soon() {
             fetcher.commit().await;
         }
+        if let Some(now) = consumer.context().queues.changed(&mut parts_seen) {
+            parts = now;
+        }
+        // The queues of the partitions whose window has room, the first one in turn.
+        let readable = pipeline.readable(parts.iter().map(|(tp, _)| tp));
+        let mut queues: Vec<_> = parts
+            .iter()
+            .zip(readable)
+            .filter(|(_, r)| *r)
+            .map(|((_, q), _)| q.stream())
+            .collect();
+        if !queues.is_empty() {
+            let n = queues.len();
+            queues.rotate_left(turn % n);
+            turn = turn.wrapping_add(1);
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = failed.cancelled() => break,
             _ = pipeline.done_notified() => fetcher.apply(pipeline.drain_done()),
             _ = tick.tick() => fetcher.commit().await,
+            (first, message) = next_of(&mut queues) => match message {
+                Ok(m) => {
+                    let taken = pipeline.take(to_record(&m, &mut topics));
+                    drop(m);
+                    take_fetched(&pipeline, &mut queues, first, taken, &mut topics);
+                }
+                Err(e) => {
+                    warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
             message = stream.next() => match message {
                 Some(Ok(m)) => {
                     let mut taken = pipeline.take(to_record(&m, &mut topics));
@@ -627,6 +746,7 @@ pub async fn run<H: Handler>(
             },
         }
     }
+    drop(parts);
     drop(stream);
     health.set_ready(false);
     info!(in_flight = pipeline.in_flight(), "draining");
@@ -643,8 +763,10 @@ pub async fn run<H: Handler>(
         None => fetcher.commit_sync(),
     }
     // Dropping the consumer closes it: its remaining partitions are revoked (nothing left to
-    // commit) and, without static membership, it leaves the group.
+    // commit) and, without static membership, it leaves the group. The partition queues hold
+    // it: dropped first.
     drop(fetcher);
+    consumer.context().queues.clear();
     blocking(move || drop(consumer));
     match pipeline.take_error() {
         Some(e) => Err(e),

@@ -27,14 +27,15 @@
 //!   (`consume_rebalances_with_retries_in_flight_never_reorder_a_key_across_workers_and_lose_nothing`).
 //! - **No global stall.** `concurrency` bounds the records *running* (handler called, or
 //!   waiting to retry). A record that keeps failing holds back only its own key, and, once its
-//!   partition's window is full, only its partition (paused in librdkafka); every other key and
+//!   partition's window is full, only its partition (its own queue is not read); every other key and
 //!   partition flows (`consume_one_key_failing_for_20s_does_not_stall_other_keys_and_partitions_and_keeps_its_order`).
 //!   The fetch loop never waits for the pipeline, so a slow record never makes the consumer
 //!   miss `max.poll.interval.ms` and leave the group
 //!   (`consume_a_record_slower_than_max_poll_interval_does_not_make_the_worker_leave_the_group`).
 //! - **Bounded memory.** Per partition, at most `max_uncommitted_per_partition` records and
 //!   `max_buffered_bytes_per_partition` bytes (default 16 MiB) of records not finished are
-//!   held; librdkafka's own prefetch is capped by `queued.max.messages.kbytes` (16 MiB).
+//!   held; librdkafka's own prefetch is capped per partition by `queued.max.messages.kbytes`
+//!   (4 MiB: each partition has a queue of its own, [`consumer::PREFETCH_DEFAULTS`]).
 //! - **Poison records.** A delivery that fails `maxAttempts` times (exponential backoff with
 //!   jitter between attempts) or fails permanently, and a record that is not a valid event
 //!   (malformed JSON, undeclared type, schema mismatch, oversized) under the `deadLetter`
@@ -83,6 +84,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod process;
+mod queues;
 pub mod retry;
 pub mod sinks;
 

@@ -639,6 +639,18 @@ impl<H: Handler> Pipeline<H> {
             .is_some_and(|s| !s.revoking)
     }
 
+    /// For each of `tps`, whether its records may be taken now: assigned, not being revoked,
+    /// its window not full (the fetch loop reads only those partitions' queues).
+    pub fn readable<'a>(&self, tps: impl Iterator<Item = &'a Tp>) -> Vec<bool> {
+        let st = self.state();
+        tps.map(|tp| {
+            st.slot_of(&tp.topic, tp.partition)
+                .and_then(|i| st.slots[i].as_ref())
+                .is_some_and(|s| !s.revoking && !s.paused)
+        })
+        .collect()
+    }
+
     /// Takes `record` into the pipeline. Returns [`Taken::Dropped`] when its partition is not
     /// assigned, is being revoked, or the pipeline is closed; [`Taken::Paused`] when this
     /// record filled its partition's window: the caller must apply [`Pipeline::take_flow`]
