@@ -604,8 +604,11 @@ fn limits(results: &Results) -> Vec<String> {
                 " The worker caps librdkafka's prefetch of each partition \
                  (`queued.max.messages.kbytes`) at 4096 kB; with librdkafka's default, 65536 kB, \
                  the same worker runs at {gain:.2}× \
-                 ({:.2} cores busy, row *queued.max.messages.kbytes=65536*){}",
+                 ({:.2} cores busy, peak RSS {:.0} MiB against {:.0}: the cap bounds memory; \
+                 row *queued.max.messages.kbytes=65536*){}",
                 q.cores_busy,
+                q.peak_rss_mib,
+                w.peak_rss_mib,
                 if clear {
                     ": how fast records reach the pipeline, not the pipeline, limits the default \
                      configuration."

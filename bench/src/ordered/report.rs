@@ -404,17 +404,6 @@ const WHERE_THE_TIME_GOES: &[&str] = &[
      threads (the delivery task ends, the fetch loop books it and starts the lane's next \
      record as a new task, the timer thread wakes it), each a wake-up that waits for a core \
      on a loaded machine.",
-    "**What would reach 0.8 of the ideal at 1 ms.** Compare the two ÷ ideal columns. Part of \
-     the gap is the handler's own time: the emulated 1 ms handler takes longer here, because \
-     its wake-up passes two threads (the timer thread, then a tokio worker), each waiting for \
-     a core on this loaded machine, where Parallel Consumer's blocked thread is woken \
-     directly. Where ÷ ideal (measured) is near 1 (c=16), the pipeline keeps its slots busy \
-     and a handler that really takes 1 ms would come close to the target. At c=64 and c=256 \
-     the rest is the pipeline's cost per record (above): a task, a timer entry, wake-ups \
-     and the fetch loop's bookkeeping per record, on 2 cores shared with the broker, and at \
-     c=256 an ideal (256,000 records/s from one partition) above what the no-op pipeline \
-     reaches here in part 1. What would close it further: fewer allocations per record (the \
-     owned `Record`); for c=256, more cores. The targets stay as the issue sets them.",
     "**Third fix: a task runs its lane on** (`worker/src/consume/pipeline.rs`, `Core::run_on`). \
      A delivery task whose record ended used to queue the end for the fetch loop, which woke, \
      booked it and started the next ready record as a new boxed task: per record a spawn, a \
@@ -427,6 +416,30 @@ const WHERE_THE_TIME_GOES: &[&str] = &[
      records/s; 1–20 ms, c=64 unchanged within noise. Across separate full runs on this \
      shared machine the c=256 cells move by ±25 % (the emulated 1 ms handler itself measures \
      1.8 to 3 ms there), so only the alternating comparison isolates the change.",
+    "**Fourth fix: a full window no longer pauses its partition** \
+     (`worker/src/consume/queues.rs`, 2026-12-03). After the third fix, `/metrics` every 10 ms \
+     at 1 ms, c=256 (100,000 records, one partition) showed the pipeline flowing at about \
+     200k records/s (2,300 records per 11 ms) and then empty for 470 ms, once per run, near \
+     the end: 95–100k records/s over the run. The window filled and the partition was paused, \
+     which purges what librdkafka prefetched of it; the resume's fetch then waited behind one \
+     librdkafka had already sent at the log end, which the broker holds for \
+     `fetch.wait.max.ms` (500 ms; with 10 ms the stall was gone, with 2,000 ms the run fell \
+     to 22k records/s). Now each assigned partition is read from a queue of its own, split \
+     off in the rebalance callback before librdkafka fetches it: a partition whose window is \
+     full is simply not read, its prefetched records wait in its queue, nothing is fetched \
+     twice. The old and the new worker binary alternating (3 runs each, the 100k-record \
+     topic): 66–99k → 181–197k records/s; no-op sink, six partitions, 500k records: \
+     606–793k → 737k–1.07M. The same held fetch slowed partitions that still had a backlog \
+     while others of their broker were caught up (one fetch in flight per broker), so \
+     `fetch.wait.max.ms` now defaults to 100 ms (six partitions, no-op, 4 MiB prefetch per \
+     partition: 590–610k records/s with 500 ms, 770k–1.05M with 100 ms).",
+    "**What is left at 1 ms.** In the cells at 1 ms the worker's ÷ ideal (measured) is \
+     0.97–1.00: its slots are busy nearly all the time. What separates it from the nominal \
+     ideal is the emulated handler's own time (1.2–1.3 ms at c=256 instead of 1 ms: its \
+     wake-up passes the timer thread and then a tokio worker, each waiting for a core on 2 \
+     cores shared with the broker; Parallel Consumer's blocking handler measures longer \
+     still). A handler that really takes 1 ms would meet the target; this machine cannot \
+     emulate one exactly. The target stays as the issue sets it.",
 ];
 
 /// The method, as bullet points.
