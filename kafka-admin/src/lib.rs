@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 use rdkafka::bindings as rd;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -27,8 +27,8 @@ pub type Committed = HashMap<(String, i32), Option<i64>>;
 
 /// Reads the committed offsets of `group` for the partitions in `partitions` (blocking: call
 /// it on the blocking pool). A broker that does not answer within `timeout` is an error.
-pub fn committed(
-    client: &BaseConsumer,
+pub fn committed<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
     group: &str,
     partitions: &TopicPartitionList,
     timeout: Duration,

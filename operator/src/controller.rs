@@ -221,7 +221,7 @@ pub fn problem_of(e: &Error) -> Problem {
     let reason = match e {
         Error::SecretNotFound { .. } => conditions::SECRET_NOT_FOUND,
         Error::InvalidSpec { .. } => reasons::INVALID_SPEC,
-        Error::KafkaUnreachable(_) => conditions::KAFKA_UNREACHABLE,
+        Error::KafkaUnreachable { .. } => conditions::KAFKA_UNREACHABLE,
         Error::TopicNotFound(_) => reasons::TOPIC_NOT_FOUND,
         Error::DatabaseUnreachable(_) => conditions::DATABASE_UNREACHABLE,
         Error::DatabaseLoginRefused(_) => conditions::DATABASE_LOGIN_REFUSED,
@@ -795,7 +795,7 @@ pub fn error_policy<K: Pipeline>(obj: Arc<K>, error: &Error, kc: Arc<KindContext
     let ctx = &kc.ctx;
     let backoff = ctx.failed(&key_of(obj.as_ref()));
     let backoff = match error {
-        Error::KafkaUnreachable(_)
+        Error::KafkaUnreachable { .. }
         | Error::TopicNotFound(_)
         | Error::DatabaseUnreachable(_)
         | Error::DatabaseLoginRefused(_)

@@ -27,9 +27,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// The Kafka cluster did not answer a measurement.
-    #[error("kafka: {0}")]
-    KafkaUnreachable(#[source] rdkafka::error::KafkaError),
+    /// The Kafka cluster did not answer a measurement. `broker`: the last error librdkafka
+    /// reported for the cluster's client (what failed: a name that does not resolve, a
+    /// refused connection, a TLS or SASL failure), which the call's own error does not say.
+    #[error("kafka: {source}{}", broker_note(.broker))]
+    KafkaUnreachable {
+        #[source]
+        source: rdkafka::error::KafkaError,
+        broker: Option<String>,
+    },
     /// A consumed topic does not exist on the cluster.
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
@@ -66,7 +72,7 @@ impl Error {
             Error::SecretNotFound { .. } => "SecretNotFound",
             Error::InvalidSpec { .. } => "InvalidSpec",
             Error::Serialize { .. } => "Serialize",
-            Error::KafkaUnreachable(_) => "KafkaUnreachable",
+            Error::KafkaUnreachable { .. } => "KafkaUnreachable",
             Error::TopicNotFound(_) => "TopicNotFound",
             Error::DatabaseUnreachable(_) => "DatabaseUnreachable",
             Error::DatabaseLoginRefused(_) => "DatabaseLoginRefused",
@@ -87,7 +93,7 @@ impl Error {
             }
             Error::Kube(_)
             | Error::Serialize { .. }
-            | Error::KafkaUnreachable(_)
+            | Error::KafkaUnreachable { .. }
             | Error::TopicNotFound(_)
             | Error::DatabaseUnreachable(_)
             | Error::DatabaseLoginRefused(_)
@@ -115,6 +121,14 @@ impl From<kube::Error> for Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The last broker error of [`Error::KafkaUnreachable`], as its message shows it.
+fn broker_note(broker: &Option<String>) -> String {
+    broker
+        .as_deref()
+        .map(|b| format!(" (librdkafka: {b})"))
+        .unwrap_or_default()
+}
 
 /// An error and its causes on one line, for logs and condition messages.
 #[derive(Debug)]

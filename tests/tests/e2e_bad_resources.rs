@@ -378,6 +378,18 @@ async fn e2e_bad_resources_catalogue_each_is_degraded_with_its_own_reason_and_no
             .map(|(name, _, _, _, _, reason)| degraded::<Outbox>(&stack, name, reason)),
     )
     .await;
+    // The message says what failed, not only librdkafka's "Broker transport failure".
+    for (name, cause) in [
+        ("bootstrap-refused", "Connection refused"),
+        ("bootstrap-unresolvable", "Failed to resolve"),
+    ] {
+        let i = consumers.iter().position(|c| c.0 == name).unwrap();
+        assert!(
+            ec_answers[i].contains(cause),
+            "{name}: the condition does not name the cause ({cause:?}): {}",
+            ec_answers[i]
+        );
+    }
     let mut ec_workers = Vec::new();
     for (name, ..) in &consumers {
         ec_workers.push(workers(&stack, name).await);

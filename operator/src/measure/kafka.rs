@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pipewright_crds::event_consumer::{InitialOffset, PartitionStatus};
 use pipewright_crds::termination::RecordRef;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
@@ -29,6 +31,57 @@ use pipewright_kafka_admin as group_offsets;
 
 use super::Pool;
 use crate::error::{Error, Result};
+
+/// A measurement client's context: keeps the last error librdkafka reported (its text says
+/// what failed: "Failed to resolve 'kafka:9092'", "Connect to ipv4#10.0.0.1:9092 failed:
+/// Connection refused", an SSL handshake or SASL failure), which a failed call's own error
+/// (`BrokerTransportFailure`) does not, for the `KafkaUnreachable` condition's message.
+#[derive(Debug, Default)]
+pub struct LastError(Mutex<Option<String>>);
+
+impl LastError {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka error");
+        // "1/1 brokers are down" follows each broker's own error and says less.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.slot() = Some(stable(reason).to_string());
+        }
+    }
+}
+
+impl ConsumerContext for LastError {}
+
+/// `reason` without what changes from one attempt to the next (`" (after 3ms in state
+/// CONNECT, 2 identical error(s) suppressed)"`), so that a condition's message stays
+/// the same while the cause does.
+fn stable(reason: &str) -> &str {
+    // librdkafka appends "(after Nms in state S[, N identical error(s) suppressed])".
+    reason.find(" (after ").map_or(reason, |i| &reason[..i])
+}
+
+/// A measurement client of a cluster.
+pub type Client = BaseConsumer<LastError>;
+
+/// The error of a failed call on `client`, with the last error librdkafka reported for it
+/// since its last successful measurement (served from its queue first: nobody else polls the
+/// client).
+fn unreachable(client: &Client, source: KafkaError) -> Error {
+    for _ in 0..1000 {
+        if client.poll(Duration::ZERO).is_none() {
+            break;
+        }
+    }
+    Error::KafkaUnreachable {
+        source,
+        broker: client.context().slot().clone(),
+    }
+}
 
 /// What to measure. `Debug` omits the settings (they may hold credentials).
 #[derive(Clone)]
@@ -108,7 +161,7 @@ pub fn partition_lag(committed: Option<i64>, low: i64, high: i64, initial: Initi
 /// Measures the lag of `target` (blocking librdkafka calls on the blocking pool) with the
 /// cluster's pooled client.
 pub async fn measure(
-    clients: &Pool<BaseConsumer>,
+    clients: &Pool<Client>,
     readers: &Pool<Mutex<BaseConsumer>>,
     target: Target,
     timeout: Duration,
@@ -144,7 +197,10 @@ fn reader(target: &Target) -> Result<BaseConsumer> {
         .set("max.partition.fetch.bytes", "4096")
         .set("queued.max.messages.kbytes", "1024")
         .set("log_level", "3");
-    config.create().map_err(Error::KafkaUnreachable)
+    config.create().map_err(|source| Error::KafkaUnreachable {
+        source,
+        broker: None,
+    })
 }
 
 /// Sets each partition's `lag_seconds` and the largest: 0 without lag, else the age of the
@@ -227,7 +283,7 @@ fn record_timestamps(
 
 /// The measurement client of a cluster: no `group.id` (it never joins a group; committed
 /// offsets are read for any group with [`group_offsets::committed`]).
-fn client(target: &Target) -> Result<BaseConsumer> {
+fn client(target: &Target) -> Result<Client> {
     let mut config = ClientConfig::new();
     for (k, v) in &target.settings {
         config.set(k, v);
@@ -237,10 +293,15 @@ fn client(target: &Target) -> Result<BaseConsumer> {
         .set("enable.auto.commit", "false")
         .set("client.id", "pipewright-operator")
         .set("log_level", "3");
-    config.create().map_err(Error::KafkaUnreachable)
+    config
+        .create_with_context(LastError::default())
+        .map_err(|source| Error::KafkaUnreachable {
+            source,
+            broker: None,
+        })
 }
 
-fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration) -> Result<Lag> {
+fn measure_blocking(consumer: &Client, target: &Target, timeout: Duration) -> Result<Lag> {
     // Nobody else polls the shared client: drain its event queue (errors, logs) here.
     for _ in 0..1000 {
         if consumer.poll(Duration::ZERO).is_none() {
@@ -251,7 +312,7 @@ fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration)
     for topic in &target.topics {
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
-            .map_err(Error::KafkaUnreachable)?;
+            .map_err(|e| unreachable(consumer, e))?;
         let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Err(Error::TopicNotFound(topic.clone()));
         };
@@ -262,9 +323,7 @@ fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration)
             {
                 return Err(Error::TopicNotFound(topic.clone()));
             }
-            return Err(Error::KafkaUnreachable(
-                rdkafka::error::KafkaError::MetadataFetch(code),
-            ));
+            return Err(unreachable(consumer, KafkaError::MetadataFetch(code)));
         }
         if t.partitions().is_empty() {
             return Err(Error::TopicNotFound(topic.clone()));
@@ -274,13 +333,13 @@ fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration)
         }
     }
     let committed = group_offsets::committed(consumer, &target.group_id, &tpl, timeout)
-        .map_err(Error::KafkaUnreachable)?;
+        .map_err(|e| unreachable(consumer, e))?;
 
     let mut partitions = Vec::new();
     for elem in tpl.elements() {
         let (low, high) = consumer
             .fetch_watermarks(elem.topic(), elem.partition(), timeout)
-            .map_err(Error::KafkaUnreachable)?;
+            .map_err(|e| unreachable(consumer, e))?;
         let committed = committed
             .get(&(elem.topic().to_string(), elem.partition()))
             .copied()
@@ -295,6 +354,8 @@ fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration)
         });
     }
     partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    // Measured: earlier broker errors no longer explain anything.
+    *consumer.context().slot() = None;
     let total = partitions.iter().map(|p| p.lag).sum();
     Ok(Lag {
         partitions,
@@ -306,6 +367,26 @@ fn measure_blocking(consumer: &BaseConsumer, target: &Target, timeout: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broker_error_is_kept_without_what_changes_between_attempts() {
+        assert_eq!(
+            stable(
+                "10.0.0.1:1/bootstrap: Connect to ipv4#10.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)"
+            ),
+            "10.0.0.1:1/bootstrap: Connect to ipv4#10.0.0.1:1 failed: Connection refused"
+        );
+        assert_eq!(
+            stable(
+                "kafka.invalid:9092/bootstrap: Failed to resolve 'kafka.invalid:9092': Name or service not known (after 2ms in state CONNECT, 4 identical error(s) suppressed)"
+            ),
+            "kafka.invalid:9092/bootstrap: Failed to resolve 'kafka.invalid:9092': Name or service not known"
+        );
+        assert_eq!(
+            stable("SASL authentication error: failed"),
+            "SASL authentication error: failed"
+        );
+    }
 
     #[test]
     fn lag_counts_from_the_committed_offset() {

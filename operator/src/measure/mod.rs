@@ -19,7 +19,7 @@ pub const IDLE_CLIENT_TTL: Duration = Duration::from_secs(600);
 /// The measurement clients of the operator, shared by every reconcile.
 #[derive(Debug, Default)]
 pub struct Clients {
-    pub kafka: Pool<rdkafka::consumer::BaseConsumer>,
+    pub kafka: Pool<kafka::Client>,
     /// Per cluster, a client that reads the record at a group's committed offset (its
     /// timestamp: the lag in seconds); one measurement at a time uses it (it assigns).
     pub kafka_readers: Pool<Mutex<rdkafka::consumer::BaseConsumer>>,
