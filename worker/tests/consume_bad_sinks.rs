@@ -349,7 +349,7 @@ async fn consume_bad_sinks_catalogue_each_failing_endpoint_is_retried_or_dead_le
         Case {
             key: "unknown-ca",
             endpoint: "TLS with a certificate of an unknown CA (`openssl s_server`)",
-            expect: Err("http_connect"),
+            expect: Err("http_tls"),
         },
         Case {
             key: "refused",

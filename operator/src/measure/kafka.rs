@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pipewright_crds::event_consumer::{InitialOffset, PartitionStatus};
 use pipewright_crds::termination::RecordRef;
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -46,12 +47,25 @@ impl LastError {
 }
 
 impl ClientContext for LastError {
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(error = %error, reason, "librdkafka error");
-        // "1/1 brokers are down" follows each broker's own error and says less.
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
-            *self.slot() = Some(stable(reason).to_string());
+    /// librdkafka reports a broker connection's failure as a log line at error level (a
+    /// consumer's error events carry only the code): kept, then logged as by default.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let error = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        );
+        if error && !log_message.contains("brokers are down") {
+            // "[thrd:kafka:9092/bootstrap]: kafka:9092/bootstrap: Failed to resolve ..."
+            let text = match log_message.strip_prefix("[thrd:") {
+                Some(rest) => rest.split_once("]: ").map_or(log_message, |(_, t)| t),
+                None => log_message,
+            };
+            *self.slot() = Some(stable(text).to_string());
         }
+        DefaultClientContext.log(level, fac, log_message);
     }
 }
 

@@ -369,7 +369,7 @@ impl HttpSink {
             // says which (refused, reset, a certificate no root vouches for).
             Ok(Err(e)) => {
                 return Err(HandlerError::retryable(
-                    "http_connect",
+                    failure_kind(&e),
                     Chain(&e).to_string(),
                 ));
             }
@@ -537,6 +537,28 @@ fn retry_after(value: &HeaderValue, now: std::time::SystemTime) -> Option<Durati
     }
     let at = httpdate::parse_http_date(text).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// The kind of a request that got no answer: `http_tls` when the TLS handshake failed (a
+/// certificate no configured root vouches for, an expired one, no common protocol version),
+/// `http_connect` for every other failure to connect or send (refused, reset, unresolvable).
+fn failure_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if err.is::<rustls::Error>() {
+            return "http_tls";
+        }
+        // hyper-rustls wraps tokio-rustls's io::Error (which wraps the handshake's error) in
+        // another; an io::Error's `source()` skips what it wraps, `get_ref()` does not.
+        cause = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    "http_connect"
 }
 
 #[cfg(test)]
