@@ -703,17 +703,9 @@ pub async fn run<H: Handler>(
             _ = failed.cancelled() => break,
             _ = pipeline.done_notified() => fetcher.apply(pipeline.drain_done()),
             _ = tick.tick() => fetcher.commit().await,
-            (first, message) = next_of(&mut queues) => match message {
-                Ok(m) => {
-                    let taken = pipeline.take(to_record(&m, &mut topics));
-                    drop(m);
-                    take_fetched(&pipeline, &mut queues, first, taken, &mut topics);
-                }
-                Err(e) => {
-                    warn!(error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            // The consumer's own queue before the partitions' queues: it serves the
+            // rebalance callbacks and counts as the poll for `max.poll.interval.ms`, and a
+            // busy partition queue (always ready) would otherwise keep it from being polled.
             message = stream.next() => match message {
                 Some(Ok(m)) => {
                     let mut taken = pipeline.take(to_record(&m, &mut topics));
@@ -743,6 +735,17 @@ pub async fn run<H: Handler>(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 None => break,
+            },
+            (first, message) = next_of(&mut queues) => match message {
+                Ok(m) => {
+                    let taken = pipeline.take(to_record(&m, &mut topics));
+                    drop(m);
+                    take_fetched(&pipeline, &mut queues, first, taken, &mut topics);
+                }
+                Err(e) => {
+                    warn!(error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
         }
     }
