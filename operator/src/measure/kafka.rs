@@ -82,15 +82,19 @@ fn stable(reason: &str) -> &str {
 /// A measurement client of a cluster.
 pub type Client = BaseConsumer<LastError>;
 
-/// The error of a failed call on `client`, with the last error librdkafka reported for it
-/// since its last successful measurement (served from its queue first: nobody else polls the
-/// client).
-fn unreachable(client: &Client, source: KafkaError) -> Error {
+/// Serves what the client's queue holds (errors, logs): nobody else polls the shared client.
+fn serve(client: &Client) {
     for _ in 0..1000 {
         if client.poll(Duration::ZERO).is_none() {
             break;
         }
     }
+}
+
+/// The error of a failed call on `client`, with the last error librdkafka reported for it
+/// since its last successful measurement.
+fn unreachable(client: &Client, source: KafkaError) -> Error {
+    serve(client);
     Error::KafkaUnreachable {
         source,
         broker: client.context().slot().clone(),
@@ -316,12 +320,7 @@ fn client(target: &Target) -> Result<Client> {
 }
 
 fn measure_blocking(consumer: &Client, target: &Target, timeout: Duration) -> Result<Lag> {
-    // Nobody else polls the shared client: drain its event queue (errors, logs) here.
-    for _ in 0..1000 {
-        if consumer.poll(Duration::ZERO).is_none() {
-            break;
-        }
-    }
+    serve(consumer);
     let mut tpl = TopicPartitionList::new();
     for topic in &target.topics {
         let metadata = consumer

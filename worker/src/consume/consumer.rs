@@ -570,14 +570,13 @@ impl<H: Handler> Fetcher<'_, H> {
     }
 }
 
-/// The next record of any of `queues` (polled in order) with the index of its queue. Pending
-/// forever when there is none (the loop's other branches wake it).
+/// The next record of any of `queues` (polled in order) with the index of its queue.
 async fn next_of<'a, C: ConsumerContext>(
     queues: &mut [MessageStream<'a, C>],
 ) -> (usize, KafkaResult<BorrowedMessage<'a>>) {
     std::future::poll_fn(|cx| {
         for (i, q) in queues.iter_mut().enumerate() {
-            // A partition queue's stream never ends.
+            // A Kafka message stream never ends.
             if let Poll::Ready(Some(m)) = q.poll_next_unpin(cx) {
                 return Poll::Ready((i, m));
             }
@@ -589,8 +588,9 @@ async fn next_of<'a, C: ConsumerContext>(
 
 /// After a record of `queues[first]` was taken: takes what else the queues hold already, in
 /// turn, without another trip through the select (bounded, so ends of records and ticks are
-/// not starved). Stops as soon as a window is full: the next round of the loop reads only the
-/// partitions whose window has room (the window is a hard bound).
+/// not starved). Stops as soon as a window is full: the next round of the loop pauses the
+/// partitions of the consumer's own queue whose window is full, and reads only the partition
+/// queues whose window has room (the window is a hard bound).
 fn take_fetched<H: Handler, C: ConsumerContext>(
     pipeline: &Pipeline<H>,
     queues: &mut [MessageStream<'_, C>],
@@ -668,7 +668,6 @@ pub async fn run<H: Handler>(
     let failed = pipeline.failed();
     let mut tick = tokio::time::interval(config.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stream = consumer.stream();
     let mut topics = TopicNames::default();
     // The partitions read from queues of their own, and which of them comes first next time.
     let mut parts: Vec<(Tp, Arc<Queue<H>>)> = Vec::new();
@@ -684,17 +683,22 @@ pub async fn run<H: Handler>(
         if let Some(now) = consumer.context().queues.changed(&mut parts_seen) {
             parts = now;
         }
-        // The queues of the partitions whose window has room, the first one in turn.
+        // The consumer's own queue first: it serves the rebalance callbacks and counts as the
+        // poll for `max.poll.interval.ms` (a busy partition queue, always ready, would
+        // otherwise keep it from being polled); then the queues of the partitions whose window
+        // has room, the first one in turn.
         let readable = pipeline.readable(parts.iter().map(|(tp, _)| tp));
-        let mut queues: Vec<_> = parts
-            .iter()
-            .zip(readable)
-            .filter(|(_, r)| *r)
-            .map(|((_, q), _)| q.stream())
-            .collect();
-        if !queues.is_empty() {
-            let n = queues.len();
-            queues.rotate_left(turn % n);
+        let mut queues = vec![consumer.stream()];
+        queues.extend(
+            parts
+                .iter()
+                .zip(readable)
+                .filter(|(_, r)| *r)
+                .map(|((_, q), _)| q.stream()),
+        );
+        let n = queues.len() - 1;
+        if n > 0 {
+            queues[1..].rotate_left(turn % n);
             turn = turn.wrapping_add(1);
         }
         tokio::select! {
@@ -703,39 +707,6 @@ pub async fn run<H: Handler>(
             _ = failed.cancelled() => break,
             _ = pipeline.done_notified() => fetcher.apply(pipeline.drain_done()),
             _ = tick.tick() => fetcher.commit().await,
-            // The consumer's own queue before the partitions' queues: it serves the
-            // rebalance callbacks and counts as the poll for `max.poll.interval.ms`, and a
-            // busy partition queue (always ready) would otherwise keep it from being polled.
-            message = stream.next() => match message {
-                Some(Ok(m)) => {
-                    let mut taken = pipeline.take(to_record(&m, &mut topics));
-                    drop(m);
-                    // Take what else is fetched already, without another trip through the
-                    // select (bounded, so ends of records and ticks are not starved); stop as
-                    // soon as a window is full, so its partition is paused before anything
-                    // more of it is taken (the window is a hard bound).
-                    for _ in 1..FETCH_BATCH {
-                        if taken == Taken::Paused {
-                            break;
-                        }
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(m))) => {
-                                taken = pipeline.take(to_record(&m, &mut topics));
-                            }
-                            Some(Some(Err(e))) => {
-                                warn!(error = %e, "consumer error");
-                                break;
-                            }
-                            _ => break,
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    warn!(error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                None => break,
-            },
             (first, message) = next_of(&mut queues) => match message {
                 Ok(m) => {
                     let taken = pipeline.take(to_record(&m, &mut topics));
@@ -750,7 +721,6 @@ pub async fn run<H: Handler>(
         }
     }
     drop(parts);
-    drop(stream);
     health.set_ready(false);
     info!(in_flight = pipeline.in_flight(), "draining");
     let drained = pipeline.drain(config.drain_timeout).await;
