@@ -53,7 +53,7 @@ fuzz: ## Fuzz the event decoder, the worker's configuration files and the identi
 	fuzz/run $(FUZZ_SECONDS)
 
 .PHONY: chaos
-chaos: ## The whole pipeline under faults (pod kills, broker SIGKILL, database and operator restarts) with 100k events, and the bad-input catalogue; figures and tables into docs/reliability.md (make test runs 10k events and the same catalogue)
+chaos: ## The whole pipeline under faults (pod kills, broker SIGKILL, database and operator restarts) with 100k events, the bad-input catalogue and the fuzz targets (FUZZ_SECONDS each, default 30); figures and tables into docs/reliability.md (make test runs 10k events and the same catalogue)
 	@eval "$$($(ENV_UP))"; tests/env/images >/dev/null && \
 	  PIPEWRIGHT_CHAOS_EVENTS=$${CHAOS_EVENTS:-100000} PIPEWRIGHT_CHAOS_REPORT=$(CURDIR)/docs/reliability.md \
 	  $(CARGO) test -p pipewright-testenv --locked --test chaos -- --nocapture && \
@@ -64,7 +64,8 @@ chaos: ## The whole pipeline under faults (pod kills, broker SIGKILL, database a
 	  PIPEWRIGHT_BAD_INPUT_REPORT=$(CURDIR)/docs/reliability.md \
 	  $(CARGO) test -p pipewright-worker --locked --test consume_bad_sinks && \
 	  PIPEWRIGHT_BAD_INPUT_REPORT=$(CURDIR)/docs/reliability.md \
-	  $(CARGO) test -p pipewright-testenv --locked --test e2e_bad_resources
+	  $(CARGO) test -p pipewright-testenv --locked --test e2e_bad_resources && \
+	  fuzz/run $${FUZZ_SECONDS:-30}
 
 .PHONY: generate
 generate: ## Regenerate the CRD YAML into charts/pipewright/crds (issue #3)
