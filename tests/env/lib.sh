@@ -4,7 +4,8 @@
 #   $PIPEWRIGHT_CACHE (default ~/.cache/pipewright): everything downloaded or built, by version:
 #     go/mod, go/build      Go module and build caches used for the builds below
 #     k8s/<version>/bin     etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-#                           kubelet, kubectl
+#                           kubelet, kube-proxy, kubectl
+#     coredns/<version>/bin coredns (the cluster DNS)
 #     containerd/<version>/bin, runc/<version>/bin, pause/   the node's container runtime
 #     helm/<version>/bin    helm
 #     m2, kafka/<version>   Maven repository and the Kafka broker + tools jars
@@ -23,6 +24,7 @@ HELM_VERSION=$(awk '$1 == "helm.sh/helm/v4" { print $2 }' "$ENV_DIR/helm/go.mod"
 PROMETHEUS_VERSION=$(awk '$1 == "github.com/prometheus/prometheus" { print $2 }' "$ENV_DIR/promtool/go.mod")
 CONTAINERD_VERSION=$(awk '$1 == "github.com/containerd/containerd/v2" { print $2 }' "$ENV_DIR/containerd/go.mod")
 RUNC_VERSION=$(awk '$1 == "github.com/opencontainers/runc" { print $2 }' "$ENV_DIR/runc/go.mod")
+COREDNS_VERSION=$(awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "github.com/coredns/coredns" { print $2 }' "$ENV_DIR/coredns/go.mod")
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ENV_DIR/kafka/pom.xml")
 DEBEZIUM_VERSION=$(sed -n 's:.*<debezium.version>\(.*\)</debezium.version>.*:\1:p' "$ENV_DIR/debezium/pom.xml")
 
@@ -33,7 +35,11 @@ KAFKA_LIBS=$CACHE/kafka/$KAFKA_VERSION/libs
 DEBEZIUM_LIBS=$CACHE/debezium/$DEBEZIUM_VERSION/libs
 CONTAINERD_BIN=$CACHE/containerd/$CONTAINERD_VERSION/bin
 RUNC_BIN=$CACHE/runc/$RUNC_VERSION/bin
+COREDNS_BIN=$CACHE/coredns/$COREDNS_VERSION/bin
 PAUSE_DIR=$CACHE/pause
+RECEIVER_DIR=$CACHE/receiver
+# The e2e tests' HTTP receiver image (tests/env/receiver), imported by the node like pause.
+RECEIVER_IMAGE=pipewright.io/test-receiver:dev
 # The sandbox image the node runs; the name is what containerd pins, nothing is pulled.
 PAUSE_IMAGE=registry.k8s.io/pause:3.10-pipewright
 

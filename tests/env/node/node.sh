@@ -2,19 +2,20 @@
 # Sourced by tests/env/up (start_node) and tests/env/down (stop_node); needs lib.sh and, for
 # start_node, up's helpers (start, kubeconfig, wait_for) and node_vars already called.
 #
-# Everything the node makes is scoped to this environment so two can run side by side and
-# down can remove all of it:
+# What the node makes, so down can remove all of it:
 #   $NODE_DIR                containerd root/state, runc state, kubelet root, CNI config and IPAM,
 #                            pod logs; the network namespaces are mounted under containerd's state
 #   bridge $NODE_BRIDGE      the node address $NODE_IP (pods get the rest of $NODE_CIDR)
 #   cgroups /$NODE_CGROUP    kubelet's cgroupRoot in every hierarchy: every pod process is there
-#   one NAT rule             10.96.0.1:443 (the `kubernetes` Service) -> the apiserver, for
-#                            packets from $NODE_CIDR only. There is no kube-proxy: this is the
-#                            one rule it would write that the pods here need.
+#   kube-proxy's rules       the KUBE-* chains of the host's iptables (iptables mode): every
+#                            Service's cluster IP. They are host-wide, which is why one
+#                            environment runs per host (tests/env/up refuses a second); down
+#                            removes them with `kube-proxy --cleanup`
+#   net.ipv4.ip_forward = 1  a pod reaching another pod through a Service is DNATed back out of
+#                            the bridge; down restores the value it found
 
 start_node() {
   local d=$NODE_DIR
-  node_nat_rule
   mkdir -p "$d"/{containerd/root,containerd/state,runc,kubelet,pod-logs,cni/net.d,cni/ipam}
   # Unix socket paths are limited to 107 bytes.
   [ ${#d} -le 80 ] || die "the state directory path is too long for containerd's socket ($d); set PIPEWRIGHT_STATE to a shorter path"
@@ -90,11 +91,14 @@ TOML
   start containerd env PATH="$CONTAINERD_BIN:$PATH" \
     "$CONTAINERD_BIN/containerd" --config "$d/containerd/config.toml" --log-level warn
   wait_for containerd 60 "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" version
-  "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" -n k8s.io images import \
-    "$PAUSE_DIR/pause.tar" >"$STATE/logs/pause-import.log" 2>&1 || {
-    cat "$STATE/logs/pause-import.log" >&2
-    die "importing the pause image failed"
-  }
+  local image
+  for image in "$PAUSE_DIR/pause.tar" "$RECEIVER_DIR/receiver.tar"; do
+    "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" -n k8s.io images import \
+      "$image" >"$STATE/logs/image-import.log" 2>&1 || {
+      cat "$STATE/logs/image-import.log" >&2
+      die "importing $image failed"
+    }
+  done
 
   # kubelet's cgroupRoot must exist in every hierarchy.
   local h
@@ -102,9 +106,6 @@ TOML
     [ -f "$h/cgroup.procs" ] && mkdir -p "$h$NODE_CGROUP"
   done
   [ -f /sys/fs/cgroup/cgroup.controllers ] && mkdir -p "/sys/fs/cgroup/$NODE_CGROUP"
-
-  iptables -t nat -A PREROUTING "${NODE_NAT_RULE[@]}" --to-destination "$NODE_IP:$APISERVER_PORT"
-  echo "$NODE_IP:$APISERVER_PORT" >"$d/nat-destination"
 
   local p=$STATE/pki
   kubeconfig kubelet kubelet-client
@@ -130,6 +131,8 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+# The kube-dns Service (tests/env/node/dns.sh): CoreDNS answers for Services and pods.
+clusterDNS: [$CLUSTER_DNS_IP]
 resolvConf: /etc/resolv.conf
 failSwapOn: false
 # The filesystem here is shared and often mostly full: evict only when really out of space,
@@ -152,20 +155,36 @@ YAML
   wait_for kubelet 60 curl -fs "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
   wait_for kubelet 120 "$K8S_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" \
     wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s
+
+  start_kube_proxy
 }
 
-# The NAT rule for the `kubernetes` Service, without its destination.
-NODE_NAT_RULE=()
-node_nat_rule() {
-  NODE_NAT_RULE=(-s "$NODE_CIDR" -d 10.96.0.1/32 -p tcp --dport 443
-    -m comment --comment "pipewright-testenv $NODE_BRIDGE" -j DNAT)
+# kube-proxy in iptables mode, from the same Kubernetes pin: every Service's cluster IP (the
+# `kubernetes` Service's 10.96.0.1 included) and NodePorts on the node address only. It
+# leaves the host's conntrack settings and route_localnet alone (the flags set to 0/false).
+start_kube_proxy() {
+  local d=$NODE_DIR
+  [ "$(cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || {
+    echo 0 >"$d/ip_forward.orig"
+    echo 1 >/proc/sys/net/ipv4/ip_forward
+  }
+  kubeconfig kube-proxy kube-proxy
+  start kube-proxy "$K8S_BIN/kube-proxy" --kubeconfig="$STATE/kube-proxy.kubeconfig" \
+    --hostname-override="$NODE_NAME" --proxy-mode=iptables --cluster-cidr="$NODE_CIDR" \
+    --nodeport-addresses="$NODE_IP/32" --iptables-localhost-nodeports=false \
+    --healthz-bind-address="127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT" \
+    --metrics-bind-address="127.0.0.1:$KUBE_PROXY_METRICS_PORT" \
+    --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 \
+    --conntrack-tcp-timeout-close-wait=0 --conntrack-udp-timeout=0 \
+    --conntrack-udp-timeout-stream=0 --oom-score-adj=0 --v=1
+  # Healthy once it has written the rules of the Services it has seen.
+  wait_for kube-proxy 60 curl -fs "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz"
 }
 
 # Removes every container, mount, network namespace, cgroup, link and rule the node made.
 # The kubelet must already be stopped (it would restart containers).
 stop_node() {
   local d=$NODE_DIR h f
-  node_nat_rule
   # Every pod process: kill them by cgroup, then the shims and containerd.
   for _ in 1 2 3; do
     for f in $(find /sys/fs/cgroup/*/"$NODE_CGROUP" -name cgroup.procs 2>/dev/null); do
@@ -190,8 +209,8 @@ stop_node() {
     [ -d "$h" ] || continue
     find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
-  if [ -f "$d/nat-destination" ]; then
-    iptables -t nat -D PREROUTING "${NODE_NAT_RULE[@]}" --to-destination "$(cat "$d/nat-destination")" 2>/dev/null || true
-  fi
+  # kube-proxy's chains (it is stopped already), and the forwarding it needed.
+  "$K8S_BIN/kube-proxy" --cleanup --proxy-mode=iptables >/dev/null 2>&1 || true
+  [ -f "$d/ip_forward.orig" ] && cat "$d/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
 }
