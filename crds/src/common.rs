@@ -50,6 +50,9 @@ pub mod conditions {
     pub const DEPLOYMENT_UNAVAILABLE: &str = "DeploymentUnavailable";
     /// A referenced Secret, or a key in it, does not exist.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// An HTTP sink's Service reference does not resolve (no such Service or port, or one the
+    /// operator may not read).
+    pub const SINK_UNRESOLVABLE: &str = "SinkUnresolvable";
     /// The Kafka cluster does not answer.
     pub const KAFKA_UNREACHABLE: &str = "KafkaUnreachable";
     /// The PostgreSQL database does not answer.

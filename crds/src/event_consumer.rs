@@ -442,6 +442,33 @@ impl Sink {
     }
 }
 
+/// A Service an HTTP sink delivers to (Knative's Destination, for Services).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceReference {
+    /// The kind referenced; `Service` is the only one.
+    pub kind: ServiceKind,
+    /// Name of the Service.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Namespace of the Service. Default: the EventConsumer's. (With the chart's
+    /// watchNamespace, the operator may read Services in that namespace only.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+    /// The Service's port (its `port`, not the targetPort). Default: the Service's only port;
+    /// required when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// What a sink reference may name.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServiceKind {
+    Service,
+}
+
 /// HTTP delivery: one request per event, a CloudEvent in binary content mode (`ce-*` headers,
 /// the event as the body; the default) or structured mode (`application/cloudevents+json`).
 /// A 2xx answer means delivered; 429, 5xx or no answer within timeout is retried (waiting at
@@ -449,11 +476,20 @@ impl Sink {
 /// status is dead-lettered.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.forwardHeaders) || !self.forwardHeaders.exists(h, h.lowerAscii() == self.idempotencyHeader.lowerAscii())")
-    .message("sink.http.forwardHeaders must not include the idempotency header, which the sink sets"))]
+#[x_kube(
+    validation = Rule::new("!has(self.forwardHeaders) || !self.forwardHeaders.exists(h, h.lowerAscii() == self.idempotencyHeader.lowerAscii())")
+        .message("sink.http.forwardHeaders must not include the idempotency header, which the sink sets"),
+    validation = Rule::new("has(self.url) != has(self.ref)")
+        .message("sink.http must set exactly one of url, ref")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.path) || has(self.ref)")
+        .message("sink.http.path goes with ref (with url, the path is part of the URL)")
+        .reason(Reason::FieldValueForbidden),
+)]
 pub struct HttpSink {
     /// Absolute http:// or https:// URL to send each event to. Must not contain credentials
-    /// (put them in headersSecretRef).
+    /// (put them in headersSecretRef). Exactly one of url and ref.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(
         validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''")
@@ -462,7 +498,17 @@ pub struct HttpSink {
             .message("sink.http.url must not contain credentials (user:password@): reference them with sink.http.headersSecretRef")
             .reason(Reason::FieldValueForbidden),
     )]
-    pub url: String,
+    pub url: Option<String>,
+    /// A Service to send each event to, instead of a URL: the operator resolves it into
+    /// `http://<name>.<namespace>.svc.<cluster domain>:<port><path>` (`https` when the port is
+    /// 443 or named `https`), shows it as status.sinkUri and sets Degraded/SinkUnresolvable
+    /// while the Service or its port is not there.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub service_ref: Option<ServiceReference>,
+    /// The request path with ref, starting with `/`. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), pattern(r"^/[!-~]*$"))]
+    pub path: Option<String>,
     /// HTTP method. Default `POST`.
     #[serde(default)]
     pub method: HttpMethod,
@@ -637,6 +683,10 @@ pub struct EventConsumerStatus {
     /// The consumer group in use: spec.groupId or `<namespace>.<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// Where the HTTP sink delivers: spec.sink.http.url, or the address its ref resolved to
+    /// (absent while it does not resolve, or with another sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink_uri: Option<String>,
     /// Per partition: the group's committed offset, the partition's end offset and the lag
     /// between them, as measured at measuredTime.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

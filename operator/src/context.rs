@@ -27,6 +27,8 @@ pub struct Settings {
     pub measure_timeout: Duration,
     /// Reconciles running at once, per kind.
     pub concurrency: u16,
+    /// The cluster's DNS domain (sink Service references resolve to names in it).
+    pub cluster_domain: String,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             scale_cooldown: Duration::from_secs(120),
             measure_timeout: Duration::from_secs(10),
             concurrency: 16,
+            cluster_domain: "cluster.local".into(),
         }
     }
 }

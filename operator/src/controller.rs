@@ -51,6 +51,7 @@ use crate::error::{Chain, Error, Result};
 use crate::measure::Clients;
 use crate::metrics::{ErrorLabels, KindLabels, Metrics};
 use crate::report::{self, Reports};
+use crate::sink::{self, SinkAddress};
 use crate::status::{self, Problem, Rollout, Workers, reasons};
 use crate::workload::{
     self, Component, LAST_SCALE_ANNOTATION, PAUSED_ANNOTATION, WorkerPlan, child_name,
@@ -129,6 +130,8 @@ pub struct CommonStatus {
     pub replicas: i32,
     pub ready_replicas: i32,
     pub selector: Option<String>,
+    /// Where the sink delivers (an HTTP sink's URL, or its Service reference resolved).
+    pub sink_uri: Option<String>,
 }
 
 /// A kind of resource that runs as a worker Deployment.
@@ -152,9 +155,13 @@ pub trait Pipeline:
 
     /// The Secrets the spec references.
     fn secret_uses(&self) -> Vec<SecretUse>;
-    /// The worker plan (pure). `replicas`, `secrets_hash` and `last_scale_time` are filled in
-    /// by the reconcile.
-    fn plan(&self, settings: &Settings) -> Result<WorkerPlan>;
+    /// The address of the spec's HTTP sink, resolved by the reconcile (`None`: no such sink).
+    fn sink(&self) -> Option<SinkAddress<'_>> {
+        None
+    }
+    /// The worker plan (pure), with `sink_uri` the address [`Pipeline::sink`] resolved to.
+    /// `replicas`, `secrets_hash` and `last_scale_time` are filled in by the reconcile.
+    fn plan(&self, settings: &Settings, sink_uri: Option<&str>) -> Result<WorkerPlan>;
     /// Measures the figures of the status, with the pooled `clients`.
     fn measure(
         &self,
@@ -220,6 +227,7 @@ fn refused_as_invalid(e: &Error) -> bool {
 pub fn problem_of(e: &Error) -> Problem {
     let reason = match e {
         Error::SecretNotFound { .. } => conditions::SECRET_NOT_FOUND,
+        Error::SinkUnresolvable { .. } => conditions::SINK_UNRESOLVABLE,
         Error::InvalidSpec { .. } => reasons::INVALID_SPEC,
         Error::KafkaUnreachable { .. } => conditions::KAFKA_UNREACHABLE,
         Error::TopicNotFound(_) => reasons::TOPIC_NOT_FOUND,
@@ -391,6 +399,8 @@ struct Plan {
     /// The replica change the plan makes by itself, (from, to): replicas brought within the
     /// bounds.
     scaled: Option<(i32, i32)>,
+    /// The sink's address, resolved.
+    sink_uri: Option<String>,
 }
 
 /// What a reconcile found, for the status.
@@ -405,6 +415,9 @@ struct Seen<F> {
     workers: Option<Workers>,
     /// The workers' reports (absent: no Deployment).
     reports: Option<Arc<Reports>>,
+    /// The sink's address as this reconcile resolved it (absent: it did not, or no sink has
+    /// one).
+    sink_uri: Option<String>,
 }
 
 impl<F> Seen<F> {
@@ -441,11 +454,15 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, kc: &KindContext) -> Result<Actio
         figures: None,
         workers: None,
         reports: None,
+        sink_uri: None,
     };
 
     // 1. Plan.
     let planned = match plan(obj, ctx, running.as_deref(), now).await? {
-        Ok(planned) => Some(planned),
+        Ok(planned) => {
+            seen.sink_uri = planned.sink_uri.clone();
+            Some(planned)
+        }
         Err(refused) => {
             seen.fail(refused);
             None
@@ -498,22 +515,32 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, kc: &KindContext) -> Result<Actio
     }
 }
 
-/// Step 1, plan: the worker plan from the spec and the referenced Secrets (their hash rolls the
-/// pods when they change), at the replicas running now brought within the bounds (a new
-/// resource: its minimum; the autoscaler decides on the measurement in step 4).
-/// `Ok(Err(e))`: the resource cannot run as specified (an invalid spec, a missing Secret): its
-/// status says so and nothing is applied.
+/// Step 1, plan: the worker plan from the spec, the sink's resolved address and the referenced
+/// Secrets (their hash rolls the pods when they change), at the replicas running now brought
+/// within the bounds (a new resource: its minimum; the autoscaler decides on the measurement
+/// in step 4). `Ok(Err(e))`: the resource cannot run as specified (an invalid spec, a missing
+/// Secret, a sink reference that does not resolve): its status says so and nothing is applied.
 async fn plan<K: Pipeline>(
     obj: &K,
     ctx: &Context,
     running: Option<&Deployment>,
     now: Timestamp,
 ) -> Result<Result<Plan, Error>> {
-    let mut worker = match obj.plan(&ctx.settings) {
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    let sink_uri = match obj.sink() {
+        None => None,
+        Some(sink) => {
+            match sink::resolve(&ctx.client, ns, &ctx.settings.cluster_domain, sink).await {
+                Ok(uri) => Some(uri),
+                Err(e @ Error::SinkUnresolvable { .. }) => return Ok(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let mut worker = match obj.plan(&ctx.settings, sink_uri.as_deref()) {
         Ok(worker) => worker,
         Err(e) => return Ok(Err(e)),
     };
-    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
     let secrets = match fetch_secrets(&ctx.client, ns, &obj.secret_uses()).await {
         Ok(secrets) => secrets,
         Err(e @ Error::SecretNotFound { .. }) => return Ok(Err(e)),
@@ -541,6 +568,7 @@ async fn plan<K: Pipeline>(
         worker,
         secrets,
         scaled,
+        sink_uri,
     }))
 }
 
@@ -697,6 +725,7 @@ async fn write_status<K: Pipeline>(
         replicas: rollout.replicas,
         ready_replicas: rollout.ready,
         selector: Some(selector_string(&name, K::COMPONENT)),
+        sink_uri: seen.sink_uri.clone(),
     };
     let ns = obj.meta().namespace.as_deref().unwrap_or_default();
     ctx.metrics.export_conditions(

@@ -36,6 +36,10 @@ pub enum Error {
         source: rdkafka::error::KafkaError,
         broker: Option<String>,
     },
+    /// An HTTP sink's Service reference does not resolve (`service`: namespace/name): the
+    /// Service or its port is not there, or the operator may not read it.
+    #[error("sink.http.ref: Service {service} {reason}")]
+    SinkUnresolvable { service: String, reason: String },
     /// A consumed topic does not exist on the cluster.
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
@@ -74,6 +78,7 @@ impl Error {
             Error::Serialize { .. } => "Serialize",
             Error::KafkaUnreachable { .. } => "KafkaUnreachable",
             Error::TopicNotFound(_) => "TopicNotFound",
+            Error::SinkUnresolvable { .. } => "SinkUnresolvable",
             Error::DatabaseUnreachable(_) => "DatabaseUnreachable",
             Error::DatabaseLoginRefused(_) => "DatabaseLoginRefused",
             Error::OutboxTableInvalid(_) => "OutboxTableInvalid",
@@ -95,6 +100,7 @@ impl Error {
             | Error::Serialize { .. }
             | Error::KafkaUnreachable { .. }
             | Error::TopicNotFound(_)
+            | Error::SinkUnresolvable { .. }
             | Error::DatabaseUnreachable(_)
             | Error::DatabaseLoginRefused(_)
             | Error::OutboxTableInvalid(_)

@@ -23,11 +23,12 @@ use crate::autoscale;
 use crate::context::Settings;
 use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
-use crate::measure::Clients;
 use crate::measure::kafka::{self, Lag, Target};
+use crate::measure::{Clients, address};
 use crate::metrics::{Metrics, PartitionLag};
 use crate::render::{self, count, duration};
 use crate::report::Reports;
+use crate::sink::SinkAddress;
 use crate::status::Workers;
 use crate::workload::{Component, ConfigMapMount, SecretMount, WorkerConfig, WorkerPlan};
 
@@ -45,9 +46,11 @@ pub fn group_id(ec: &EventConsumer) -> String {
 }
 
 /// The worker configuration of an EventConsumer, and the Secret and ConfigMap mounts its paths
-/// point into (pure).
+/// point into (pure). `sink_uri`: where an HTTP sink delivers, as resolved (see
+/// [`crate::sink`]); `None`: its `url`.
 pub fn worker_config(
     ec: &EventConsumer,
+    sink_uri: Option<&str>,
 ) -> Result<(
     worker_config::Consume,
     Vec<SecretMount>,
@@ -119,7 +122,13 @@ pub fn worker_config(
             });
         }
         Some(SinkKind::Http(h)) => worker_config::Sink::Http(worker_config::HttpSink {
-            url: h.url.clone(),
+            url: sink_uri
+                .or(h.url.as_deref())
+                .ok_or_else(|| Error::InvalidSpec {
+                    field: "sink.http.ref",
+                    reason: "the Service reference was not resolved".into(),
+                })?
+                .to_owned(),
             method: h.method,
             timeout: duration("sink.http.timeout", &h.timeout)?,
             headers: h.headers.clone(),
@@ -172,8 +181,18 @@ pub fn worker_config(
 
 /// The worker plan of an EventConsumer (pure).
 pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
+    plan_with_sink(ec, settings, None)
+}
+
+/// The worker plan of an EventConsumer whose HTTP sink delivers to `sink_uri` (pure; `None`:
+/// the sink's `url`).
+pub fn plan_with_sink(
+    ec: &EventConsumer,
+    settings: &Settings,
+    sink_uri: Option<&str>,
+) -> Result<WorkerPlan> {
     let spec = &ec.spec;
-    let (config, secret_mounts, config_map_mounts) = worker_config(ec)?;
+    let (config, secret_mounts, config_map_mounts) = worker_config(ec, sink_uri)?;
     let drain = config.processing.drain_timeout;
     Ok(WorkerPlan {
         component: Component::EventConsumer,
@@ -232,8 +251,19 @@ impl Pipeline for EventConsumer {
         uses
     }
 
-    fn plan(&self, settings: &Settings) -> Result<WorkerPlan> {
-        plan(self, settings)
+    fn sink(&self) -> Option<SinkAddress<'_>> {
+        let http = self.spec.sink.http.as_ref()?;
+        Some(match (&http.url, &http.service_ref) {
+            (_, Some(service)) => SinkAddress::Ref {
+                service,
+                path: http.path.as_deref(),
+            },
+            (url, None) => SinkAddress::Url(url.as_deref().unwrap_or_default()),
+        })
+    }
+
+    fn plan(&self, settings: &Settings, sink_uri: Option<&str>) -> Result<WorkerPlan> {
+        plan_with_sink(self, settings, sink_uri)
     }
 
     async fn measure(
@@ -243,7 +273,12 @@ impl Pipeline for EventConsumer {
         clients: &Clients,
     ) -> Result<Lag> {
         let target = Target {
-            bootstrap_servers: self.spec.kafka.bootstrap_servers.join(","),
+            // As the workers in the namespace reach them (see address.rs).
+            bootstrap_servers: address::bootstrap_servers(
+                &self.spec.kafka.bootstrap_servers,
+                self.namespace().as_deref().unwrap_or_default(),
+            )
+            .await,
             settings: render::kafka_settings(&self.spec.kafka, secrets),
             group_id: group_id(self),
             topics: self.spec.topics.clone(),
@@ -380,6 +415,7 @@ impl Pipeline for EventConsumer {
             ready_replicas: common.ready_replicas,
             selector: common.selector,
             group_id: Some(group_id(self)),
+            sink_uri: common.sink_uri,
             partitions,
             total_lag,
             max_lag_seconds,

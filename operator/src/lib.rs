@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod render;
 pub mod report;
+pub mod sink;
 pub mod status;
 pub mod telemetry;
 pub mod workload;

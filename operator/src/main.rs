@@ -67,6 +67,14 @@ struct Cli {
     #[arg(long, env = "PIPEWRIGHT_RECONCILE_CONCURRENCY", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     reconcile_concurrency: u16,
+    /// The cluster's DNS domain: a sink's Service reference resolves to
+    /// `<name>.<namespace>.svc.<domain>`.
+    #[arg(
+        long,
+        env = "PIPEWRIGHT_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    cluster_domain: String,
     /// Worker image for resources that name none.
     #[arg(
         long,
@@ -146,6 +154,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sy
         scale_cooldown: cli.scale_cooldown.into(),
         measure_timeout: cli.measure_timeout.into(),
         concurrency: cli.reconcile_concurrency,
+        cluster_domain: cli.cluster_domain.clone(),
     };
     let reporter = Reporter {
         controller: MANAGER.into(),

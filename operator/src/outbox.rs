@@ -18,12 +18,13 @@ use kube::{Resource, ResourceExt};
 use pipewright_crds::outbox::CleanupPolicy;
 use pipewright_crds::worker_config;
 use pipewright_crds::{Outbox, OutboxStatus};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::context::Settings;
 use crate::controller::{CommonStatus, Pipeline, Scale, SecretUse, Secrets};
 use crate::error::{Error, Result};
-use crate::measure::Clients;
 use crate::measure::postgres::{self, Backlog};
+use crate::measure::{Clients, address};
 use crate::metrics::Metrics;
 use crate::render::{self, count, duration};
 use crate::report::Reports;
@@ -127,7 +128,7 @@ impl Pipeline for Outbox {
         uses
     }
 
-    fn plan(&self, settings: &Settings) -> Result<WorkerPlan> {
+    fn plan(&self, settings: &Settings, _sink_uri: Option<&str>) -> Result<WorkerPlan> {
         plan(self, settings)
     }
 
@@ -146,16 +147,26 @@ impl Pipeline for Outbox {
             })?;
         // The parse error would not show the URL, but say nothing of it anyway.
         let url = url.trim();
-        let options = url.parse().map_err(|_| Error::InvalidSpec {
+        let options: PgConnectOptions = url.parse().map_err(|_| Error::InvalidSpec {
             field: "database.dsnSecretRef",
             reason: format!(
                 "the value of key {:?} in Secret {:?} is not a PostgreSQL URL",
                 dsn.key, dsn.name
             ),
         })?;
+        // The database as the workers in the namespace reach it (see address.rs); the pool is
+        // the database's at that address.
+        let host = address::in_namespace(
+            options.get_host(),
+            options.get_port(),
+            self.namespace().as_deref().unwrap_or_default(),
+        )
+        .await;
+        let key = format!("{host}\n{url}");
+        let options = options.host(&host);
         postgres::measure(
             &clients.postgres,
-            (url, options),
+            (&key, options),
             &self.spec.table,
             self.spec.cleanup.policy,
             settings.measure_timeout,

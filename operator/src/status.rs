@@ -249,6 +249,7 @@ pub fn conditions(
     } else if let Some(p) = problem.filter(|p| {
         p.reason == reasons::INVALID_SPEC
             || p.reason == pipewright_crds::conditions::SECRET_NOT_FOUND
+            || p.reason == pipewright_crds::conditions::SINK_UNRESOLVABLE
     }) {
         (false, p.reason, p.message.clone())
     } else if rollout.exists && !rollout.complete() {

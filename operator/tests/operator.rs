@@ -20,6 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use pipewright_crds::conditions::{
     DEGRADED, DEPLOYMENT_UNAVAILABLE, PAUSED, POISON_MESSAGE, PROGRESSING, READY, SECRET_NOT_FOUND,
+    SINK_UNRESOLVABLE,
 };
 use pipewright_crds::event_consumer::PartitionStatus;
 use pipewright_crds::{EventConsumer, Outbox};
@@ -1013,4 +1014,104 @@ async fn a_new_event_consumer_gets_its_deployment_before_its_kafka_measurement_f
         ec.status
     );
     holding.abort();
+}
+
+#[tokio::test]
+async fn an_http_sink_naming_a_service_is_unresolvable_until_the_service_and_its_port_exist_then_delivers_to_its_address()
+ {
+    let (client, ns, _operator) = setup("op-sinkref").await;
+    let topic = create_topic("op-sinkref", 1).await;
+    let sink = json!({"http": {"ref": {"kind": "Service", "name": "hooks"}, "path": "/orders"}});
+    create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({"sink": sink})),
+    )
+    .await;
+    let consumers: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    let degraded = |message: &'static str| {
+        let consumers = consumers.clone();
+        async move {
+            eventually(
+                &format!("Degraded/SinkUnresolvable: {message}"),
+                WAIT,
+                || async {
+                    let s = consumers.get("orders").await.ok()?.status?;
+                    let d = condition(&s.conditions, DEGRADED)?;
+                    (d.status == "True"
+                        && d.reason == SINK_UNRESOLVABLE
+                        && d.message.contains(message)
+                        && s.sink_uri.is_none())
+                    .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    degraded("does not exist").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments
+            .get_opt("orders-consumer")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is rolled out while the sink does not resolve"
+    );
+
+    // A Service with two ports: which one is meant must be said.
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "hooks"},
+        "spec": {"ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080}]},
+    }))
+    .unwrap();
+    create(&client, &ns.name, &service).await;
+    degraded("has 2 TCP ports (9090, 8080): set sink.http.ref.port").await;
+
+    consumers
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"sink": {"http": {"ref": {"port": 8080}}}}})),
+        )
+        .await
+        .unwrap();
+    let expected = format!("http://hooks.{}.svc.cluster.local:8080/orders", ns.name);
+    let status = eventually("status.sinkUri", WAIT, || async {
+        let s = consumers.get("orders").await.ok()?.status?;
+        let d = condition(&s.conditions, DEGRADED)?;
+        (d.status == "False" && s.sink_uri.is_some()).then_some(s)
+    })
+    .await;
+    assert_eq!(status.sink_uri.as_deref(), Some(expected.as_str()));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .get("orders-consumer")
+        .await
+        .unwrap();
+    let file: pipewright_crds::worker_config::Consume = pipewright_crds::worker_config::from_json(
+        &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
+    )
+    .unwrap();
+    let pipewright_crds::worker_config::Sink::Http(http) = &file.sink else {
+        panic!("an HTTP sink: {:?}", file.sink);
+    };
+    assert_eq!(
+        http.url, expected,
+        "the workers deliver to the resolved address"
+    );
+
+    // The Service goes: Degraded again, the workers keep what they run.
+    Api::<Service>::namespaced(client.clone(), &ns.name)
+        .delete("hooks", &DeleteParams::default())
+        .await
+        .unwrap();
+    degraded("does not exist").await;
+    assert!(
+        deployments
+            .get_opt("orders-consumer")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    ns.delete().await;
 }

@@ -284,6 +284,16 @@ pub async fn create_topic(prefix: &str, partitions: i32) -> String {
 /// Creates the topic `name` (for a test that first needs it to be missing), and waits until
 /// the broker's metadata shows it.
 pub async fn create_topic_named(name: &str, partitions: i32) {
+    create_topic_as(name, partitions, false).await
+}
+
+/// The topic `name` with `partitions`, created unless it exists already (a fixed name that
+/// earlier runs share, e.g. what the files in examples/ name).
+pub async fn ensure_topic(name: &str, partitions: i32) {
+    create_topic_as(name, partitions, true).await
+}
+
+async fn create_topic_as(name: &str, partitions: i32, may_exist: bool) {
     let admin: AdminClient<DefaultClientContext> =
         kafka_config().create().expect("rdkafka admin client");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -297,8 +307,10 @@ pub async fn create_topic_named(name: &str, partitions: i32) {
             panic!("the Kafka broker of the test environment does not answer ({e}); {HOW_TO_START}")
         });
     for result in results {
-        if let Err((topic, code)) = result {
-            panic!("create topic {topic}: {code}");
+        match result {
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) if may_exist => {}
+            Err((topic, code)) => panic!("create topic {topic}: {code}"),
+            Ok(_) => {}
         }
     }
     let consumer: BaseConsumer = kafka_config().create().expect("rdkafka consumer");

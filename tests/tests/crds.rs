@@ -284,6 +284,41 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.sink.http.url",
         ),
         (
+            "both a URL and a Service reference",
+            http(json!({"ref": {"kind": "Service", "name": "hooks"}})),
+            "spec.sink.http",
+        ),
+        (
+            "neither a URL nor a Service reference",
+            http(json!({"url": null, "timeout": "5s"})),
+            "spec.sink.http",
+        ),
+        (
+            "a path with a URL",
+            http(json!({"path": "/in"})),
+            "spec.sink.http",
+        ),
+        (
+            "a reference to a kind other than Service",
+            http(json!({"url": null, "ref": {"kind": "Broker", "name": "default"}})),
+            "spec.sink.http.ref.kind",
+        ),
+        (
+            "a Service name that is no DNS label",
+            http(json!({"url": null, "ref": {"kind": "Service", "name": "Hooks.v2"}})),
+            "spec.sink.http.ref.name",
+        ),
+        (
+            "a Service port of 0",
+            http(json!({"url": null, "ref": {"kind": "Service", "name": "hooks", "port": 0}})),
+            "spec.sink.http.ref.port",
+        ),
+        (
+            "a relative path",
+            http(json!({"url": null, "ref": {"kind": "Service", "name": "hooks"}, "path": "in"})),
+            "spec.sink.http.path",
+        ),
+        (
             "an Authorization header",
             http(json!({"headers": {"Authorization": "Bearer abc"}})),
             "spec.sink.http.headers",
@@ -824,6 +859,7 @@ async fn status_round_trips_through_patch_status_and_shows_in_printer_columns() 
         ready_replicas: 1,
         selector: Some(format!("app.kubernetes.io/instance={name}")),
         group_id: Some(format!("{}.{name}", ns.name)),
+        sink_uri: Some("http://hooks.shop.svc.cluster.local:80/".into()),
         partitions: vec![PartitionStatus {
             topic: "orders".into(),
             partition: 0,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{NODE, Stack, WAIT, bootstrap, event_consumer, run, var};
+use common::{NODE, Stack, WAIT, bootstrap, event_consumer, produce_steadily, run, var};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
@@ -55,42 +55,6 @@ impl OutboxEvent for OrderEvent {
                 order_id.clone()
             }
         }
-    }
-}
-
-/// Produces `count` JSON records `{"event_type":"Tick","id":i,"key":..}` with `keys` keys, at
-/// about `per_second`.
-async fn produce_steadily(topic: &str, count: u64, keys: u64, per_second: u64) {
-    let producer: FutureProducer = kafka_config()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let mut pending = Vec::new();
-    let start = tokio::time::Instant::now();
-    for i in 0..count {
-        let key = format!("k{}", i % keys);
-        let value = json!({"event_type": "Tick", "id": i, "key": key, "seq": i / keys}).to_string();
-        let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
-            .key(key.as_str())
-            .payload(value.as_str());
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break pending.push(delivery),
-                Err((_, back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-        if let Some(ms) = (i * 1000).checked_div(per_second) {
-            tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
-        }
-    }
-    for delivery in futures::future::join_all(pending).await {
-        delivery
-            .expect("delivery")
-            .expect("acknowledged by the broker");
     }
 }
 

@@ -215,7 +215,11 @@ async fn event_consumer_does_what_its_spec_says(
         Sink { log: Some(l), .. } => Delivery::Log { payload: l.payload },
         Sink { http: Some(h), .. } => {
             let receiver = Receiver::start().await;
-            h.url = receiver.url.clone();
+            // The contract is the worker's side: the address the operator resolved (a ref's
+            // resolution is the operator test's `an_http_sink_naming_a_service_...`).
+            h.url = Some(receiver.url.clone());
+            h.service_ref = None;
+            h.path = None;
             if let Some(secret) = &h.headers_secret_ref {
                 objects
                     .secrets

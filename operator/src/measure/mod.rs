@@ -4,6 +4,7 @@
 //! Kafka client per cluster and one PostgreSQL pool per database, kept while they are used, so
 //! the connections a status refresh opens do not grow with the number of resources.
 
+pub mod address;
 pub mod kafka;
 pub mod postgres;
 

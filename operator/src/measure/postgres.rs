@@ -63,11 +63,11 @@ pub fn backlog_sql(quoted_table: &str, policy: CleanupPolicy) -> String {
 /// Connections the operator opens to one database at most (shared by every Outbox on it).
 pub const MAX_CONNECTIONS_PER_DATABASE: u32 = 4;
 
-/// Counts the backlog of `table` in the database at `url` (from the Outbox's Secret, with its
-/// parsed `options`), on the database's pooled connections.
+/// Counts the backlog of `table` in the database `options` connect to, on the database's pooled
+/// connections (`key` names the pool: what the options were made from, hashed by the pool).
 pub async fn measure(
     pools: &Pool<PgPool>,
-    (url, options): (&str, PgConnectOptions),
+    (key, options): (&str, PgConnectOptions),
     table: &str,
     policy: CleanupPolicy,
     timeout: Duration,
@@ -76,7 +76,7 @@ pub async fn measure(
         field: "table",
         reason: "must be a lower-case SQL identifier, optionally schema-qualified".into(),
     })?;
-    let pool = pools.get(&url, || {
+    let pool = pools.get(&key, || {
         Ok::<_, Error>(
             PgPoolOptions::new()
                 .max_connections(MAX_CONNECTIONS_PER_DATABASE)

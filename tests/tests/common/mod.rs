@@ -12,9 +12,10 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use pipewright_crds::EventConsumer;
 use pipewright_testenv::{
-    HOW_TO_START, TestEnv, TestNamespace, TestSchema, eventually, install_crds, kube_client,
-    unique_name,
+    HOW_TO_START, TestEnv, TestNamespace, TestSchema, eventually, install_crds, kafka_config,
+    kube_client, unique_name,
 };
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde_json::json;
 
@@ -78,7 +79,26 @@ pub struct Stack {
 pub struct Cleanup {
     release: String,
     namespace: String,
+    /// Namespaces deleted with the release's own.
+    others: Vec<String>,
     armed: bool,
+}
+
+impl Cleanup {
+    /// Uninstalls `release` from `namespace` and deletes it and `others` when dropped armed.
+    pub fn new(release: &str, namespace: &str, others: &[&str]) -> Cleanup {
+        Cleanup {
+            release: release.to_owned(),
+            namespace: namespace.to_owned(),
+            others: others.iter().map(|n| n.to_string()).collect(),
+            armed: true,
+        }
+    }
+
+    /// The test cleaned up itself.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for Cleanup {
@@ -100,10 +120,12 @@ impl Drop for Cleanup {
             &helm,
             &["uninstall", &self.release, "--namespace", &self.namespace],
         );
-        quiet(
-            &kubectl,
-            &["delete", "namespace", &self.namespace, "--wait=false"],
-        );
+        for namespace in std::iter::once(&self.namespace).chain(&self.others) {
+            quiet(
+                &kubectl,
+                &["delete", "namespace", namespace, "--wait=false"],
+            );
+        }
     }
 }
 
@@ -122,11 +144,7 @@ impl Stack {
             .await
             .unwrap();
         let release = unique_name("pw");
-        let cleanup = Cleanup {
-            release: release.clone(),
-            namespace: ns.name.clone(),
-            armed: true,
-        };
+        let cleanup = Cleanup::new(&release, &ns.name, &[]);
         let chart = repo().join("charts/pipewright");
         run(
             &var("HELM"),
@@ -334,4 +352,40 @@ pub async fn serve_on_node(app: axum::Router) -> std::net::SocketAddr {
 
 pub fn bootstrap() -> Vec<String> {
     vec![TestEnv::get().kafka_bootstrap_servers.clone()]
+}
+
+/// Produces `count` JSON records `{"event_type":"Tick","id":i,"key":..}` with `keys` keys, at
+/// about `per_second`.
+pub async fn produce_steadily(topic: &str, count: u64, keys: u64, per_second: u64) {
+    let producer: FutureProducer = kafka_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut pending = Vec::new();
+    let start = tokio::time::Instant::now();
+    for i in 0..count {
+        let key = format!("k{}", i % keys);
+        let value = json!({"event_type": "Tick", "id": i, "key": key, "seq": i / keys}).to_string();
+        let mut record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+            .key(key.as_str())
+            .payload(value.as_str());
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break pending.push(delivery),
+                Err((_, back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        if let Some(ms) = (i * 1000).checked_div(per_second) {
+            tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+        }
+    }
+    for delivery in futures::future::join_all(pending).await {
+        delivery
+            .expect("delivery")
+            .expect("acknowledged by the broker");
+    }
 }

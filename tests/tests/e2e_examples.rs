@@ -1,0 +1,331 @@
+//! The files in `examples/`, applied unchanged with `kubectl apply` into a namespace of the
+//! local cluster, as a user would: they name Kafka as `kafka:9092` and PostgreSQL as
+//! `postgres:5432` (in their Secrets), which resolve there as they would in a cluster that runs
+//! both (CoreDNS; the Services of `$PIPEWRIGHT_SERVICES_MANIFEST`, routed by kube-proxy to the
+//! environment's broker and database). The operator runs in another namespace (the chart,
+//! watching the examples' namespace), as the quickstart installs it: it must measure what the
+//! workers reach, so it resolves the names as the workers' namespace does.
+//!
+//! Left out: `outbox-topic-template.yaml`, written for a SASL-authenticated cluster of two
+//! brokers (`kafka-0.kafka:9093`, `kafka-1.kafka:9093`) that the environment does not run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cleanup, NODE, WAIT, repo, require_node_and_images, run, var};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use pipewright_crds::{EventConsumer, Outbox};
+use pipewright_testenv::{
+    TestEnv, TestNamespace, ensure_topic, eventually, install_crds, kafka_config, kube_client,
+    unique_name,
+};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::json;
+
+/// The example files applied, and the resources they hold (kind, name).
+const APPLIED: &[&str] = &[
+    "eventconsumer-http.yaml",
+    "eventconsumer-kafka.yaml",
+    "eventconsumer-log.yaml",
+    "eventconsumer-postgres.yaml",
+    "outbox-orders.yaml",
+];
+const EVENT_CONSUMERS: &[&str] = &[
+    "orders-to-webhook",
+    "orders-to-audit-topic",
+    "tail-events",
+    "payments-to-postgres",
+];
+const OUTBOX: &str = "orders-outbox";
+/// The topics the applied examples name.
+const TOPICS: &[&str] = &[
+    "orders",
+    "orders.dlq",
+    "orders.audit",
+    "payments",
+    "payments.dlq",
+    "tail-events.dlq",
+];
+
+/// Ready=True and Degraded=False, with figures the operator measured (through the names the
+/// examples use), or what the conditions say instead.
+fn ready(conditions: &[Condition], measured: bool) -> Result<(), String> {
+    let status = |t: &str| conditions.iter().find(|c| c.type_ == t);
+    match (status("Ready"), status("Degraded")) {
+        (Some(r), Some(d)) if r.status == "True" && d.status == "False" && measured => Ok(()),
+        _ => Err(conditions
+            .iter()
+            .map(|c| format!("{}={}/{}: {}", c.type_, c.status, c.reason, c.message))
+            .collect::<Vec<_>>()
+            .join("; ")),
+    }
+}
+
+async fn wait_ready(client: &Client, ns: &str) {
+    let consumers: Api<EventConsumer> = Api::namespaced(client.clone(), ns);
+    let outboxes: Api<Outbox> = Api::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut waiting = Vec::new();
+        for name in EVENT_CONSUMERS {
+            let status = consumers
+                .get(name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .unwrap_or_default();
+            let measured = status.total_lag.is_some();
+            if let Err(e) = ready(&status.conditions, measured) {
+                waiting.push(format!("EventConsumer {name}: {e}"));
+            }
+        }
+        let status = outboxes
+            .get(OUTBOX)
+            .await
+            .ok()
+            .and_then(|o| o.status)
+            .unwrap_or_default();
+        let measured = status.pending.is_some();
+        if let Err(e) = ready(&status.conditions, measured) {
+            waiting.push(format!("Outbox {OUTBOX}: {e}"));
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "not Ready=True and Degraded=False within {WAIT:?}:\n{}",
+                waiting.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The first record of `topic` whose value contains `needle`.
+async fn find_record(topic: &str, needle: &str) -> String {
+    let consumer: BaseConsumer = kafka_config()
+        .set("group.id", unique_name("examples-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let consumer = std::sync::Arc::new(consumer);
+    let needle = needle.to_owned();
+    eventually(&format!("a record with {needle} in {topic}"), WAIT, || {
+        let consumer = consumer.clone();
+        let needle = needle.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                for _ in 0..50 {
+                    let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let value = String::from_utf8_lossy(m.payload().unwrap_or_default());
+                    if value.contains(&needle) {
+                        return Some(value.into_owned());
+                    }
+                }
+                None
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn e2e_examples_apply_unchanged_and_deliver_through_kafka_and_postgres_by_service_name() {
+    let _node = NODE.lock().await;
+    require_node_and_images();
+    let client = kube_client().await;
+    install_crds(&client).await;
+    let kubectl = var("KUBECTL");
+
+    // The examples' namespace (restricted, as the chart's pods must be admitted anywhere) with
+    // kafka and postgres as Services.
+    let ns = TestNamespace::create(&client, "examples").await;
+    let labels = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .unwrap();
+    run(
+        &kubectl,
+        &[
+            "apply",
+            "--namespace",
+            &ns.name,
+            "-f",
+            &var("PIPEWRIGHT_SERVICES_MANIFEST"),
+        ],
+    );
+
+    // The operator in a namespace of its own, watching the examples' namespace.
+    let operator_ns = TestNamespace::create(&client, "examples-operator").await;
+    let release = unique_name("pw");
+    let cleanup = Cleanup::new(&release, &operator_ns.name, &[&ns.name]);
+    let chart = repo().join("charts/pipewright");
+    run(
+        &var("HELM"),
+        &[
+            "install",
+            &release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            &operator_ns.name,
+            "--set",
+            &format!("watchNamespace={}", ns.name),
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "statusPeriod=2s",
+            "--skip-crds",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
+
+    // A database of its own (the Outbox example's table is public.outbox), with the outbox
+    // table of the migration users run and the read model the postgres example writes.
+    let env_url = &TestEnv::get().database_url;
+    let database = unique_name("examples").replace('-', "_");
+    let admin = sqlx::PgPool::connect(env_url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, _) = env_url.rsplit_once('/').unwrap();
+    let db = sqlx::PgPool::connect(&format!("{base}/{database}"))
+        .await
+        .unwrap();
+    let migration = std::fs::read_to_string(
+        repo().join("worker/src/outbox/migrations/20260101000000_outbox.sql"),
+    )
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(migration))
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE SCHEMA read_model; \
+         CREATE TABLE read_model.payments (payment_id text PRIMARY KEY, amount numeric NOT NULL, status text NOT NULL)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    // The Secrets the examples reference; the DSNs name the database by its Service.
+    let dsn = format!("postgres://postgres@postgres:5432/{database}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    for (name, data) in [
+        ("orders-db", json!({"dsn": dsn})),
+        ("read-model-db", json!({"dsn": dsn})),
+        (
+            "webhook-auth",
+            json!({"Authorization": "Bearer examples-test"}),
+        ),
+    ] {
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))
+                .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    for topic in TOPICS {
+        ensure_topic(topic, 3).await;
+    }
+
+    // The files, unchanged.
+    for file in APPLIED {
+        let path = repo().join("examples").join(file);
+        run(
+            &kubectl,
+            &[
+                "apply",
+                "--namespace",
+                &ns.name,
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        );
+    }
+    wait_ready(&client, &ns.name).await;
+
+    // Data through the names: a row in the outbox table (plain SQL) reaches orders.audit
+    // through the Outbox (PostgreSQL at postgres:5432, Kafka at kafka:9092) and the Kafka
+    // sink's EventConsumer; a payment produced here reaches the read model through the
+    // PostgreSQL sink's.
+    let order_id = unique_name("o");
+    sqlx::query(
+        "INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) \
+         VALUES (gen_random_uuid(), 'order', $1, 'order.created', $2)",
+    )
+    .bind(&order_id)
+    .bind(json!({"event_type": "order.created", "order_id": order_id}))
+    .execute(&db)
+    .await
+    .unwrap();
+    let audited = find_record("orders.audit", &order_id).await;
+    assert!(audited.contains("order.created"), "{audited}");
+
+    let payment_id = unique_name("p");
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka_config().create().unwrap();
+    let value = json!({"event_type": "payment.captured", "payment_id": payment_id, "amount": 42.5, "status": "captured"})
+        .to_string();
+    producer
+        .send(BaseRecord::to("payments").key(&payment_id).payload(&value))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let (amount, status): (String, String) = eventually(
+        &format!("payment {payment_id} in read_model.payments"),
+        WAIT,
+        || async {
+            sqlx::query_as(
+                "SELECT amount::text, status FROM read_model.payments WHERE payment_id = $1",
+            )
+            .bind(&payment_id)
+            .fetch_optional(&db)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!((amount.as_str(), status.as_str()), ("42.5", "captured"));
+
+    db.close().await;
+    run(
+        &var("HELM"),
+        &[
+            "uninstall",
+            &release,
+            "--namespace",
+            &operator_ns.name,
+            "--wait",
+        ],
+    );
+    ns.delete().await;
+    operator_ns.delete().await;
+    cleanup.disarm();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
