@@ -329,6 +329,16 @@ pub struct WorkerPod {
         "pod.annotations: keys under app.kubernetes.io/ and pipewright.io/ are set by the operator"
     ).reason(Reason::FieldValueForbidden))]
     pub annotations: BTreeMap<String, String>,
+    /// Annotations on the workers' ServiceAccount (`<name>-consumer` or `<name>-outbox`): the
+    /// cloud's workload identity, e.g. `eks.amazonaws.com/role-arn` (MSK with IAM),
+    /// `iam.gke.io/gcp-service-account`, `azure.workload.identity/client-id`. Keys under
+    /// app.kubernetes.io/ and pipewright.io/ are the operator's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = string_map_limits::<32, 4096>)]
+    #[x_kube(validation = Rule::new(reserved_keys_rule()).message(
+        "pod.serviceAccountAnnotations: keys under app.kubernetes.io/ and pipewright.io/ are set by the operator"
+    ).reason(Reason::FieldValueForbidden))]
+    pub service_account_annotations: BTreeMap<String, String>,
     /// The pods run only on nodes with these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(transform = string_map_limits::<32, 63>)]

@@ -254,8 +254,13 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         ..ObjectMeta::default()
     };
 
+    let service_account_annotations = plan
+        .pod
+        .as_ref()
+        .map(|p| p.service_account_annotations.clone())
+        .filter(|a| !a.is_empty());
     let service_account = ServiceAccount {
-        metadata: meta(None),
+        metadata: meta(service_account_annotations),
         // The worker never talks to the Kubernetes API.
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
@@ -669,6 +674,10 @@ pub(crate) mod tests {
         }
     }
 
+    fn base_service_account_annotations() -> Option<BTreeMap<String, String>> {
+        desired(&plan()).service_account.metadata.annotations
+    }
+
     #[test]
     fn pod_settings_reach_the_pod_template_and_the_operators_keys_win() {
         let base = desired(&plan()).deployment.spec.template;
@@ -693,9 +702,16 @@ pub(crate) mod tests {
             "priorityClassName": "events-high",
             "imagePullSecrets": [{"name": "registry"}],
             "env": [{"name": "RUST_LOG", "value": "debug"}],
+            "serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/msk"},
         }))
         .unwrap();
         p.pod = Some(pod.clone());
+        assert_eq!(
+            desired(&p).service_account.metadata.annotations,
+            Some(pod.service_account_annotations.clone()),
+            "the workload identity's annotations are on the workers' ServiceAccount"
+        );
+        assert_eq!(base_service_account_annotations(), None);
         let t = desired(&p).deployment.spec.template;
         let meta = t.metadata.unwrap();
         let labels = meta.labels.unwrap();

@@ -248,6 +248,11 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.pod.annotations",
         ),
         (
+            "a ServiceAccount annotation under pipewright.io/",
+            ec(json!({"pod": {"serviceAccountAnnotations": {"pipewright.io/x": "y"}}})),
+            "spec.pod.serviceAccountAnnotations",
+        ),
+        (
             "an environment variable of the worker's own (PIPEWRIGHT_)",
             ec(json!({"pod": {"env": [{"name": "PIPEWRIGHT_LISTEN", "value": "0.0.0.0:1"}]}})),
             "spec.pod.env",

@@ -10,7 +10,8 @@
 #   kube-proxy's rules       the KUBE-* chains of the host's iptables (iptables mode): every
 #                            Service's cluster IP. They are host-wide, which is why one
 #                            environment runs per host (tests/env/up refuses a second); down
-#                            removes them with `kube-proxy --cleanup`
+#                            removes them with `kube-proxy --cleanup`, and the kubelet's own
+#                            (KUBE-FIREWALL and its canaries)
 #   net.ipv4.ip_forward = 1  a pod reaching another pod through a Service is DNATed back out of
 #                            the bridge; down restores the value it found
 
@@ -211,6 +212,20 @@ stop_node() {
   done
   # kube-proxy's chains (it is stopped already), and the forwarding it needed.
   "$K8S_BIN/kube-proxy" --cleanup --proxy-mode=iptables >/dev/null 2>&1 || true
+  # The kubelet's own chains, in both address families: its canaries (KUBE-KUBELET-CANARY,
+  # KUBE-IPTABLES-HINT) and KUBE-FIREWALL (drops packets to 127.0.0.0/8 from elsewhere),
+  # jumped to from INPUT and OUTPUT. One environment per host: nothing else uses them.
+  local ipt table chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    "$ipt" -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
+    "$ipt" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$table" -F "$chain" 2>/dev/null && "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
   [ -f "$d/ip_forward.orig" ] && cat "$d/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
 }
