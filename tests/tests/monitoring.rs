@@ -5,7 +5,7 @@
 //! that file against what is exposed); the chart's PrometheusRule carries the file unchanged and
 //! its PodMonitor selects the worker pods; every query of the Grafana dashboard parses as
 //! PromQL (promtool) over documented metrics, and the chart ships the dashboard unchanged.
-//! `promtool` is built from the Prometheus Go module pinned in tests/env/promtool/go.mod
+//! `promtool` is built from the Prometheus Go module pinned in tests/env/prometheus/go.mod
 //! (`$PROMTOOL`, set by tests/env/up).
 
 mod common;

@@ -189,6 +189,11 @@ impl Stack {
         }
     }
 
+    /// The operator's Helm release name.
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
