@@ -6,11 +6,15 @@
 //! watching the examples' namespace), as the quickstart installs it: it must measure what the
 //! workers reach, so it resolves the names as the workers' namespace does.
 //!
+//! `eventconsumer-http-service.yaml` names the Service `payments-api`: here a selector-less
+//! Service whose endpoint is the test's own server on the node address.
+//!
 //! Left out: `outbox-topic-template.yaml`, written for a SASL-authenticated cluster of two
 //! brokers (`kafka-0.kafka:9093`, `kafka-1.kafka:9093`) that the environment does not run.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Cleanup, NODE, WAIT, repo, require_node_and_images, run, var};
@@ -26,11 +30,12 @@ use pipewright_testenv::{
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The example files applied, and the resources they hold (kind, name).
 const APPLIED: &[&str] = &[
     "eventconsumer-http.yaml",
+    "eventconsumer-http-service.yaml",
     "eventconsumer-kafka.yaml",
     "eventconsumer-log.yaml",
     "eventconsumer-postgres.yaml",
@@ -41,6 +46,7 @@ const EVENT_CONSUMERS: &[&str] = &[
     "orders-to-audit-topic",
     "tail-events",
     "payments-to-postgres",
+    "payments-to-service",
 ];
 const OUTBOX: &str = "orders-outbox";
 /// The topics the applied examples name.
@@ -106,6 +112,30 @@ async fn wait_ready(client: &Client, ns: &str) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Runs `program` with `input` on its standard input; panics with its output if it fails.
+fn run_with_stdin(program: &str, args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The first record of `topic` whose value contains `needle`.
@@ -249,6 +279,42 @@ async fn e2e_examples_apply_unchanged_and_deliver_through_kafka_and_postgres_by_
     for topic in TOPICS {
         ensure_topic(topic, 3).await;
     }
+    // payments-api: the test's server behind a Service, counting the CloudEvents it gets.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post({
+            let received = received.clone();
+            move |body: String| {
+                let received = received.clone();
+                async move {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_str(&body).unwrap());
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let address = common::serve_on_node(app).await;
+    let services = json!([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "payments-api"},
+         "spec": {"ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "payments-api-test",
+                      "labels": {"kubernetes.io/service-name": "payments-api"}},
+         "addressType": "IPv4",
+         "endpoints": [{"addresses": [address.ip().to_string()], "conditions": {"ready": true}}],
+         "ports": [{"name": "http", "port": address.port(), "protocol": "TCP"}]},
+    ]);
+    for object in services.as_array().unwrap() {
+        run_with_stdin(
+            &kubectl,
+            &["apply", "--namespace", &ns.name, "-f", "-"],
+            &object.to_string(),
+        );
+    }
 
     // The files, unchanged.
     for file in APPLIED {
@@ -307,6 +373,21 @@ async fn e2e_examples_apply_unchanged_and_deliver_through_kafka_and_postgres_by_
     )
     .await;
     assert_eq!((amount.as_str(), status.as_str()), ("42.5", "captured"));
+    // ... and, as a structured CloudEvent, payments-api through its Service.
+    let event = eventually(
+        &format!("payment {payment_id} at payments-api"),
+        WAIT,
+        || async {
+            received
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e["data"]["payment_id"] == payment_id.as_str())
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(event["type"], "payment.captured", "{event}");
 
     db.close().await;
     run(
