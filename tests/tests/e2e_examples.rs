@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Cleanup, NODE, WAIT, repo, require_node_and_images, run, var};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use pipewright_crds::{EventConsumer, Outbox};
 use pipewright_testenv::{
@@ -183,14 +183,7 @@ async fn e2e_examples_apply_unchanged_and_deliver_through_kafka_and_postgres_by_
     // The examples' namespace (restricted, as the chart's pods must be admitted anywhere) with
     // kafka and postgres as Services.
     let ns = TestNamespace::create(&client, "examples").await;
-    let labels = json!({"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/enforce-version": "latest",
-    }}});
-    Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&labels))
-        .await
-        .unwrap();
+    common::enforce_restricted(&client, &ns.name).await;
     run(
         &kubectl,
         &[
@@ -206,27 +199,7 @@ async fn e2e_examples_apply_unchanged_and_deliver_through_kafka_and_postgres_by_
     let operator_ns = TestNamespace::create(&client, "examples-operator").await;
     let release = unique_name("pw");
     let cleanup = Cleanup::new(&release, &operator_ns.name, &[&ns.name]);
-    let chart = repo().join("charts/pipewright");
-    run(
-        &var("HELM"),
-        &[
-            "install",
-            &release,
-            chart.to_str().unwrap(),
-            "--namespace",
-            &operator_ns.name,
-            "--set",
-            &format!("watchNamespace={}", ns.name),
-            "--set",
-            "replicaCount=1",
-            "--set",
-            "statusPeriod=2s",
-            "--skip-crds",
-            "--wait",
-            "--timeout",
-            "180s",
-        ],
-    );
+    common::install_operator(&release, &operator_ns.name, &ns.name);
 
     // A database of its own (the Outbox example's table is public.outbox), with the outbox
     // table of the migration users run and the read model the postgres example writes.

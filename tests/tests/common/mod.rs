@@ -135,41 +135,10 @@ impl Stack {
         let client = kube_client().await;
         install_crds(&client).await;
         let ns = TestNamespace::create(&client, prefix).await;
-        let labels = json!({"metadata": {"labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest",
-        }}});
-        Api::<Namespace>::all(client.clone())
-            .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&labels))
-            .await
-            .unwrap();
+        enforce_restricted(&client, &ns.name).await;
         let release = unique_name("pw");
         let cleanup = Cleanup::new(&release, &ns.name, &[]);
-        let chart = repo().join("charts/pipewright");
-        run(
-            &var("HELM"),
-            &[
-                "install",
-                &release,
-                chart.to_str().unwrap(),
-                "--namespace",
-                &ns.name,
-                "--set",
-                &format!("watchNamespace={}", ns.name),
-                "--set",
-                "replicaCount=1",
-                "--set",
-                "statusPeriod=2s",
-                "--set",
-                "scaleCooldown=10s",
-                // The CRDs are the chart's files (make generate-check); install_crds applied
-                // them already, with the field manager every test shares.
-                "--skip-crds",
-                "--wait",
-                "--timeout",
-                "180s",
-            ],
-        );
+        install_operator(&release, &ns.name, &ns.name);
         let schema = TestSchema::create(&format!("{prefix}_db")).await;
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": "db"},
@@ -307,6 +276,48 @@ impl Stack {
         self.ns.delete().await;
         self.schema.drop().await;
     }
+}
+
+/// Labels `namespace` to enforce the restricted Pod Security profile.
+pub async fn enforce_restricted(client: &Client, namespace: &str) {
+    let labels = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .unwrap();
+}
+
+/// Installs the chart as `release` in `namespace`, watching `watch` only, with the tests'
+/// short status period and cooldown; waits until the operator is ready.
+pub fn install_operator(release: &str, namespace: &str, watch: &str) {
+    let chart = repo().join("charts/pipewright");
+    run(
+        &var("HELM"),
+        &[
+            "install",
+            release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            namespace,
+            "--set",
+            &format!("watchNamespace={watch}"),
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "statusPeriod=2s",
+            "--set",
+            "scaleCooldown=10s",
+            // The CRDs are the chart's files (make generate-check); install_crds applied
+            // them already, with the field manager every test shares.
+            "--skip-crds",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+    );
 }
 
 pub fn running_and_ready(pod: &Pod) -> bool {
