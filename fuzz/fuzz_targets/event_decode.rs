@@ -61,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
         payload: Some(data.to_vec()),
         headers: Vec::new(),
         timestamp_ms: None,
+        trace: None,
     };
     if let Ok((event_type, value)) = parse_event(&record) {
         assert!(value.is_object());

@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod report;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traces;
 
 pub use error::{Chain, Error};
 pub use http::Health;

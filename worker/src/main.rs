@@ -12,7 +12,7 @@ use pipewright_worker::consume::sinks::SinkHandler;
 use pipewright_worker::consume::{self, ConsumerMetrics};
 use pipewright_worker::outbox::{OutboxMetrics, Poller};
 use pipewright_worker::report::Reporter;
-use pipewright_worker::{Error, Health, telemetry};
+use pipewright_worker::{Error, Health, telemetry, traces};
 use prometheus_client::registry::Registry;
 
 #[tokio::main]
@@ -23,10 +23,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    match cli.command {
+    // Off unless the OTEL_* environment asks for traces (docs/tracing.md).
+    let traces = traces::init()?;
+    let result = match cli.command {
         Command::Outbox(args) => run_outbox(cli.listen, args).await,
         Command::Consume(args) => run_consume(cli.listen, args).await,
+    };
+    if let Some(traces) = traces {
+        // The last spans (the drained records') go out before the process ends.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }
+    result
 }
 
 async fn run_consume(listen: SocketAddr, args: ConsumeArgs) -> Result<(), Error> {

@@ -341,40 +341,65 @@ impl<H: Handler> ConsumerContext for ConsumeContext<H> {
     }
 }
 
-/// The topic names of the records, shared: one allocation per topic, not per record.
-#[derive(Debug, Default)]
-struct TopicNames(Vec<Arc<str>>);
+/// Makes the owned [`Record`]s of fetched messages: the topic names shared (one allocation
+/// per topic, not per record), and each record's delivery span started when traces are on.
+#[derive(Debug)]
+struct Records {
+    topics: Vec<Arc<str>>,
+    group: String,
+    tracer: Option<&'static opentelemetry::global::BoxedTracer>,
+}
 
-impl TopicNames {
-    fn get(&mut self, name: &str) -> Arc<str> {
-        match self.0.iter().find(|t| &***t == name) {
+impl Records {
+    fn new(group: &str) -> Records {
+        Records {
+            topics: Vec::new(),
+            group: group.to_string(),
+            tracer: crate::traces::tracer(),
+        }
+    }
+
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        match self.topics.iter().find(|t| &***t == name) {
             Some(t) => t.clone(),
             None => {
                 let t: Arc<str> = name.into();
-                self.0.push(t.clone());
+                self.topics.push(t.clone());
                 t
             }
         }
     }
-}
 
-/// Copies a message into an owned [`Record`].
-fn to_record(m: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Record {
-    Record {
-        topic: topics.get(m.topic()),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec),
-        headers: m
+    /// Copies a message into an owned [`Record`].
+    fn record(&mut self, m: &BorrowedMessage<'_>) -> Record {
+        let headers: Vec<(String, Option<Vec<u8>>)> = m
             .headers()
             .map(|h| {
                 h.iter()
                     .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec)))
                     .collect()
             })
-            .unwrap_or_default(),
-        timestamp_ms: m.timestamp().to_millis(),
+            .unwrap_or_default();
+        let trace = self.tracer.map(|tracer| {
+            crate::traces::start_delivery(
+                tracer,
+                &self.group,
+                m.topic(),
+                m.partition(),
+                m.offset(),
+                &headers,
+            )
+        });
+        Record {
+            topic: self.topic(m.topic()),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+            trace,
+        }
     }
 }
 
@@ -596,7 +621,7 @@ fn take_fetched<H: Handler, C: ConsumerContext>(
     queues: &mut [MessageStream<'_, C>],
     first: usize,
     mut taken: Taken,
-    topics: &mut TopicNames,
+    records: &mut Records,
 ) {
     let mut empty = vec![false; queues.len()];
     let mut i = first;
@@ -604,7 +629,7 @@ fn take_fetched<H: Handler, C: ConsumerContext>(
     while taken != Taken::Paused && count < FETCH_BATCH {
         match queues[i].next().now_or_never() {
             Some(Some(Ok(m))) => {
-                taken = pipeline.take(to_record(&m, topics));
+                taken = pipeline.take(records.record(&m));
                 count += 1;
                 continue;
             }
@@ -668,7 +693,7 @@ pub async fn run<H: Handler>(
     let failed = pipeline.failed();
     let mut tick = tokio::time::interval(config.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut topics = TopicNames::default();
+    let mut records = Records::new(&config.group_id);
     // The partitions read from queues of their own, and which of them comes first next time.
     let mut parts: Vec<(Tp, Arc<Queue<H>>)> = Vec::new();
     let mut parts_seen = 0;
@@ -709,9 +734,9 @@ pub async fn run<H: Handler>(
             _ = tick.tick() => fetcher.commit().await,
             (first, message) = next_of(&mut queues) => match message {
                 Ok(m) => {
-                    let taken = pipeline.take(to_record(&m, &mut topics));
+                    let taken = pipeline.take(records.record(&m));
                     drop(m);
-                    take_fetched(&pipeline, &mut queues, first, taken, &mut topics);
+                    take_fetched(&pipeline, &mut queues, first, taken, &mut records);
                 }
                 Err(e) => {
                     warn!(error = %e, "consumer error");

@@ -29,6 +29,10 @@ pub struct Record {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// The record's timestamp, milliseconds since the epoch, when it has one.
     pub timestamp_ms: Option<i64>,
+    /// The span of this record's delivery, when traces are on ([`crate::traces`]): a child
+    /// of the context in its headers. It ends when the last clone of it is dropped, with the
+    /// record.
+    pub trace: Option<opentelemetry::Context>,
 }
 
 impl Record {
@@ -743,6 +747,7 @@ mod tests {
             payload: Some(payload.as_bytes().to_vec()),
             headers: vec![],
             timestamp_ms: None,
+            trace: None,
         }
     }
 

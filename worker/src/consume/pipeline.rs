@@ -315,6 +315,14 @@ struct Started {
 
 impl Started {
     fn end(&self, outcome: Outcome) -> Done {
+        // Here, not when the record drops: a task drops its last record only after running
+        // the ones that follow it.
+        if let Some(cx) = &self.record.trace {
+            if outcome == Outcome::Cancelled {
+                crate::traces::delivery_ended(cx, "cancelled");
+            }
+            opentelemetry::trace::TraceContextExt::span(cx).end();
+        }
         Done {
             slot: self.slot,
             epoch: self.epoch,
@@ -1117,6 +1125,7 @@ mod tests {
             payload: Some(format!(r#"{{"event_type":"Step","n":{offset}}}"#).into_bytes()),
             headers: vec![],
             timestamp_ms: None,
+            trace: None,
         }
     }
 

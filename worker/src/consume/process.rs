@@ -11,7 +11,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use super::dlq::{DeadLetters, Failure};
 use super::events::{Handler, HandlerError, InvalidPolicy, Record, Rejection, RejectionKind};
 use super::metrics::{ConsumerMetrics, KindLabels};
 use super::pipeline::PipelineConfig;
-use crate::Error;
+use crate::{Error, traces};
 
 /// How processing a record ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,12 +188,24 @@ impl<H: Handler> Processor<H> {
                         attempt = attempts, error.kind = %err.kind, error = %err.message,
                         retry_in = ?delay, "delivery failed; retrying"
                     );
+                    if let Some(cx) = &record.trace {
+                        traces::attempt_failed(cx, attempts, &err.kind, &err.message, delay);
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cancel.cancelled() => return Outcome::Cancelled,
                     }
                 }
                 None => {
+                    if let Some(cx) = &record.trace {
+                        traces::attempt_failed(
+                            cx,
+                            attempts,
+                            &err.kind,
+                            &err.message,
+                            Duration::ZERO,
+                        );
+                    }
                     let failure = Failure {
                         kind: err.kind,
                         message: err.message,
@@ -246,6 +258,9 @@ impl<H: Handler> Processor<H> {
                     "skipping a record that is not a valid event"
                 );
                 self.metrics.skipped.inc();
+                if let Some(cx) = &record.trace {
+                    traces::delivery_ended(cx, "skipped");
+                }
                 Outcome::Finished
             }
             InvalidPolicy::DeadLetter => {
@@ -288,6 +303,9 @@ impl<H: Handler> Processor<H> {
                     "record dead-lettered"
                 );
                 self.metrics.dead_lettered.inc();
+                if let Some(cx) = &record.trace {
+                    traces::delivery_failed(cx, "dead-lettered", &failure.kind, &failure.message);
+                }
                 Outcome::Finished
             }
             Err(e) => {
@@ -298,6 +316,9 @@ impl<H: Handler> Processor<H> {
     }
 
     fn poison(&self, record: &Record, kind: String, message: String) -> Outcome {
+        if let Some(cx) = &record.trace {
+            traces::delivery_failed(cx, "poison", &kind, &message);
+        }
         self.failed.fail(Error::PoisonMessage {
             record: record.id(),
             kind,

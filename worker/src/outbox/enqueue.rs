@@ -26,6 +26,12 @@ pub trait OutboxEvent: Serialize {
 
 /// Inserts `event` into the table `outbox` (resolved through the `search_path`) inside `tx`,
 /// and returns the row's id (a UUIDv7). Nothing is visible to the poller until `tx` commits.
+///
+/// The caller's current trace context — its current `tracing` span's when that span is an
+/// OpenTelemetry span (`tracing-opentelemetry`), else OpenTelemetry's current context — goes
+/// into the row's `headers` as `traceparent`/`tracestate` (W3C), unless the event's own
+/// [`OutboxEvent::headers`] set them: the relay and every consumer continue that trace
+/// ([`crate::traces`]). Nothing is added when the caller has no span.
 pub async fn enqueue<E: OutboxEvent>(
     tx: &mut Transaction<'_, Postgres>,
     event: &E,
@@ -46,7 +52,17 @@ pub async fn enqueue_into<E: OutboxEvent>(
         .ok_or(Error::MissingEventType)?
         .to_string();
     let id = Uuid::now_v7();
-    let headers = event.headers().map(serde_json::Value::Object);
+    let mut headers = event.headers();
+    // The caller's trace context, so the event's trace starts in the caller's transaction.
+    // Headers the event sets itself win.
+    let trace = crate::traces::headers_of(&current_context());
+    if !trace.is_empty() {
+        let map = headers.get_or_insert_with(serde_json::Map::new);
+        for (name, value) in trace {
+            map.entry(name).or_insert(serde_json::Value::String(value));
+        }
+    }
+    let headers = headers.map(serde_json::Value::Object);
     // The table name is validated and quoted; every value is a bind parameter.
     let sql = format!(
         "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, headers) \
@@ -64,4 +80,17 @@ pub async fn enqueue_into<E: OutboxEvent>(
         .await
         .map_err(Error::Database)?;
     Ok(id)
+}
+
+/// The caller's current OpenTelemetry context: its current `tracing` span's, else the one
+/// attached with the OpenTelemetry API.
+fn current_context() -> opentelemetry::Context {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        cx
+    } else {
+        opentelemetry::Context::current()
+    }
 }

@@ -210,7 +210,18 @@ struct InFlight {
     delivery: DeliveryFuture,
     sent: Instant,
     age_seconds_at_send: f64,
+    /// The row's `publish` span (traces on, the row carried a context): ends when this is
+    /// dropped, after the acknowledgement.
+    _trace: Option<opentelemetry::Context>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// What [`Poller::send`] handed to the producer.
+struct Sent {
+    delivery: DeliveryFuture,
+    /// The row's age when it was read.
+    age_seconds: f64,
+    trace: Option<opentelemetry::Context>,
 }
 
 /// The fence over `seq` (see the module doc): rows up to `safe` are complete; `pending` is a
@@ -402,13 +413,14 @@ impl Poller {
                         _ = shutdown.cancelled() => break,
                     };
                     let seq = row.seq;
-                    let (delivery, age_seconds_at_send) = self.send(&producer, row)?;
+                    let sent = self.send(&producer, row)?;
                     self.metrics.in_flight.inc();
                     let item = InFlight {
                         seq,
-                        delivery,
+                        delivery: sent.delivery,
                         sent: Instant::now(),
-                        age_seconds_at_send,
+                        age_seconds_at_send: sent.age_seconds,
+                        _trace: sent.trace,
                         _permit: permit,
                     };
                     tokio::select! {
@@ -481,8 +493,8 @@ impl Poller {
         read.and(drained)
     }
 
-    /// Hands one row to the producer; returns its delivery future and the row's age.
-    fn send(&self, producer: &FutureProducer, row: Row) -> Result<(DeliveryFuture, f64), Error> {
+    /// Hands one row to the producer.
+    fn send(&self, producer: &FutureProducer, row: Row) -> Result<Sent, Error> {
         let topic = self
             .config
             .destination
@@ -511,9 +523,28 @@ impl Poller {
                 key: "seq",
                 value: Some(seq.as_str()),
             });
-        if let Some(extra) = row.headers.as_deref().and_then(|h| {
+        let mut extra = row.headers.as_deref().and_then(|h| {
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(h).ok()
-        }) {
+        });
+        // With traces on, a row that carries its writer's trace context is published in a
+        // span of its own, whose context the record carries on (crate::traces).
+        let trace = match (crate::traces::tracer(), extra.as_mut()) {
+            (Some(tracer), Some(map)) => {
+                let parent = crate::traces::extract_json(map);
+                opentelemetry::trace::TraceContextExt::span(&parent)
+                    .span_context()
+                    .is_valid()
+                    .then(|| {
+                        let cx = crate::traces::start_publish(tracer, &topic, &id, &parent);
+                        for (name, value) in crate::traces::headers_of(&cx) {
+                            map.insert(name, serde_json::Value::String(value));
+                        }
+                        cx
+                    })
+            }
+            _ => None,
+        };
+        if let Some(extra) = extra {
             for (key, value) in extra {
                 let value = match value {
                     serde_json::Value::String(s) => s,
@@ -533,7 +564,11 @@ impl Poller {
         }
         producer
             .send_result(record)
-            .map(|d| (d, row.age_seconds))
+            .map(|d| Sent {
+                delivery: d,
+                age_seconds: row.age_seconds,
+                trace,
+            })
             .map_err(|(e, _)| Error::Kafka(e))
     }
 

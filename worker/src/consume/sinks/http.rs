@@ -52,9 +52,9 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use pipewright_crds::worker_config::{ContentMode, HttpMethod};
 
-use crate::Error;
 use crate::consume::events::{GenericEvent, HandlerError, Record};
 use crate::error::Chain;
+use crate::{Error, traces};
 
 /// Settings of the HTTP sink.
 #[derive(Clone)]
@@ -289,6 +289,18 @@ impl HttpSink {
             .key
             .as_deref()
             .and_then(|k| std::str::from_utf8(k).ok());
+        // The CloudEvents distributed-tracing extension: the context the event was made in
+        // (the record's own `traceparent`), not this hop's (which goes in the HTTP header).
+        let origin = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
+                .filter(|v| !v.is_empty() && v.is_ascii())
+        };
+        let traceparent = origin(traces::TRACEPARENT);
+        let tracestate = traceparent.and(origin(traces::TRACESTATE));
         let mut builder = Request::builder()
             .method(c.method.clone())
             .uri(c.url.clone())
@@ -312,6 +324,12 @@ impl HttpSink {
                 if let Some(subject) = subject {
                     builder = builder.header("ce-subject", ce_header(subject));
                 }
+                if let Some(traceparent) = traceparent {
+                    builder = builder.header("ce-traceparent", ce_header(traceparent));
+                }
+                if let Some(tracestate) = tracestate {
+                    builder = builder.header("ce-tracestate", ce_header(tracestate));
+                }
                 Bytes::from(record.payload.clone().unwrap_or_default())
             }
             ContentMode::Structured => {
@@ -324,12 +342,25 @@ impl HttpSink {
                     time: time.as_deref(),
                     subject,
                     datacontenttype: content_type.to_str().unwrap_or(OCTETS),
+                    traceparent,
+                    tracestate,
                 };
                 structured(&attributes, record, c.raw)
             }
         };
+        // This hop's context: the delivery span's, in place of a forwarded one.
+        let hop = record.trace.as_ref().map(traces::headers_of);
+        for (name, value) in hop.iter().flatten() {
+            builder = builder.header(name, value);
+        }
         for (name, value) in &record.headers {
             let Some(value) = value else { continue };
+            if hop.is_some()
+                && (name.eq_ignore_ascii_case(traces::TRACEPARENT)
+                    || name.eq_ignore_ascii_case(traces::TRACESTATE))
+            {
+                continue;
+            }
             let Some(forward) = c
                 .forward_headers
                 .iter()
@@ -505,6 +536,11 @@ struct Attributes<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
     datacontenttype: &'a str,
+    /// The distributed-tracing extension.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
 }
 
 /// A structured-mode body: the attributes, and the record's value as `data` — JSON (checked
@@ -593,6 +629,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), Some(v.to_vec())))
                 .collect(),
             timestamp_ms: Some(1_700_000_000_000),
+            trace: None,
         }
     }
 

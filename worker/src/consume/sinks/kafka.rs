@@ -44,11 +44,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info};
 
-use crate::Error;
 use crate::consume::events::{GenericEvent, HandlerError, Record};
 use crate::consume::offsets::Tp;
 use crate::consume::{Compression, producer_config};
 use crate::kafka::KafkaSettings;
+use crate::{Error, traces};
 
 /// Header naming the consumed record an output came from.
 pub const H_SOURCE: &str = "pipewright.source";
@@ -263,10 +263,24 @@ impl KafkaSink {
     /// sent: try again after a wait).
     pub fn deliver_now(&self, record: &Record) -> Option<Result<(), HandlerError>> {
         let mut headers = OwnedHeaders::new();
+        // Traces on: the output carries the delivery span's context in place of the input's.
+        let hop = record.trace.as_ref().map(traces::headers_of);
         for (k, v) in &record.headers {
+            if hop.is_some()
+                && (k.eq_ignore_ascii_case(traces::TRACEPARENT)
+                    || k.eq_ignore_ascii_case(traces::TRACESTATE))
+            {
+                continue;
+            }
             headers = headers.insert(Header {
                 key: k,
                 value: v.as_deref(),
+            });
+        }
+        for (k, v) in hop.iter().flatten() {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
             });
         }
         let source = record.id().to_string();
