@@ -392,6 +392,68 @@ fn reserved_keys_rule() -> String {
     format!("self.all(k, {})", checks.join(" && "))
 }
 
+/// The OpenTelemetry variables the operator sets for [`Tracing`] and the worker reads (the
+/// SDK's standard names): one list for both sides.
+pub mod otel_env {
+    /// The OTLP/HTTP base URL; spans go to `<endpoint>/v1/traces`. Set: traces on.
+    pub const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    /// The traces-only URL (used as it is); also turns traces on.
+    pub const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    /// Only `http/protobuf` is built into the worker.
+    pub const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+    pub const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+    pub const PROTOCOL_HTTP_PROTOBUF: &str = "http/protobuf";
+    pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+    pub const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+    pub const SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+    pub const SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+    /// The sampler the operator sets: a ratio of new traces, a parent's decision kept.
+    pub const SAMPLER_PARENT_BASED_RATIO: &str = "parentbased_traceidratio";
+    /// `true`: no traces, whatever else is set.
+    pub const SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+    /// `none`: no traces, whatever else is set.
+    pub const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
+}
+
+/// What the workers report beyond metrics.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Observability {
+    /// OpenTelemetry traces of each record's way through the worker (docs/tracing.md). Off
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// OpenTelemetry traces, exported over OTLP (HTTP/protobuf) to a collector or a tracing
+/// backend (Jaeger, Tempo, an OpenTelemetry Collector). The worker continues the trace each
+/// record carries (W3C `traceparent` header): a span per outbox row published and per record
+/// delivered, retries as span events, the context passed on to the sink. Further `OTEL_*`
+/// variables (`OTEL_EXPORTER_OTLP_HEADERS` from a Secret, timeouts, compression) go in
+/// `pod.env`, which comes after these and wins.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`), e.g.
+    /// `http://otel-collector.observability:4318`; spans are sent to `<endpoint>/v1/traces`.
+    /// Only OTLP over HTTP (protobuf) is supported, not gRPC (port 4317).
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    )]
+    pub endpoint: String,
+    /// The percentage of new traces recorded (0–100, default 100). A record whose producer
+    /// sampled its trace is traced, one whose producer did not is not (parent-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub sampling_percent: Option<u8>,
+    /// The spans' `service.name` (`OTEL_SERVICE_NAME`). Default: the workers' name,
+    /// `<name>-consumer` or `<name>-outbox`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_name: Option<String>,
+}
+
 /// How many worker replicas an autoscaler may run for an EventConsumer, and the consumer lag
 /// that calls for one more.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::worker_report::{ConsumerCounters, RejectedCounters};
 
 use crate::common::{
-    ConfigMapKeyRef, ConsumerAutoscaling, Duration, IMAGE_PATTERN, KafkaConnection,
+    ConfigMapKeyRef, ConsumerAutoscaling, Duration, IMAGE_PATTERN, KafkaConnection, Observability,
     SQL_IDENTIFIER_PATTERN, SQL_TABLE_PATTERN, SecretKeyRef, SecretRef, TOPIC_PATTERN, WorkerPod,
     duration_between, duration_not_longer,
 };
@@ -134,6 +134,9 @@ pub struct EventConsumerSpec {
     /// worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<WorkerPod>,
+    /// Traces of the data path (OpenTelemetry over OTLP/HTTP). Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<Observability>,
 }
 
 fn one() -> i32 {

@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    Duration, IMAGE_PATTERN, KafkaConnection, SQL_TABLE_PATTERN, SecretKeyRef, TOPIC_PATTERN,
-    WorkerPod, duration_between,
+    Duration, IMAGE_PATTERN, KafkaConnection, Observability, SQL_TABLE_PATTERN, SecretKeyRef,
+    TOPIC_PATTERN, WorkerPod, duration_between,
 };
 
 /// The placeholder a topic template must contain.
@@ -117,6 +117,9 @@ pub struct OutboxSpec {
     /// publisher pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<WorkerPod>,
+    /// Traces of the data path (OpenTelemetry over OTLP/HTTP). Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<Observability>,
 }
 
 fn default_table() -> String {

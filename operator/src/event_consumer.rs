@@ -214,6 +214,7 @@ pub fn plan_with_sink(
         replicas: spec.replicas,
         resources: spec.resources.clone(),
         pod: spec.pod.clone(),
+        tracing: spec.observability.as_ref().and_then(|o| o.tracing.clone()),
         drain_seconds: i64::try_from(drain.as_secs()).unwrap_or(i64::MAX / 2),
         secrets_hash: String::new(),
         last_scale_time: None,

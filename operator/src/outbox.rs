@@ -106,6 +106,7 @@ pub fn plan(obx: &Outbox, settings: &Settings) -> Result<WorkerPlan> {
         replicas: spec.replicas,
         resources: spec.resources.clone(),
         pod: spec.pod.clone(),
+        tracing: spec.observability.as_ref().and_then(|o| o.tracing.clone()),
         drain_seconds: SHUTDOWN_GRACE_SECONDS,
         secrets_hash: String::new(),
         last_scale_time: None,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    EnvVar, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
     ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
@@ -22,6 +22,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pipewright_crds::WorkerPod;
+use pipewright_crds::common::{Tracing, otel_env};
 use pipewright_crds::worker_config::{self, CONFIG_DIR, CONFIG_FILE};
 use sha2::{Digest, Sha256};
 
@@ -145,6 +146,8 @@ pub struct WorkerPlan {
     pub resources: Option<ResourceRequirements>,
     /// The spec's pod settings (scheduling, pull Secrets, metadata, extra environment).
     pub pod: Option<WorkerPod>,
+    /// The spec's traces (`observability.tracing`): rendered as `OTEL_*` environment.
+    pub tracing: Option<Tracing>,
     /// The worker's drain deadline; the pod's grace period adds a margin to it.
     pub drain_seconds: i64,
     /// Hash of the referenced Secrets' data.
@@ -238,6 +241,46 @@ pub fn data_hash<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> 
         hasher.update(v);
     }
     format!("{:x}", hasher.finalize())[..16].to_string()
+}
+
+/// The worker container's environment: the traces' `OTEL_*` variables, then the spec's
+/// `pod.env` (later entries win, so `pod.env` may override or add `OTEL_*` settings).
+fn worker_env(plan: &WorkerPlan) -> Vec<EnvVar> {
+    let mut env = Vec::new();
+    if let Some(t) = &plan.tracing {
+        let var = |name: &str, value: String| EnvVar {
+            name: name.into(),
+            value: Some(value),
+            ..EnvVar::default()
+        };
+        let service = t
+            .service_name
+            .clone()
+            .unwrap_or_else(|| child_name(&plan.name, plan.component));
+        let ratio = f64::from(t.sampling_percent.unwrap_or(100)) / 100.0;
+        env.extend([
+            var(otel_env::ENDPOINT, t.endpoint.clone()),
+            var(otel_env::PROTOCOL, otel_env::PROTOCOL_HTTP_PROTOBUF.into()),
+            var(otel_env::SERVICE_NAME, service),
+            var(
+                otel_env::RESOURCE_ATTRIBUTES,
+                format!(
+                    "k8s.namespace.name={},k8s.deployment.name={}",
+                    plan.namespace,
+                    child_name(&plan.name, plan.component)
+                ),
+            ),
+            var(
+                otel_env::SAMPLER,
+                otel_env::SAMPLER_PARENT_BASED_RATIO.into(),
+            ),
+            var(otel_env::SAMPLER_ARG, ratio.to_string()),
+        ]);
+    }
+    if let Some(pod) = &plan.pod {
+        env.extend(pod.env.iter().cloned());
+    }
+    env
 }
 
 /// The desired objects of a worker plan.
@@ -362,7 +405,7 @@ pub fn desired(plan: &WorkerPlan) -> Desired {
         // so its partitions would wait for its session to time out (librdkafka: 45 s)
         // before anyone consumed them again. A dynamic member leaves on SIGTERM, after its
         // drain and final commit, and the group hands its partitions on at once.
-        env: pod.and_then(|p| nonempty(&p.env)),
+        env: nonempty(&worker_env(plan)),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: WORKER_PORT,
@@ -535,6 +578,7 @@ pub(crate) mod tests {
             replicas: 2,
             resources: None,
             pod: None,
+            tracing: None,
             drain_seconds: 30,
             secrets_hash: "abc".into(),
             last_scale_time: None,
@@ -736,5 +780,52 @@ pub(crate) mod tests {
         assert_eq!(spec.containers[0].env, Some(pod.env.clone()));
         // The security settings stay the operator's.
         assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    fn env_of(p: &WorkerPlan) -> Vec<(String, String)> {
+        let spec = desired(p).deployment.spec.template.spec.unwrap();
+        spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn tracing_renders_the_standard_otel_variables_and_pod_env_comes_after_them() {
+        assert!(env_of(&plan()).is_empty(), "no tracing, no pod env: no env");
+        let mut p = plan();
+        p.tracing = Some(Tracing {
+            endpoint: "http://collector.observability:4318".into(),
+            sampling_percent: Some(25),
+            service_name: None,
+        });
+        p.pod = Some(WorkerPod {
+            env: vec![EnvVar {
+                name: "OTEL_SERVICE_NAME".into(),
+                value: Some("mine".into()),
+                ..EnvVar::default()
+            }],
+            ..WorkerPod::default()
+        });
+        let env = env_of(&p);
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                (otel_env::ENDPOINT, "http://collector.observability:4318"),
+                (otel_env::PROTOCOL, "http/protobuf"),
+                (otel_env::SERVICE_NAME, "orders-outbox"),
+                (
+                    otel_env::RESOURCE_ATTRIBUTES,
+                    "k8s.namespace.name=shop,k8s.deployment.name=orders-outbox"
+                ),
+                (otel_env::SAMPLER, "parentbased_traceidratio"),
+                (otel_env::SAMPLER_ARG, "0.25"),
+                // Later entries win: the spec's own setting overrides the default name.
+                ("OTEL_SERVICE_NAME", "mine"),
+            ]
+        );
     }
 }

@@ -525,6 +525,18 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.replicas",
         ),
         (
+            "a tracing endpoint that is not an http(s) URL",
+            ec(json!({"observability": {"tracing": {"endpoint": "collector:4317"}}})),
+            "spec.observability.tracing.endpoint",
+        ),
+        (
+            "a tracing sampling percentage over 100",
+            ec(
+                json!({"observability": {"tracing": {"endpoint": "http://c:4318", "samplingPercent": 150}}}),
+            ),
+            "spec.observability.tracing.samplingPercent",
+        ),
+        (
             "a name that is not a DNS label",
             not_a_label,
             "metadata.name",
@@ -589,6 +601,11 @@ fn invalid_outboxes() -> Vec<Case> {
             "a pod label under pipewright.io/",
             obx(json!({"pod": {"labels": {"pipewright.io/config-hash": "x"}}})),
             "spec.pod.labels",
+        ),
+        (
+            "tracing without an endpoint",
+            obx(json!({"observability": {"tracing": {"serviceName": "orders"}}})),
+            "spec.observability.tracing.endpoint",
         ),
     ]
 }

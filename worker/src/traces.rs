@@ -38,6 +38,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use pipewright_crds::common::otel_env;
 
 use crate::Error;
 
@@ -71,9 +72,9 @@ pub fn requested() -> bool {
     let is = |name: &str, value: &str| {
         std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
     };
-    (set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") || set("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        && !is("OTEL_SDK_DISABLED", "true")
-        && !is("OTEL_TRACES_EXPORTER", "none")
+    (set(otel_env::TRACES_ENDPOINT) || set(otel_env::ENDPOINT))
+        && !is(otel_env::SDK_DISABLED, "true")
+        && !is(otel_env::TRACES_EXPORTER, "none")
 }
 
 /// Turns traces on when the environment asks for them (see the module documentation); `None`
@@ -82,12 +83,9 @@ pub fn init() -> Result<Option<Traces>, Error> {
     if !requested() {
         return Ok(None);
     }
-    for name in [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ] {
+    for name in [otel_env::TRACES_PROTOCOL, otel_env::PROTOCOL] {
         if let Ok(protocol) = std::env::var(name)
-            && protocol.trim() != "http/protobuf"
+            && protocol.trim() != otel_env::PROTOCOL_HTTP_PROTOBUF
         {
             return Err(invalid(format!(
                 "{name}={protocol:?}: only http/protobuf is supported (OTLP over HTTP, port 4318)"
@@ -110,8 +108,8 @@ pub fn init() -> Result<Option<Traces>, Error> {
     let processor =
         BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let mut resource = Resource::builder();
-    let named = std::env::var("OTEL_SERVICE_NAME").is_ok()
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let named = std::env::var(otel_env::SERVICE_NAME).is_ok()
+        || std::env::var(otel_env::RESOURCE_ATTRIBUTES).is_ok_and(|a| a.contains("service.name="));
     if !named {
         resource = resource.with_service_name(SCOPE);
     }
@@ -128,7 +126,7 @@ pub fn init() -> Result<Option<Traces>, Error> {
 
 fn invalid(reason: String) -> Error {
     Error::InvalidConfig {
-        field: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        field: otel_env::ENDPOINT,
         reason,
     }
 }
