@@ -8,6 +8,7 @@
 #     coredns/<version>/bin coredns (the cluster DNS)
 #     containerd/<version>/bin, runc/<version>/bin, pause/   the node's container runtime
 #     helm/<version>/bin    helm
+#     prometheus/<version>/bin, jaeger/<version>/bin   promtool + prometheus, jaeger
 #     m2, kafka/<version>   Maven repository and the Kafka broker + tools jars
 #   $PIPEWRIGHT_STATE (default target/testenv): the running environment (data, certificates,
 #     kubeconfig, logs, pids). tests/env/down stops every process and deletes it.
@@ -22,6 +23,7 @@ STATE=${PIPEWRIGHT_STATE:-$ROOT/target/testenv}
 K8S_VERSION=$(awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "k8s.io/kubernetes" { print $2 }' "$ENV_DIR/k8s/go.mod")
 HELM_VERSION=$(awk '$1 == "helm.sh/helm/v4" { print $2 }' "$ENV_DIR/helm/go.mod")
 PROMETHEUS_VERSION=$(awk '$1 == "github.com/prometheus/prometheus" { print $2 }' "$ENV_DIR/prometheus/go.mod")
+JAEGER_VERSION=$(awk '$1 == "github.com/jaegertracing/jaeger" { print $2 }' "$ENV_DIR/jaeger/go.mod")
 CONTAINERD_VERSION=$(awk '$1 == "github.com/containerd/containerd/v2" { print $2 }' "$ENV_DIR/containerd/go.mod")
 RUNC_VERSION=$(awk '$1 == "github.com/opencontainers/runc" { print $2 }' "$ENV_DIR/runc/go.mod")
 COREDNS_VERSION=$(awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "github.com/coredns/coredns" { print $2 }' "$ENV_DIR/coredns/go.mod")
@@ -31,6 +33,7 @@ DEBEZIUM_VERSION=$(sed -n 's:.*<debezium.version>\(.*\)</debezium.version>.*:\1:
 K8S_BIN=$CACHE/k8s/$K8S_VERSION/bin
 HELM_BIN=$CACHE/helm/$HELM_VERSION/bin
 PROMETHEUS_BIN=$CACHE/prometheus/$PROMETHEUS_VERSION/bin
+JAEGER_BIN=$CACHE/jaeger/$JAEGER_VERSION/bin
 KAFKA_LIBS=$CACHE/kafka/$KAFKA_VERSION/libs
 DEBEZIUM_LIBS=$CACHE/debezium/$DEBEZIUM_VERSION/libs
 CONTAINERD_BIN=$CACHE/containerd/$CONTAINERD_VERSION/bin
