@@ -9,8 +9,9 @@
 //! `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`, `..._TIMEOUT`, `..._COMPRESSION`. The operator renders
 //! them from a resource's `spec.observability.tracing` (docs/tracing.md). Only the
 //! `http/protobuf` protocol is built in (no gRPC stack): another `OTEL_EXPORTER_OTLP_PROTOCOL`
-//! is refused at start. When off, the data path does no tracing work at all: no span is made
-//! and record headers pass through as they are.
+//! is refused at start. When off, the data path makes no span and record headers pass through
+//! as they are (the HTTP sink still copies a record's `traceparent` into the CloudEvents
+//! extension: that is the event's context, not a span of the worker's).
 //!
 //! The spans (OpenTelemetry messaging conventions):
 //! - `publish <topic>` (producer), made by the outbox relay for a row whose `headers` carry a

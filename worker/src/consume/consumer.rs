@@ -381,14 +381,14 @@ impl Records {
             })
             .unwrap_or_default();
         let trace = self.tracer.map(|tracer| {
-            crate::traces::start_delivery(
+            Box::new(crate::traces::start_delivery(
                 tracer,
                 &self.group,
                 m.topic(),
                 m.partition(),
                 m.offset(),
                 &headers,
-            )
+            ))
         });
         Record {
             topic: self.topic(m.topic()),

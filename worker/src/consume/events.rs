@@ -30,9 +30,9 @@ pub struct Record {
     /// The record's timestamp, milliseconds since the epoch, when it has one.
     pub timestamp_ms: Option<i64>,
     /// The span of this record's delivery, when traces are on ([`crate::traces`]): a child
-    /// of the context in its headers. It ends when the last clone of it is dropped, with the
-    /// record.
-    pub trace: Option<opentelemetry::Context>,
+    /// of the context in its headers. Boxed: records are moved through the pipeline, and with
+    /// traces off this costs them one pointer.
+    pub trace: Option<Box<opentelemetry::Context>>,
 }
 
 impl Record {

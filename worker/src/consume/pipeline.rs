@@ -321,7 +321,7 @@ impl Started {
             if outcome == Outcome::Cancelled {
                 crate::traces::delivery_ended(cx, "cancelled");
             }
-            opentelemetry::trace::TraceContextExt::span(cx).end();
+            opentelemetry::trace::TraceContextExt::span(&**cx).end();
         }
         Done {
             slot: self.slot,

@@ -349,7 +349,7 @@ impl HttpSink {
             }
         };
         // This hop's context: the delivery span's, in place of a forwarded one.
-        let hop = record.trace.as_ref().map(traces::headers_of);
+        let hop = record.trace.as_deref().map(traces::headers_of);
         for (name, value) in hop.iter().flatten() {
             builder = builder.header(name, value);
         }

@@ -264,7 +264,7 @@ impl KafkaSink {
     pub fn deliver_now(&self, record: &Record) -> Option<Result<(), HandlerError>> {
         let mut headers = OwnedHeaders::new();
         // Traces on: the output carries the delivery span's context in place of the input's.
-        let hop = record.trace.as_ref().map(traces::headers_of);
+        let hop = record.trace.as_deref().map(traces::headers_of);
         for (k, v) in &record.headers {
             if hop.is_some()
                 && (k.eq_ignore_ascii_case(traces::TRACEPARENT)
