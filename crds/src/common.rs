@@ -179,6 +179,9 @@ pub struct ConfigMapKeyRef {
 /// How to reach a Kafka cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.secretRef) || (!has(self.tls) && !has(self.sasl))")
+    .message("kafka.secretRef (a whole Secret of librdkafka keys) and kafka.tls/kafka.sasl (one Secret key per credential) are two ways to say the same: use one")
+    .reason(Reason::FieldValueForbidden))]
 pub struct KafkaConnection {
     /// Brokers to bootstrap from, as `host:port` (`[ipv6]:port` for IPv6 literals).
     #[schemars(length(min = 1, max = 16))]
@@ -191,9 +194,19 @@ pub struct KafkaConnection {
     /// `security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
     /// `ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem`, `ssl.key.password`,
     /// `ssl.endpoint.identification.algorithm`; a worker refuses a Secret with any other key.
-    /// Unset: plaintext, no authentication.
+    /// Unset: plaintext, no authentication (or `tls`/`sasl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
+    /// TLS to the brokers, each certificate and key from a key of a Secret — the Secrets
+    /// Strimzi writes work as they are: the cluster CA from `<cluster>-cluster-ca-cert`
+    /// (`ca.crt`), a TLS KafkaUser's certificate and key from its Secret (`user.crt`,
+    /// `user.key`). With `sasl`: SASL over TLS (`SASL_SSL`); alone: `SSL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication (SCRAM or PLAIN), the password from a key of a Secret — a SCRAM
+    /// KafkaUser's Secret (`password`) works as it is. Without `tls`: `SASL_PLAINTEXT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
     /// Extra librdkafka settings (tuning only). Allowed keys: client.rack, socket.timeout.ms,
     /// socket.keepalive.enable, socket.connection.setup.timeout.ms, reconnect.backoff.ms,
     /// reconnect.backoff.max.ms, request.timeout.ms, metadata.max.age.ms,
@@ -210,6 +223,117 @@ pub struct KafkaConnection {
         "kafka.config may only set the allowed librdkafka tuning keys (see kubectl explain); credentials belong in kafka.secretRef"
     ).reason(Reason::FieldValueForbidden))]
     pub config: BTreeMap<String, String>,
+}
+
+/// TLS settings of a Kafka connection (librdkafka `ssl.*`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.certSecretRef) == has(self.keySecretRef)")
+    .message("kafka.tls: certSecretRef and keySecretRef go together (a client certificate and its key)")
+    .reason(Reason::FieldValueInvalid))]
+pub struct KafkaTls {
+    /// The CA that signed the brokers' certificates, PEM (Strimzi:
+    /// `{name: <cluster>-cluster-ca-cert, key: ca.crt}`). Unset: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// The client certificate, PEM, for brokers that authenticate clients by TLS (Strimzi:
+    /// `{name: <kafkauser>, key: user.crt}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// The client certificate's private key, PEM, unencrypted (Strimzi:
+    /// `{name: <kafkauser>, key: user.key}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A SASL mechanism.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SaslMechanism {
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// The password travels as it is: only over TLS.
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    /// The name librdkafka and the brokers use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+}
+
+/// SASL settings of a Kafka connection (librdkafka `sasl.*`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.username) != has(self.usernameSecretRef)")
+    .message("kafka.sasl: set exactly one of username and usernameSecretRef")
+    .reason(Reason::FieldValueInvalid))]
+pub struct KafkaSasl {
+    /// `SCRAM-SHA-512` (Strimzi's `scram-sha-512` authentication), `SCRAM-SHA-256` or
+    /// `PLAIN` (only with `tls`).
+    pub mechanism: SaslMechanism,
+    /// The user name (Strimzi: the KafkaUser's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username: Option<String>,
+    /// The user name from a Secret key, where it is kept secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_secret_ref: Option<SecretKeyRef>,
+    /// The password (Strimzi: `{name: <kafkauser>, key: password}`).
+    pub password_secret_ref: SecretKeyRef,
+}
+
+impl KafkaConnection {
+    /// The librdkafka security settings that are not secret, from `tls` and `sasl`
+    /// (`security.protocol`, `sasl.mechanism`, a `sasl.username` given as text). Empty with
+    /// neither (plaintext, or the whole-Secret form `secretRef`).
+    pub fn security_settings(&self) -> Vec<(&'static str, String)> {
+        let protocol = match (&self.tls, &self.sasl) {
+            (None, None) => return vec![],
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        };
+        let mut out = vec![("security.protocol", protocol.to_string())];
+        if let Some(sasl) = &self.sasl {
+            out.push(("sasl.mechanism", sasl.mechanism.as_str().to_string()));
+            if let Some(user) = &sasl.username {
+                out.push(("sasl.username", user.clone()));
+            }
+        }
+        out
+    }
+
+    /// The librdkafka settings whose values come from Secret keys, from `tls` and `sasl`:
+    /// (librdkafka key, the Secret key holding its value).
+    pub fn secret_key_settings(&self) -> Vec<(&'static str, &SecretKeyRef)> {
+        let mut out = Vec::new();
+        if let Some(tls) = &self.tls {
+            out.extend(tls.ca_secret_ref.as_ref().map(|r| ("ssl.ca.pem", r)));
+            out.extend(
+                tls.cert_secret_ref
+                    .as_ref()
+                    .map(|r| ("ssl.certificate.pem", r)),
+            );
+            out.extend(tls.key_secret_ref.as_ref().map(|r| ("ssl.key.pem", r)));
+        }
+        if let Some(sasl) = &self.sasl {
+            out.extend(
+                sasl.username_secret_ref
+                    .as_ref()
+                    .map(|r| ("sasl.username", r)),
+            );
+            out.push(("sasl.password", &sasl.password_secret_ref));
+        }
+        out
+    }
 }
 
 /// The CEL rule that keeps `kafka.config` to [`KAFKA_CONFIG_ALLOWED_KEYS`].

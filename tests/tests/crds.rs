@@ -525,6 +525,36 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.replicas",
         ),
         (
+            "kafka.secretRef together with kafka.sasl",
+            ec(
+                json!({"kafka": {"bootstrapServers": ["k:9093"], "secretRef": {"name": "kafka"},
+                "sasl": {"mechanism": "SCRAM-SHA-512", "username": "u",
+                         "passwordSecretRef": {"name": "u", "key": "password"}}}}),
+            ),
+            "spec.kafka",
+        ),
+        (
+            "a client certificate without its key",
+            ec(json!({"kafka": {"bootstrapServers": ["k:9093"],
+                "tls": {"certSecretRef": {"name": "u", "key": "user.crt"}}}})),
+            "spec.kafka.tls",
+        ),
+        (
+            "SASL with both username and usernameSecretRef",
+            ec(json!({"kafka": {"bootstrapServers": ["k:9093"],
+                "sasl": {"mechanism": "SCRAM-SHA-512", "username": "u",
+                         "usernameSecretRef": {"name": "u", "key": "user"},
+                         "passwordSecretRef": {"name": "u", "key": "password"}}}})),
+            "spec.kafka.sasl",
+        ),
+        (
+            "an unknown SASL mechanism",
+            ec(json!({"kafka": {"bootstrapServers": ["k:9093"],
+                "sasl": {"mechanism": "GSSAPI", "username": "u",
+                         "passwordSecretRef": {"name": "u", "key": "password"}}}})),
+            "spec.kafka.sasl.mechanism",
+        ),
+        (
             "a tracing endpoint that is not an http(s) URL",
             ec(json!({"observability": {"tracing": {"endpoint": "collector:4317"}}})),
             "spec.observability.tracing.endpoint",

@@ -95,6 +95,33 @@ impl KafkaSettings {
         Ok(())
     }
 
+    /// Adds a security setting that is not secret (`kafka.security`, from the resource's
+    /// `kafka.tls`/`kafka.sasl`): one of the API's security keys.
+    pub fn add_security(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        check_security_key("kafka.security", key)?;
+        self.entries.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    /// Adds a security setting read from a file (`kafka.secretFiles`: a mounted Secret key,
+    /// e.g. Strimzi's `ca.crt` as `ssl.ca.pem`). Its value never shows in `Debug` output.
+    pub fn add_secret_file(&mut self, key: &str, file: &Path) -> Result<(), Error> {
+        let field = "kafka.secretFiles";
+        check_security_key(field, key)?;
+        let value = std::fs::read_to_string(file).map_err(|e| Error::InvalidConfig {
+            field,
+            reason: format!("cannot read {key:?} from {}: {e}", file.display()),
+        })?;
+        let value = if key.ends_with(".pem") {
+            value
+        } else {
+            value.trim_end().to_string()
+        };
+        self.secret.insert(key.to_string());
+        self.entries.push((key.to_string(), value));
+        Ok(())
+    }
+
     /// A client configuration with these settings; the caller adds its own on top.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -103,6 +130,19 @@ impl KafkaSettings {
         }
         config
     }
+}
+
+fn check_security_key(field: &'static str, key: &str) -> Result<(), Error> {
+    if KAFKA_SECRET_KEYS.contains(&key) {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig {
+        field,
+        reason: format!(
+            "{key:?} is not a security setting (allowed: {})",
+            KAFKA_SECRET_KEYS.join(", ")
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -147,6 +187,47 @@ mod tests {
         let shown = format!("{settings:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn per_key_secret_files_and_security_settings_reach_the_client_and_files_stay_redacted() {
+        let dir = temp_dir("files");
+        std::fs::write(dir.join("password"), "scram-s3cret\n").unwrap();
+        std::fs::write(dir.join("ca.crt"), "-----BEGIN CERTIFICATE-----\nx\n").unwrap();
+        let mut settings = KafkaSettings::new("k:9093");
+        settings
+            .add_security("security.protocol", "SASL_SSL")
+            .unwrap();
+        settings
+            .add_security("sasl.mechanism", "SCRAM-SHA-512")
+            .unwrap();
+        settings
+            .add_secret_file("sasl.password", &dir.join("password"))
+            .unwrap();
+        settings
+            .add_secret_file("ssl.ca.pem", &dir.join("ca.crt"))
+            .unwrap();
+        let config = settings.client_config();
+        assert_eq!(config.get("sasl.password"), Some("scram-s3cret"));
+        assert_eq!(
+            config.get("ssl.ca.pem"),
+            Some("-----BEGIN CERTIFICATE-----\nx\n"),
+            "PEM keeps its newlines"
+        );
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("scram-s3cret") && !shown.contains("BEGIN"),
+            "{shown}"
+        );
+        assert!(shown.contains("SCRAM-SHA-512"), "{shown}");
+        let err = settings.add_security("linger.ms", "5").unwrap_err();
+        assert!(err.to_string().contains("kafka.security"), "{err}");
+        let err = settings
+            .add_secret_file("sasl.password", &dir.join("missing"))
+            .unwrap_err();
+        assert!(format!("{err}").contains("kafka.secretFiles"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -8,6 +8,12 @@ fn kafka() -> Kafka {
         bootstrap_servers: vec!["k:9092".into()],
         config: [("linger.ms".to_string(), "5".to_string())].into(),
         secret_dir: Some("/s/kafka".into()),
+        security: [("security.protocol".to_string(), "SASL_SSL".to_string())].into(),
+        secret_files: [(
+            "sasl.password".to_string(),
+            "/s/kafka-sasl-password/sasl.password".into(),
+        )]
+        .into(),
     }
 }
 

@@ -73,7 +73,13 @@ pub fn to_json<T: Serialize>(config: &T) -> String {
 /// docs/worker-config.md lists exactly these for a configuration that sets every field.
 pub fn field_paths(value: &serde_json::Value) -> BTreeSet<String> {
     fn walk(prefix: &str, value: &serde_json::Value, out: &mut BTreeSet<String>) {
-        const OPAQUE: &[&str] = &["kafka.config", "sink.http.headers", "inline"];
+        const OPAQUE: &[&str] = &[
+            "kafka.config",
+            "kafka.security",
+            "kafka.secretFiles",
+            "sink.http.headers",
+            "inline",
+        ];
         let opaque = OPAQUE.iter().any(|o| prefix.ends_with(o));
         match value {
             serde_json::Value::Object(map) if !opaque && !map.is_empty() => {
@@ -181,6 +187,16 @@ pub struct Kafka {
     /// setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_dir: Option<PathBuf>,
+    /// Security settings that are not secret (`security.protocol`, `sasl.mechanism`, a
+    /// `sasl.username` given as text), from the resource's `kafka.tls`/`kafka.sasl`. Keys:
+    /// [`crate::common::KAFKA_SECRET_KEYS`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub security: BTreeMap<String, String>,
+    /// Security settings read from files: librdkafka key → the file of a mounted Secret key
+    /// (`ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem`, `sasl.username`, `sasl.password`),
+    /// from the resource's `kafka.tls`/`kafka.sasl`. Keys: [`crate::common::KAFKA_SECRET_KEYS`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_files: BTreeMap<String, PathBuf>,
 }
 
 /// The declared event types. No types: every JSON event with a string `event_type` is

@@ -79,6 +79,14 @@ pub struct KafkaFlags {
     /// librdkafka security setting).
     #[arg(long = "kafka-secret-dir")]
     pub secret_dir: Option<PathBuf>,
+    /// kafka.security: a security setting that is not secret, `key=value` (repeat the flag;
+    /// e.g. `security.protocol=SASL_SSL`).
+    #[arg(id = "kafka_security", long = "kafka-security", value_parser = pair)]
+    pub security: Vec<(String, String)>,
+    /// kafka.secretFiles: a security setting read from a file, `key=path` (repeat the flag;
+    /// e.g. `sasl.password=/var/run/secrets/kafka/password`).
+    #[arg(id = "kafka_secret_file", long = "kafka-secret-file", value_parser = pair)]
+    pub secret_files: Vec<(String, String)>,
 }
 
 impl KafkaFlags {
@@ -89,6 +97,14 @@ impl KafkaFlags {
             doc.set("kafka.config", Some(map));
         }
         doc.set("kafka.secretDir", self.secret_dir.as_ref());
+        if !self.security.is_empty() {
+            let map: std::collections::BTreeMap<_, _> = self.security.iter().cloned().collect();
+            doc.set("kafka.security", Some(map));
+        }
+        if !self.secret_files.is_empty() {
+            let map: std::collections::BTreeMap<_, _> = self.secret_files.iter().cloned().collect();
+            doc.set("kafka.secretFiles", Some(map));
+        }
     }
 }
 

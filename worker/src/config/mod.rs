@@ -145,6 +145,12 @@ pub fn kafka_settings(kafka: &worker_config::Kafka) -> Result<crate::kafka::Kafk
     if let Some(dir) = &kafka.secret_dir {
         settings.add_secret_dir(dir)?;
     }
+    for (key, value) in &kafka.security {
+        settings.add_security(key, value)?;
+    }
+    for (key, file) in &kafka.secret_files {
+        settings.add_secret_file(key, file)?;
+    }
     Ok(settings)
 }
 
@@ -298,6 +304,10 @@ mod tests {
             "linger.ms=5",
             "--kafka-secret-dir",
             "/s/kafka",
+            "--kafka-security",
+            "security.protocol=SASL_SSL",
+            "--kafka-secret-file",
+            "sasl.password=/s/kafka-sasl-password/sasl.password",
         ];
         let consume = [
             "--topics",
