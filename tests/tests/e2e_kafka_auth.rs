@@ -5,7 +5,7 @@
 //! (`password`, `sasl.jaas.config`) and a TLS KafkaUser's (`ca.crt`, `user.crt`, `user.key`,
 //! `user.p12`, `user.password`) — key by key, as they are. The workers consume through them,
 //! the operator measures lag through them, and a wrong password is a Degraded condition that
-//! says so.
+//! says so, as is a missing client certificate on the TLS listener.
 //!
 //! Needs the local node and the images (`make test` builds them).
 
@@ -106,10 +106,15 @@ async fn e2e_consumers_authenticate_with_strimzi_shaped_secrets_over_scram_sha_5
                 "certSecretRef": {"name": "pipewright-tls", "key": "user.crt"},
                 "keySecretRef": {"name": "pipewright-tls", "key": "user.key"}},
     });
+    let no_client_certificate = json!({
+        "bootstrapServers": [var("KAFKA_MTLS_BOOTSTRAP")],
+        "tls": {"caSecretRef": cluster_ca},
+    });
     for (name, kafka) in [
         ("via-scram", scram(&user)),
         ("via-mtls", mtls),
         ("wrong-password", scram("wrong-user")),
+        ("no-client-certificate", no_client_certificate),
     ] {
         let _: EventConsumer = stack
             .apply(consumer(name, &topic, kafka, &format!("{base}/{name}")))
@@ -142,11 +147,9 @@ async fn e2e_consumers_authenticate_with_strimzi_shaped_secrets_over_scram_sha_5
                 let n = got.get(name).copied().unwrap_or(0);
                 assert!(n <= count, "{name}: {n} deliveries of {count} records");
             }
-            assert_eq!(
-                got.get("wrong-password"),
-                None,
-                "a wrong password consumed: {got:?}"
-            );
+            for refused in ["wrong-password", "no-client-certificate"] {
+                assert_eq!(got.get(refused), None, "{refused} consumed: {got:?}");
+            }
             (got.get("via-scram") == Some(&count) && got.get("via-mtls") == Some(&count))
                 .then_some(())
         },
@@ -184,5 +187,16 @@ async fn e2e_consumers_authenticate_with_strimzi_shaped_secrets_over_scram_sha_5
         "no password in the condition: {}",
         degraded.message
     );
+    eprintln!("wrong password: {}", degraded.message);
+    // The TLS listener requires a client certificate: without one, the handshake fails.
+    let degraded = stack
+        .wait_degraded("no-client-certificate", "KafkaUnreachable")
+        .await;
+    assert!(
+        degraded.message.contains("SSL") || degraded.message.contains("handshake"),
+        "the condition names the TLS failure: {}",
+        degraded.message
+    );
+    eprintln!("no client certificate: {}", degraded.message);
     stack.down().await;
 }
