@@ -46,6 +46,47 @@ struct Received {
 }
 
 /// An HTTP endpoint in the test process that records every request.
+/// A generated spec with `kafka.sasl` runs against the test broker's SCRAM-over-TLS
+/// listener, with the user the environment made: the worker authenticates with what the
+/// operator rendered (files of Secret keys).
+fn use_scram_listener(
+    what: &str,
+    kafka: &mut pipewright_crds::KafkaConnection,
+    objects: &mut Objects,
+) {
+    let Some(sasl) = &mut kafka.sasl else {
+        return;
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} (tests/env/up)"));
+    sasl.username = Some(var("KAFKA_SCRAM_USER"));
+    kafka.bootstrap_servers = vec![var("KAFKA_SCRAM_BOOTSTRAP")];
+    let ca = std::path::Path::new(&var("KAFKA_PKI")).join("cluster-ca.crt");
+    let ca = std::fs::read_to_string(&ca).unwrap();
+    for (setting, key) in kafka.secret_key_settings() {
+        let value = match setting {
+            "ssl.ca.pem" => ca.clone(),
+            "sasl.password" => var("KAFKA_SCRAM_PASSWORD"),
+            other => panic!("{what}: no test value for {other}"),
+        };
+        objects
+            .secrets
+            .entry(key.name.clone())
+            .or_default()
+            .insert(key.key.clone(), value);
+    }
+}
+
+/// Credentials key by key, as Strimzi's Secrets hold them (the other generated specs use
+/// `secretRef`).
+fn strimzi_kafka() -> Value {
+    json!({
+        "bootstrapServers": ["my-cluster-kafka-bootstrap:9093"],
+        "tls": {"caSecretRef": {"name": "my-cluster-cluster-ca-cert", "key": "ca.crt"}},
+        "sasl": {"mechanism": "SCRAM-SHA-512", "username": "orders",
+                 "passwordSecretRef": {"name": "orders", "key": "password"}},
+    })
+}
+
 #[derive(Debug, Clone)]
 struct Receiver {
     url: String,
@@ -134,6 +175,7 @@ async fn event_consumer_does_what_its_spec_says(
             .entry(secret.name.clone())
             .or_insert_with(|| [("security.protocol".to_string(), "plaintext".to_string())].into());
     }
+    use_scram_listener(what, &mut spec.kafka, &mut objects);
     for topic in &mut spec.topics {
         *topic = topic_for(topic).await;
     }
@@ -439,6 +481,7 @@ async fn outbox_does_what_its_spec_says(what: &str, mut obx: Outbox, mut objects
             .entry(secret.name.clone())
             .or_insert_with(|| [("security.protocol".to_string(), "plaintext".to_string())].into());
     }
+    use_scram_listener(what, &mut spec.kafka, &mut objects);
     spec.table = fx.table();
     let recorder = if spec.topic_template.is_some() {
         // The fixture's events have the aggregate type `order`.
@@ -644,6 +687,7 @@ fn raw_event_consumer() -> Value {
     http["http"].as_object_mut().unwrap().remove("contentMode");
     let mut ec = every_field_event_consumer(http);
     ec["metadata"]["name"] = json!("raw-values");
+    ec["spec"]["kafka"] = strimzi_kafka();
     ec["spec"]["events"] = json!({
         "format": "raw",
         "types": [{"name": "order.placed"}, {"name": "order.paid"}],
@@ -670,6 +714,14 @@ fn every_field_outbox() -> Value {
             "replicas": 1,
         },
     })
+}
+
+/// The generated Outbox with credentials key by key.
+fn strimzi_outbox() -> Value {
+    let mut obx = every_field_outbox();
+    obx["metadata"]["name"] = json!("scram");
+    obx["spec"]["kafka"] = strimzi_kafka();
+    obx
 }
 
 #[tokio::test]
@@ -708,11 +760,17 @@ async fn the_generated_specs_render_every_field_of_the_worker_configuration_the_
     every.retain(|p| !worker_only.contains(p.as_str()));
     assert_eq!(rendered, every, "consume");
 
-    let obx: Outbox = serde_json::from_value(stored(every_field_outbox())).unwrap();
-    let WorkerConfig::Outbox(o) = outbox::plan(&obx, &Settings::default()).unwrap().config else {
-        panic!("not an outbox configuration")
-    };
-    let rendered = worker_config::field_paths(&serde_json::to_value(o).unwrap());
+    let mut rendered = BTreeSet::new();
+    for spec in [every_field_outbox(), strimzi_outbox()] {
+        let obx: Outbox = serde_json::from_value(stored(spec)).unwrap();
+        let WorkerConfig::Outbox(o) = outbox::plan(&obx, &Settings::default()).unwrap().config
+        else {
+            panic!("not an outbox configuration")
+        };
+        rendered.extend(worker_config::field_paths(
+            &serde_json::to_value(o).unwrap(),
+        ));
+    }
     let mut every = BTreeSet::new();
     for o in worker_config::fixtures::every_field_outbox() {
         every.extend(worker_config::field_paths(
@@ -752,6 +810,11 @@ async fn the_worker_runs_generated_specs_with_every_sink_and_every_optional_fiel
     runs.push(run(
         "generated Outbox".to_string(),
         every_field_outbox(),
+        objects.clone(),
+    ));
+    runs.push(run(
+        "generated Outbox, SCRAM over TLS".to_string(),
+        strimzi_outbox(),
         objects.clone(),
     ));
     futures::future::join_all(runs).await;
