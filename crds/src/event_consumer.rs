@@ -167,13 +167,20 @@ pub enum InitialOffset {
     validation = Rule::new("self.format != 'raw' || !has(self.types) || self.types.all(t, !has(t.schema))")
         .message("events.format raw: a JSON Schema cannot check values that are not JSON")
         .field_path(".types"),
+    validation = Rule::new("self.format != 'cloudEvents' || !has(self.typeFrom)")
+        .message("events.format cloudEvents: the type is the CloudEvent's type attribute; typeFrom does not apply")
+        .field_path(".typeFrom"),
 )]
 pub struct Events {
     /// `json` (default): every value must be a JSON object; its type is its `event_type`
     /// (or what typeFrom names). `raw`: the values are delivered as they are, whatever their
     /// bytes (text, Avro, Protobuf, ...), with retries and dead letters; their type comes
     /// from typeFrom.header when set, else it is `pipewright.raw`. Not with the postgres
-    /// sink.
+    /// sink. `cloudEvents`: every record is a CloudEvent 1.0 in Kafka's binding, binary
+    /// (`ce_*` headers) or structured (`application/cloudevents+json`); its type is the
+    /// `type` attribute, a schema checks its data, the postgres sink maps its data, and the
+    /// HTTP sink sends its own attributes on (`id`, `source`, `time`, extensions such as
+    /// `traceparent`) with its data.
     #[serde(default)]
     pub format: EventFormat,
     /// Event types this consumer handles, each by its `event_type` name, optionally with a
@@ -201,6 +208,10 @@ pub enum EventFormat {
     Json,
     /// Bytes, delivered as they are.
     Raw,
+    /// CloudEvents 1.0 as Kafka's protocol binding carries them: binary mode (`ce_*`
+    /// headers, the value is the data) or structured mode (one JSON object with the
+    /// attributes and `data`/`data_base64`).
+    CloudEvents,
 }
 
 /// The event type of a record in `events.format: raw` when no header names one.

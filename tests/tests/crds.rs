@@ -555,6 +555,11 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.kafka.sasl.mechanism",
         ),
         (
+            "typeFrom with events.format cloudEvents",
+            ec(json!({"events": {"format": "cloudEvents", "typeFrom": {"header": "type"}}})),
+            "spec.events.typeFrom",
+        ),
+        (
             "a tracing endpoint that is not an http(s) URL",
             ec(json!({"observability": {"tracing": {"endpoint": "collector:4317"}}})),
             "spec.observability.tracing.endpoint",

@@ -439,3 +439,169 @@ async fn consume_raw_values_reach_the_http_sink_byte_for_byte_and_a_refused_one_
     );
     assert!(letters[0].headers["pipewright.error.message"].contains("cannot parse this"));
 }
+
+/// `events.format: cloudEvents`: records that are CloudEvents in Kafka's binding — structured
+/// (one JSON object, data as JSON or base64) and binary (`ce_` headers, the value as data) —
+/// reach the HTTP sink with their own attributes (id, source, type, extensions) and their
+/// data byte for byte, in order per key; one that is not a CloudEvent is dead-lettered
+/// unchanged, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_cloudevents_in_structured_and_binary_mode_reach_the_http_sink_with_their_own_attributes_and_data()
+ {
+    let topic = create_topic("ec-http-ce", 1).await;
+    let dlq = create_topic("ec-http-ce-dlq", 1).await;
+    let group = unique_name("ec-http-ce");
+    let structured = |id: &str, data: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"urn:shop","type":"order.placed","tenant":"eu",{data}}}"#
+        )
+        .into_bytes()
+    };
+    let binary_headers = |id: &str, content_type: &str| {
+        vec![
+            ("ce_specversion".to_string(), "1.0".to_string()),
+            ("ce_id".to_string(), id.to_string()),
+            ("ce_source".to_string(), "/billing".to_string()),
+            ("ce_type".to_string(), "order.paid".to_string()),
+            ("ce_tenant".to_string(), "us".to_string()),
+            ("content-type".to_string(), content_type.to_string()),
+        ]
+    };
+    let records = vec![
+        (
+            Some("o-1".to_string()),
+            Some(structured("s-1", r#""data":{"order_id": "o-1"}"#)),
+            vec![(
+                "content-type".to_string(),
+                "application/cloudevents+json".to_string(),
+            )],
+        ),
+        (
+            Some("o-1".to_string()),
+            Some(br#"{"order_id":"o-1","paid":true}"#.to_vec()),
+            binary_headers("b-1", "application/json"),
+        ),
+        (
+            Some("o-2".to_string()),
+            Some(structured("s-2", r#""data_base64":"AJ+Slg==""#)),
+            vec![],
+        ),
+        (
+            Some("o-2".to_string()),
+            Some(vec![0, 1, 2, 255]),
+            binary_headers("b-2", "application/octet-stream"),
+        ),
+        (
+            Some("o-3".to_string()),
+            Some(br#"{"event_type":"order.placed","order_id":"o-3"}"#.to_vec()),
+            vec![],
+        ),
+    ];
+    common::consume::produce_with_headers(&topic, records).await;
+    let dead = TopicReader::start(&dlq, "read_committed");
+
+    // ce-id -> (ce-source, ce-type, ce-tenant, content-type, body), in arrival order.
+    type Got = Vec<(String, [String; 4], Vec<u8>)>;
+    let got: Arc<Mutex<Got>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let log = got.clone();
+    let app = Router::new().route(
+        "/events",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let log = log.clone();
+            async move {
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default()
+                };
+                log.lock().unwrap().push((
+                    header("ce-id"),
+                    [
+                        header("ce-source"),
+                        header("ce-type"),
+                        header("ce-tenant"),
+                        header("content-type"),
+                    ],
+                    body.to_vec(),
+                ));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let sink = ["--sink", "http", "--sink-http-url", &url];
+    let args = [
+        "--event-format",
+        "cloudEvents",
+        "--event-types",
+        "order.placed,order.paid",
+        "--dead-letter-topic",
+        &dlq,
+    ];
+    let mut worker = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    group_reaches(&group, &topic, 1, 5).await;
+    assert_eq!(worker.sigterm_and_wait().await, 0);
+
+    let got = got.lock().unwrap().clone();
+    let by_id: HashMap<&str, (&[String; 4], &[u8])> = got
+        .iter()
+        .map(|(id, h, body)| (id.as_str(), (h, body.as_slice())))
+        .collect();
+    assert_eq!(got.len(), 4, "four CloudEvents delivered: {got:?}");
+    let expect = [
+        (
+            "s-1",
+            ["urn:shop", "order.placed", "eu", "application/json"],
+            &br#"{"order_id": "o-1"}"#[..],
+        ),
+        (
+            "b-1",
+            ["/billing", "order.paid", "us", "application/json"],
+            &br#"{"order_id":"o-1","paid":true}"#[..],
+        ),
+        (
+            "s-2",
+            ["urn:shop", "order.placed", "eu", "application/octet-stream"],
+            &[0, 159, 146, 150][..],
+        ),
+        (
+            "b-2",
+            ["/billing", "order.paid", "us", "application/octet-stream"],
+            &[0, 1, 2, 255][..],
+        ),
+    ];
+    for (id, headers, body) in expect {
+        let (got_headers, got_body) = by_id[id];
+        assert_eq!(
+            got_headers,
+            &headers.map(str::to_string),
+            "{id}: attributes"
+        );
+        assert_eq!(got_body, body, "{id}: the data byte for byte");
+    }
+    // Per key, in order: o-1's structured event before its binary one.
+    let order: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+    let position = |id: &str| order.iter().position(|x| *x == id).unwrap();
+    assert!(
+        position("s-1") < position("b-1") && position("s-2") < position("b-2"),
+        "{order:?}"
+    );
+    // The record that is no CloudEvent: dead-lettered unchanged, with the reason.
+    dead.caught_up().await;
+    let letters = dead.snapshot();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].value.as_deref(),
+        Some(&br#"{"event_type":"order.placed","order_id":"o-3"}"#[..])
+    );
+    assert_eq!(letters[0].headers["pipewright.error.kind"], "malformed");
+    assert!(
+        letters[0].headers["pipewright.error.message"].contains("specversion"),
+        "{:?}",
+        letters[0].headers
+    );
+}

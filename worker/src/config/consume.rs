@@ -29,8 +29,17 @@ pub fn settings(
     if raw {
         check_raw(&file)?;
     }
+    let cloud_events = file.events.format == worker_config::EventFormat::CloudEvents;
+    if cloud_events && file.events.type_from.is_some() {
+        return Err(Error::InvalidConfig {
+            field: "events.typeFrom",
+            reason: "events.format cloudEvents reads the type from the CloudEvent's type attribute"
+                .into(),
+        });
+    }
     let types = declared_types(&file.events.types)?
         .with_raw(raw)
+        .with_cloud_events(cloud_events)
         .with_source(match &file.events.type_from {
             None => TypeSource::EventTypeField,
             Some(worker_config::EventTypeFrom {

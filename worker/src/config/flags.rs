@@ -143,8 +143,9 @@ pub struct ConsumeFlags {
     /// events.typeFrom.field: read the event type from this top-level field of the value.
     #[arg(long)]
     pub event_type_field: Option<String>,
-    /// events.format: `json` (default: each value a JSON object, checked) or `raw` (values
-    /// delivered as they are, whatever their bytes; not with the postgres sink).
+    /// events.format: `json` (default: each value a JSON object, checked), `raw` (values
+    /// delivered as they are, whatever their bytes; not with the postgres sink) or
+    /// `cloudEvents` (CloudEvents in Kafka's binding, binary or structured).
     #[arg(long)]
     pub event_format: Option<String>,
     /// processing.concurrency: records running at most (1..1024; default 16).

@@ -15,6 +15,7 @@ use pipewright_crds::termination::RecordRef;
 use serde::de::DeserializeOwned;
 
 use super::FastMap;
+use super::cloudevents::CloudEvent;
 use super::offsets::Tp;
 
 /// One Kafka record, owned (the pipeline keeps it while it is in flight).
@@ -332,6 +333,9 @@ pub struct GenericEvent {
     /// they are, and the type declares no schema): then only `event_type` was read, the rest
     /// was checked to be JSON and skipped, not built into a tree.
     pub body: Option<serde_json::Value>,
+    /// The CloudEvent the record is (`events.format: cloudEvents`): its attributes and data,
+    /// which the sinks use instead of the record's value. `body` is then its data.
+    pub cloud_event: Option<Box<CloudEvent>>,
 }
 
 impl TryFrom<serde_json::Value> for GenericEvent {
@@ -346,6 +350,7 @@ impl TryFrom<serde_json::Value> for GenericEvent {
         Ok(GenericEvent {
             event_type,
             body: Some(body),
+            cloud_event: None,
         })
     }
 }
@@ -440,6 +445,8 @@ pub struct DeclaredTypes {
     source: TypeSource,
     /// `events.format: raw`: the values are not read (any bytes are an event).
     raw: bool,
+    /// `events.format: cloudEvents`: each record is a CloudEvent (binary or structured).
+    cloud_events: bool,
 }
 
 impl DeclaredTypes {
@@ -456,6 +463,13 @@ impl DeclaredTypes {
         self
     }
 
+    /// `events.format: cloudEvents`: each record is a CloudEvent in Kafka's binding; its
+    /// type is the `type` attribute (a [`TypeSource`] is not used).
+    pub fn with_cloud_events(mut self, cloud_events: bool) -> DeclaredTypes {
+        self.cloud_events = cloud_events;
+        self
+    }
+
     /// Reads the event type from `source` instead of `event_type`.
     pub fn with_source(mut self, source: TypeSource) -> DeclaredTypes {
         self.source = source;
@@ -468,6 +482,7 @@ impl DeclaredTypes {
             types: Some(names.into_iter().map(|n| (n, None)).collect()),
             source: TypeSource::default(),
             raw: false,
+            cloud_events: false,
         }
     }
 
@@ -482,8 +497,29 @@ impl DeclaredTypes {
     /// Decodes a record as a [`GenericEvent`] of a declared type; `body` says whether the
     /// whole object is wanted (a type with a schema builds it anyway, to check it).
     pub fn decode(&self, record: &Record, body: bool) -> Result<GenericEvent, Rejection> {
+        if self.cloud_events {
+            return self.decode_cloud_event(record, body);
+        }
         let (event_type, value) = self.type_and_value(record, body)?;
         self.check_declared(record, event_type, value, body)
+    }
+
+    /// A CloudEvent: its type from `type`, the value a schema or a sink sees is its data.
+    fn decode_cloud_event(&self, record: &Record, body: bool) -> Result<GenericEvent, Rejection> {
+        let event = CloudEvent::read(record).map_err(malformed)?;
+        let event_type = event.event_type().to_string();
+        let value = if body || self.has_schema(&event_type) {
+            Some(event.data_value().map_err(|message| Rejection {
+                kind: RejectionKind::Malformed,
+                message,
+                event_type: Some(event_type.clone()),
+            })?)
+        } else {
+            None
+        };
+        let mut decoded = self.check_declared(record, event_type, value, body)?;
+        decoded.cloud_event = Some(Box::new(event));
+        Ok(decoded)
     }
 
     /// The event type, and the JSON value when it was built (`body`, or a schema to check).
@@ -591,6 +627,7 @@ impl DeclaredTypes {
         Ok(GenericEvent {
             event_type,
             body: if body { value } else { None },
+            cloud_event: None,
         })
     }
 
@@ -836,6 +873,50 @@ mod tests {
         assert_eq!(r.kind, RejectionKind::SchemaInvalid);
         assert!(r.message.contains("/n"), "{}", r.message);
         assert!(JsonSchema::compile(&serde_json::json!({"type": 12})).is_err());
+    }
+
+    #[test]
+    fn cloudevents_are_typed_by_their_type_attribute_and_a_schema_checks_their_data() {
+        let schema = serde_json::json!({"type": "object", "required": ["order_id"]});
+        let declared = DeclaredTypes::names(["order.placed".to_string()])
+            .with_schema(
+                "order.placed",
+                Box::new(JsonSchema::compile(&schema).unwrap()),
+            )
+            .with_cloud_events(true);
+        let ce = |ty: &str, data: &str| {
+            record(&format!(
+                r#"{{"specversion":"1.0","id":"1","source":"s","type":"{ty}","data":{data}}}"#
+            ))
+        };
+        let event = declared
+            .decode(&ce("order.placed", r#"{"order_id":"o-1"}"#), true)
+            .unwrap();
+        assert_eq!(event.event_type, "order.placed");
+        assert_eq!(
+            event.body,
+            Some(serde_json::json!({"order_id": "o-1"})),
+            "the body is the data"
+        );
+        assert_eq!(event.cloud_event.unwrap().text("id"), Some("1"));
+        let r = declared
+            .decode(&ce("order.placed", r#"{"other":1}"#), false)
+            .unwrap_err();
+        assert_eq!(r.kind, RejectionKind::SchemaInvalid, "{}", r.message);
+        let r = declared.decode(&ce("order.paid", "{}"), false).unwrap_err();
+        assert_eq!(r.kind, RejectionKind::UnknownType);
+        let r = declared
+            .decode(
+                &record(r#"{"event_type":"order.placed","order_id":"o"}"#),
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(
+            r.kind,
+            RejectionKind::Malformed,
+            "not a CloudEvent: {}",
+            r.message
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@
 //! [`ConsumeConfig`]; [`Pipeline`] alone (no Kafka) runs records through a handler for tests
 //! and benchmarks.
 
+pub mod cloudevents;
 pub mod consumer;
 pub mod dlq;
 pub mod events;

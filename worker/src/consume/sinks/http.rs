@@ -52,6 +52,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use pipewright_crds::worker_config::{ContentMode, HttpMethod};
 
+use crate::consume::cloudevents::{CloudEvent, Data};
 use crate::consume::events::{GenericEvent, HandlerError, Record};
 use crate::error::Chain;
 use crate::{Error, traces};
@@ -274,6 +275,9 @@ impl HttpSink {
         event: &GenericEvent,
         record: &Record,
     ) -> Result<Request<Full<Bytes>>, HandlerError> {
+        if let Some(ce) = event.cloud_event.as_deref() {
+            return self.cloud_event_request(ce, record);
+        }
         let c = &self.config;
         let id = record.id().to_string();
         let source = match &c.ce_source {
@@ -348,6 +352,100 @@ impl HttpSink {
                 structured(&attributes, record, c.raw)
             }
         };
+        self.finish(builder, body, record)
+    }
+
+    /// The request for a CloudEvent read from the record (`events.format: cloudEvents`): its
+    /// own attributes go on (`ceSource`/`ceType` still override `source`/`type`), its data is
+    /// the body (binary) or `data`/`data_base64` (structured).
+    fn cloud_event_request(
+        &self,
+        ce: &CloudEvent,
+        record: &Record,
+    ) -> Result<Request<Full<Bytes>>, HandlerError> {
+        let c = &self.config;
+        let attributes = ce.attributes.iter().map(|(name, value)| {
+            let overridden = match name.as_str() {
+                "source" => c.ce_source.as_deref(),
+                "type" => c.ce_type.as_deref(),
+                _ => None,
+            };
+            match overridden {
+                Some(v) => (name.as_str(), serde_json::Value::String(v.to_string())),
+                None => (name.as_str(), value.clone()),
+            }
+        });
+        let mut builder = Request::builder()
+            .method(c.method.clone())
+            .uri(c.url.clone())
+            .header(&c.idempotency_header, record.id().to_string());
+        let body = match c.content_mode {
+            ContentMode::Binary => {
+                let mut content_type = None;
+                for (name, value) in attributes {
+                    let text = match &value {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    if name == "datacontenttype" {
+                        content_type = Some(text);
+                    } else {
+                        builder = builder.header(format!("ce-{name}"), ce_header(&text));
+                    }
+                }
+                let content_type = content_type.unwrap_or_else(|| {
+                    match &ce.data {
+                        Some(Data::Bytes(_)) => OCTETS,
+                        _ => JSON,
+                    }
+                    .to_string()
+                });
+                builder = builder.header("content-type", content_type);
+                Bytes::from(match &ce.data {
+                    Some(Data::Json(d) | Data::Bytes(d)) => d.clone(),
+                    None => Vec::new(),
+                })
+            }
+            ContentMode::Structured => {
+                builder = builder.header("content-type", "application/cloudevents+json");
+                let map: serde_json::Map<String, serde_json::Value> =
+                    attributes.map(|(k, v)| (k.to_string(), v)).collect();
+                let mut body = serde_json::to_vec(&map).expect("attributes serialize");
+                match &ce.data {
+                    None => {}
+                    Some(data) => {
+                        // Replace the closing brace with `,"data":<text>}` or
+                        // `,"data_base64":"..."}` (the attributes are never empty).
+                        body.pop();
+                        match data {
+                            Data::Json(text) => {
+                                body.extend_from_slice(b",\"data\":");
+                                body.extend_from_slice(text);
+                            }
+                            Data::Bytes(bytes) => {
+                                body.extend_from_slice(b",\"data_base64\":\"");
+                                body.extend_from_slice(BASE64_STANDARD.encode(bytes).as_bytes());
+                                body.push(b'"');
+                            }
+                        }
+                        body.push(b'}');
+                    }
+                }
+                Bytes::from(body)
+            }
+        };
+        self.finish(builder, body, record)
+    }
+
+    /// What every request carries besides the event: this hop's trace context, the record
+    /// headers `forwardHeaders` names, the configured headers.
+    fn finish(
+        &self,
+        mut builder: hyper::http::request::Builder,
+        body: Bytes,
+        record: &Record,
+    ) -> Result<Request<Full<Bytes>>, HandlerError> {
+        let c = &self.config;
         // This hop's context: the delivery span's, in place of a forwarded one.
         let hop = record.trace.as_deref().map(traces::headers_of);
         for (name, value) in hop.iter().flatten() {
@@ -637,6 +735,7 @@ mod tests {
         GenericEvent {
             event_type: "order placed".into(),
             body: None,
+            cloud_event: None,
         }
     }
 
@@ -719,6 +818,70 @@ mod tests {
                 "datacontenttype": "application/json",
                 "data": {"event_type": "placed", "n": 1},
             })
+        );
+    }
+
+    #[test]
+    fn a_cloudevent_read_from_the_record_goes_on_with_its_own_attributes_in_either_mode() {
+        let mut input = record(&[]);
+        input.payload = Some(
+            br#"{"specversion":"1.0","id":"evt-1","source":"urn:shop","type":"order.placed",
+                "traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "sequence":42,"data":{"order_id": "o-1"}}"#
+                .to_vec(),
+        );
+        let ce = crate::consume::cloudevents::CloudEvent::read(&input).unwrap();
+        let event = GenericEvent {
+            event_type: "order.placed".into(),
+            body: None,
+            cloud_event: Some(Box::new(ce)),
+        };
+        let with = |mode, ce_type: Option<&str>| {
+            let config = HttpSinkConfig::parse(&HttpSink {
+                content_mode: mode,
+                ce_type: ce_type.map(str::to_string),
+                ..sink("http://h/x", Default::default())
+            })
+            .unwrap();
+            super::HttpSink::new(config)
+                .unwrap()
+                .request(&event, &input)
+                .unwrap()
+        };
+        let binary = with(ContentMode::Binary, None);
+        assert_eq!(
+            header(&binary, "ce-id"),
+            ["evt-1"],
+            "the event's id, not the record's"
+        );
+        assert_eq!(header(&binary, "ce-source"), ["urn:shop"]);
+        assert_eq!(header(&binary, "ce-type"), ["order.placed"]);
+        assert_eq!(header(&binary, "ce-sequence"), ["42"]);
+        assert_eq!(
+            header(&binary, "ce-traceparent"),
+            ["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+        );
+        assert_eq!(header(&binary, "content-type"), ["application/json"]);
+        assert_eq!(header(&binary, "idempotency-key"), ["orders/2/7"]);
+        let body = futures::executor::block_on(binary.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], br#"{"order_id": "o-1"}"#, "the data as it was");
+
+        let structured = with(ContentMode::Structured, Some("com.example.order"));
+        let body = futures::executor::block_on(structured.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "specversion": "1.0", "id": "evt-1", "source": "urn:shop",
+                "type": "com.example.order",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "sequence": 42, "data": {"order_id": "o-1"},
+            }),
+            "ceType overrides the type; the rest is the event's"
         );
     }
 
