@@ -3,7 +3,8 @@
 //! API read here). An application commits an order in a `tracing` span exported by
 //! `tracing-opentelemetry`; the Outbox's relay and the EventConsumer's worker export to Jaeger
 //! because their resources say `spec.observability.tracing`; the HTTP receiver refuses the
-//! first delivery. One trace must hold the whole path with the right parents.
+//! first delivery. One trace must hold the whole path with the right parents: the
+//! application's span, the relay's, the delivery's, and one HTTP client span per attempt.
 //!
 //! Needs the local node and the images (`make test` builds them).
 
@@ -144,14 +145,27 @@ struct Span {
     service: String,
     kind: Option<String>,
     events: Vec<Value>,
+    /// `http.response.status_code`, on an HTTP request's span.
+    status: Option<i64>,
 }
 
 fn span(trace: &Value, operation: &str) -> Span {
-    let spans = trace["spans"].as_array().unwrap();
-    let s = spans
+    let mut all = spans(trace, operation);
+    assert_eq!(all.len(), 1, "one span {operation:?} in {trace:#}");
+    all.remove(0)
+}
+
+fn spans(trace: &Value, operation: &str) -> Vec<Span> {
+    trace["spans"]
+        .as_array()
+        .unwrap()
         .iter()
-        .find(|s| s["operationName"] == operation)
-        .unwrap_or_else(|| panic!("no span {operation:?} in {trace:#}"));
+        .filter(|s| s["operationName"] == operation)
+        .map(|s| one_span(trace, s))
+        .collect()
+}
+
+fn one_span(trace: &Value, s: &Value) -> Span {
     let tag = |key: &str| {
         s["tags"]
             .as_array()
@@ -160,7 +174,14 @@ fn span(trace: &Value, operation: &str) -> Span {
             .find(|t| t["key"] == key)
             .and_then(|t| t["value"].as_str().map(str::to_string))
     };
+    let status = s["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["key"] == "http.response.status_code")
+        .and_then(|t| t["value"].as_i64());
     Span {
+        status,
         id: s["spanID"].as_str().unwrap().to_string(),
         parent: s["references"]
             .as_array()
@@ -204,7 +225,7 @@ impl OutboxEvent for ShopEvent {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_one_trace_spans_the_application_commit_the_outbox_publish_the_consume_with_its_retry_and_the_http_delivery()
+async fn e2e_one_trace_spans_the_application_commit_the_outbox_publish_the_consume_with_its_retry_and_each_http_request()
  {
     let _node = NODE.lock().await;
     let jaeger = Jaeger::start();
@@ -315,6 +336,7 @@ async fn e2e_one_trace_spans_the_application_commit_the_outbox_publish_the_consu
         (got.len() == 2).then_some(got)
     })
     .await;
+    let (first_parent, _) = parent_ids(got[0].1.as_deref().expect("a traceparent header"));
     let (_, hop, origin) = &got[1];
     let (hop_trace, hop_parent) = parent_ids(hop.as_deref().expect("a traceparent header"));
     let (origin_trace, origin_span) =
@@ -326,7 +348,7 @@ async fn e2e_one_trace_spans_the_application_commit_the_outbox_publish_the_consu
     assert_eq!(origin_trace, trace_id);
 
     // The application's span, the relay's and the consumer's, in one trace.
-    let trace = jaeger.trace(&trace_id, 3).await;
+    let trace = jaeger.trace(&trace_id, 5).await;
     let commit = span(&trace, "place order");
     let publish = span(&trace, &format!("publish {topic}"));
     let process = span(&trace, &format!("process {topic}"));
@@ -346,9 +368,29 @@ async fn e2e_one_trace_spans_the_application_commit_the_outbox_publish_the_consu
         Some(publish.id.as_str()),
         "the delivery's span is a child of the relay's"
     );
+    // Each attempt an HTTP client span, a child of the delivery's; each request carries its
+    // own attempt's context.
+    let requests = spans(&trace, "POST");
+    assert_eq!(requests.len(), 2, "{trace:#}");
+    for request in &requests {
+        assert_eq!(request.kind.as_deref(), Some("client"));
+        assert_eq!(request.parent.as_deref(), Some(process.id.as_str()));
+    }
+    let refused = requests
+        .iter()
+        .find(|r| r.status == Some(503))
+        .expect("the 503 attempt");
+    let accepted = requests
+        .iter()
+        .find(|r| r.status == Some(204))
+        .expect("the 204 attempt");
     assert_eq!(
-        hop_parent, process.id,
-        "the HTTP request's traceparent is the delivery span's"
+        first_parent, refused.id,
+        "the refused request's traceparent is its span's"
+    );
+    assert_eq!(
+        hop_parent, accepted.id,
+        "the accepted request's traceparent is its span's"
     );
     assert_eq!(
         origin_span, publish.id,

@@ -21,7 +21,8 @@
 //!   headers, with each retry attempt as an event and an error status when the record is
 //!   dead-lettered or stops the consumer. It ends when the record does (delivered, skipped,
 //!   dead-lettered, or cancelled by a revocation or shutdown).
-//! - The HTTP sink sends the delivery span's context as `traceparent` and keeps the event's
+//! - The HTTP sink makes a client span per request (attempt), a child of the delivery span,
+//!   sends its context as `traceparent` and keeps the event's
 //!   own (the record's) in the CloudEvents distributed-tracing extension (`ce-traceparent`,
 //!   or `traceparent` in structured mode), as that extension asks; the Kafka sink's output
 //!   record carries the delivery span's context.
@@ -199,6 +200,43 @@ pub fn start_publish(tracer: &BoxedTracer, topic: &str, row_id: &str, parent: &C
         ])
         .start_with_context(tracer, parent);
     parent.with_span(span)
+}
+
+/// Starts the client span of one HTTP request (an attempt of a delivery), a child of the
+/// delivery span `parent`: named after the method, with the URL without its query (a query
+/// may hold a token). `None` when traces are off.
+pub fn start_http_request(parent: &Context, method: &str, url: &hyper::Uri) -> Option<Context> {
+    let tracer = tracer()?;
+    let full = format!(
+        "{}://{}{}",
+        url.scheme_str().unwrap_or("http"),
+        url.authority().map_or("", |a| a.as_str()),
+        url.path()
+    );
+    let span = tracer
+        .span_builder(method.to_string())
+        .with_kind(SpanKind::Client)
+        .with_attributes([
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.full", full),
+            KeyValue::new("server.address", url.host().unwrap_or_default().to_string()),
+        ])
+        .start_with_context(tracer, parent);
+    Some(parent.with_span(span))
+}
+
+/// Ends an HTTP request's span: the answer's status code, an error status when the attempt
+/// failed (`error_type` is its dead-letter kind, e.g. `http_status_503`, `http_timeout`).
+pub fn end_http_request(cx: &Context, status: Option<u16>, error_type: Option<&str>) {
+    let span = cx.span();
+    if let Some(code) = status {
+        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+    }
+    if let Some(kind) = error_type {
+        span.set_attribute(KeyValue::new("error.type", kind.to_string()));
+        span.set_status(opentelemetry::trace::Status::error(kind.to_string()));
+    }
+    span.end();
 }
 
 /// Records a failed attempt on a delivery span (an event per attempt).

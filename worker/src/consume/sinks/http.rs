@@ -480,7 +480,31 @@ impl HttpSink {
     }
 
     pub async fn deliver(&self, event: &GenericEvent, record: &Record) -> Result<(), HandlerError> {
-        let request = self.request(event, record)?;
+        let mut request = self.request(event, record)?;
+        // Traces on: each attempt is a client span, a child of the delivery's, and the request
+        // carries its context (in place of the delivery span's).
+        let span = record.trace.as_deref().and_then(|cx| {
+            traces::start_http_request(cx, request.method().as_str(), &self.config.url)
+        });
+        if let Some(cx) = &span {
+            for (name, value) in traces::headers_of(cx) {
+                if let (Ok(name), Ok(value)) = (
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    request.headers_mut().insert(name, value);
+                }
+            }
+        }
+        let (status, result) = self.send(request).await;
+        if let Some(cx) = &span {
+            traces::end_http_request(cx, status, result.as_ref().err().map(|e| e.kind.as_str()));
+        }
+        result
+    }
+
+    /// Sends one request: the answer's status (when there was one) and what it means.
+    async fn send(&self, request: Request<Full<Bytes>>) -> (Option<u16>, Result<(), HandlerError>) {
         let timeout = self.config.timeout;
         let answer = tokio::time::timeout(timeout, async {
             let response = self.client.request(request).await?;
@@ -489,23 +513,30 @@ impl HttpSink {
         .await;
         let (status, retry_after, body) = match answer {
             Err(_) => {
-                return Err(HandlerError::retryable(
-                    "http_timeout",
-                    format!("no answer within {timeout:?}"),
-                ));
+                return (
+                    None,
+                    Err(HandlerError::retryable(
+                        "http_timeout",
+                        format!("no answer within {timeout:?}"),
+                    )),
+                );
             }
             // With its causes: hyper's own text is only "client error (Connect)"; the cause
             // says which (refused, reset, a certificate no root vouches for).
             Ok(Err(e)) => {
-                return Err(HandlerError::retryable(
-                    failure_kind(&e),
-                    Chain(&e).to_string(),
-                ));
+                return (
+                    None,
+                    Err(HandlerError::retryable(
+                        failure_kind(&e),
+                        Chain(&e).to_string(),
+                    )),
+                );
             }
             Ok(Ok(answer)) => answer,
         };
+        let code = Some(status.as_u16());
         if status.is_success() {
-            return Ok(());
+            return (code, Ok(()));
         }
         let kind = format!("http_status_{}", status.as_u16());
         let message = match body {
@@ -513,9 +544,12 @@ impl HttpSink {
             None => format!("the endpoint answered {status}"),
         };
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            Err(HandlerError::retryable(kind, message).with_retry_after(retry_after))
+            (
+                code,
+                Err(HandlerError::retryable(kind, message).with_retry_after(retry_after)),
+            )
         } else {
-            Err(HandlerError::permanent(kind, message))
+            (code, Err(HandlerError::permanent(kind, message)))
         }
     }
 
