@@ -59,6 +59,18 @@ impl CloudEvent {
         } else {
             structured_mode(record)?
         };
+        // Attribute names are lower-case ASCII letters and digits (the spec's rule; they
+        // become `ce-<name>` HTTP headers).
+        if let Some((name, _)) = event.attributes.iter().find(|(name, _)| {
+            name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        }) {
+            return Err(format!(
+                "the attribute name {name:?} is not lower-case letters and digits"
+            ));
+        }
         for name in REQUIRED {
             match event.attribute(name) {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => {}
@@ -324,7 +336,11 @@ mod tests {
 
     #[test]
     fn what_is_not_a_cloudevent_is_refused_with_the_reason() {
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 9] = [
+            (
+                br#"{"specversion":"1.0","id":"1","source":"s","type":"t","Bad Name":"x"}"#,
+                "lower-case",
+            ),
             (br#"{"id":"1","source":"s","type":"t"}"#, "specversion"),
             (
                 br#"{"specversion":"1.0","source":"s","type":"t"}"#,
