@@ -336,7 +336,7 @@ async fn e2e_one_trace_spans_the_application_commit_the_outbox_publish_the_consu
         (got.len() == 2).then_some(got)
     })
     .await;
-    let (first_parent, _) = parent_ids(got[0].1.as_deref().expect("a traceparent header"));
+    let (_, first_parent) = parent_ids(got[0].1.as_deref().expect("a traceparent header"));
     let (_, hop, origin) = &got[1];
     let (hop_trace, hop_parent) = parent_ids(hop.as_deref().expect("a traceparent header"));
     let (origin_trace, origin_span) =

@@ -59,18 +59,6 @@ impl CloudEvent {
         } else {
             structured_mode(record)?
         };
-        // Attribute names are lower-case ASCII letters and digits (the spec's rule; they
-        // become `ce-<name>` HTTP headers).
-        if let Some((name, _)) = event.attributes.iter().find(|(name, _)| {
-            name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        }) {
-            return Err(format!(
-                "the attribute name {name:?} is not lower-case letters and digits"
-            ));
-        }
         for name in REQUIRED {
             match event.attribute(name) {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => {}
@@ -81,6 +69,18 @@ impl CloudEvent {
             return Err(format!(
                 "specversion {:?}: only CloudEvents 1.0 is read",
                 event.text("specversion").unwrap_or_default()
+            ));
+        }
+        // Attribute names are lower-case ASCII letters and digits (the spec's rule; they
+        // become `ce-<name>` HTTP headers).
+        if let Some((name, _)) = event.attributes.iter().find(|(name, _)| {
+            name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        }) {
+            return Err(format!(
+                "the attribute name {name:?} is not lower-case letters and digits"
             ));
         }
         Ok(event)
