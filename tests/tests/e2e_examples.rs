@@ -9,8 +9,11 @@
 //! `eventconsumer-http-service.yaml` names the Service `payments-api`: here a selector-less
 //! Service whose endpoint is the test's own server on the node address.
 //!
-//! Left out: `outbox-topic-template.yaml`, written for a SASL-authenticated cluster of two
-//! brokers (`kafka-0.kafka:9093`, `kafka-1.kafka:9093`) that the environment does not run.
+//! Left out: `outbox-topic-template.yaml`, written for a Strimzi cluster's SCRAM-over-TLS
+//! listener (`my-cluster-kafka-bootstrap.kafka:9093`) that the environment does not name that
+//! way; the worker runs it against the test broker's SCRAM listener in
+//! `worker/tests/operator_contract.rs`, and `e2e_kafka_auth.rs` proves the same credentials
+//! form end to end.
 
 mod common;
 
