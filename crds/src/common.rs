@@ -141,6 +141,18 @@ pub const KAFKA_SECRET_KEYS: &[&str] = &[
     "ssl.endpoint.identification.algorithm",
 ];
 
+/// A Kafka security setting's value as read from a Secret key: PEM values (`*.pem`) keep their
+/// newlines; single-line settings lose trailing whitespace (a file written with `echo`). The
+/// workers (from mounted files) and the operator's measurement client (from the API) both use
+/// it, so they read the same value.
+pub fn kafka_setting_value(key: &str, value: String) -> String {
+    if key.ends_with(".pem") {
+        value
+    } else {
+        value.trim_end().to_string()
+    }
+}
+
 /// A key in a Secret: where a credential (a DSN, a token) is read from. The Secret must be in
 /// the same namespace as the resource that names it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

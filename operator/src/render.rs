@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pipewright_crds::KafkaConnection;
-use pipewright_crds::common::{KAFKA_SECRET_KEYS, SecretKeyRef};
+use pipewright_crds::common::{KAFKA_SECRET_KEYS, SecretKeyRef, kafka_setting_value};
 use pipewright_crds::worker_config;
 
 use crate::controller::{SecretUse, Secrets};
@@ -118,12 +118,7 @@ pub fn kafka_settings(connection: &KafkaConnection, secrets: &Secrets) -> Vec<(S
         .collect();
     for (setting, key_ref) in connection.secret_key_settings() {
         if let Some(value) = secrets.value(&key_ref.name, &key_ref.key) {
-            let value = if setting.ends_with(".pem") {
-                value
-            } else {
-                value.trim_end().to_string()
-            };
-            settings.push((setting.to_string(), value));
+            settings.push((setting.to_string(), kafka_setting_value(setting, value)));
         }
     }
     let Some(secret) = &connection.secret_ref else {
@@ -133,7 +128,11 @@ pub fn kafka_settings(connection: &KafkaConnection, secrets: &Secrets) -> Vec<(S
         secrets
             .entries(&secret.name)
             .into_iter()
-            .filter(|(k, _)| KAFKA_SECRET_KEYS.contains(&k.as_str())),
+            .filter(|(k, _)| KAFKA_SECRET_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                let v = kafka_setting_value(&k, v);
+                (k, v)
+            }),
     );
     settings
 }

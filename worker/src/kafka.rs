@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use pipewright_crds::common::{KAFKA_CONFIG_ALLOWED_KEYS, KAFKA_SECRET_KEYS};
+use pipewright_crds::common::{KAFKA_CONFIG_ALLOWED_KEYS, KAFKA_SECRET_KEYS, kafka_setting_value};
 use rdkafka::ClientConfig;
 
 use crate::Error;
@@ -83,12 +83,7 @@ impl KafkaSettings {
             }
             let value = std::fs::read_to_string(dir.join(&name))
                 .map_err(|e| unreadable(format!("cannot read key {name:?}: {e}")))?;
-            // PEM values keep their newlines; single-line settings lose a trailing one.
-            let value = if name.ends_with(".pem") {
-                value
-            } else {
-                value.trim_end().to_string()
-            };
+            let value = kafka_setting_value(&name, value);
             self.secret.insert(name.clone());
             self.entries.push((name, value));
         }
@@ -112,11 +107,7 @@ impl KafkaSettings {
             field,
             reason: format!("cannot read {key:?} from {}: {e}", file.display()),
         })?;
-        let value = if key.ends_with(".pem") {
-            value
-        } else {
-            value.trim_end().to_string()
-        };
+        let value = kafka_setting_value(key, value);
         self.secret.insert(key.to_string());
         self.entries.push((key.to_string(), value));
         Ok(())

@@ -378,37 +378,15 @@ async fn consume_raw_values_reach_the_http_sink_byte_for_byte_and_a_refused_one_
     common::consume::produce_with_headers(&topic, records).await;
     let dead = TopicReader::start(&dlq, "read_committed");
 
-    // offset -> (content type, ce-type, body)
-    type Got = HashMap<i64, (String, String, Vec<u8>)>;
-    let got: Arc<Mutex<Got>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/events", listener.local_addr().unwrap());
-    let log = got.clone();
-    let app = Router::new().route(
-        "/events",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let log = log.clone();
-            async move {
-                let header = |n: &str| {
-                    headers
-                        .get(n)
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default()
-                };
-                let offset: i64 = header("ce-id").rsplit('/').next().unwrap().parse().unwrap();
-                log.lock().unwrap().insert(
-                    offset,
-                    (header("content-type"), header("ce-type"), body.to_vec()),
-                );
-                if offset == 4 {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "cannot parse this")
-                } else {
-                    (StatusCode::OK, "")
-                }
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // Every request's ce-id, content type, ce-type and body; the record at offset 4 refused.
+    let (url, log) = capture_requests(&["ce-id", "content-type", "ce-type"], |h| {
+        if offset_of(&h[0]) == 4 {
+            (StatusCode::UNPROCESSABLE_ENTITY, "cannot parse this")
+        } else {
+            (StatusCode::OK, "")
+        }
+    })
+    .await;
 
     let sink = ["--sink", "http", "--sink-http-url", &url];
     let args = ["--event-format", "raw", "--dead-letter-topic", &dlq];
@@ -417,7 +395,13 @@ async fn consume_raw_values_reach_the_http_sink_byte_for_byte_and_a_refused_one_
     group_reaches(&group, &topic, 1, total).await;
     assert_eq!(worker.sigterm_and_wait().await, 0);
 
-    let got = got.lock().unwrap().clone();
+    // offset -> (content type, ce-type, body)
+    let got: HashMap<i64, (String, String, Vec<u8>)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, body)| (offset_of(&h[0]), (h[1].clone(), h[2].clone(), body.clone())))
+        .collect();
     for (offset, (value, content_type)) in values.iter().enumerate() {
         let (got_type, ce_type, body) = &got[&(offset as i64)];
         assert_eq!(body, value, "offset {offset}: the value byte for byte");
@@ -500,38 +484,12 @@ async fn consume_cloudevents_in_structured_and_binary_mode_reach_the_http_sink_w
     common::consume::produce_with_headers(&topic, records).await;
     let dead = TopicReader::start(&dlq, "read_committed");
 
-    // ce-id -> (ce-source, ce-type, ce-tenant, content-type, body), in arrival order.
-    type Got = Vec<(String, [String; 4], Vec<u8>)>;
-    let got: Arc<Mutex<Got>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/events", listener.local_addr().unwrap());
-    let log = got.clone();
-    let app = Router::new().route(
-        "/events",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let log = log.clone();
-            async move {
-                let header = |n: &str| {
-                    headers
-                        .get(n)
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default()
-                };
-                log.lock().unwrap().push((
-                    header("ce-id"),
-                    [
-                        header("ce-source"),
-                        header("ce-type"),
-                        header("ce-tenant"),
-                        header("content-type"),
-                    ],
-                    body.to_vec(),
-                ));
-                StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // Every request's ce-id, ce-source, ce-type, ce-tenant, content-type and body.
+    let (url, log) = capture_requests(
+        &["ce-id", "ce-source", "ce-type", "ce-tenant", "content-type"],
+        |_| (StatusCode::NO_CONTENT, ""),
+    )
+    .await;
 
     let sink = ["--sink", "http", "--sink-http-url", &url];
     let args = [
@@ -546,7 +504,16 @@ async fn consume_cloudevents_in_structured_and_binary_mode_reach_the_http_sink_w
     group_reaches(&group, &topic, 1, 5).await;
     assert_eq!(worker.sigterm_and_wait().await, 0);
 
-    let got = got.lock().unwrap().clone();
+    // (ce-id, [ce-source, ce-type, ce-tenant, content-type], body), in arrival order.
+    let got: Vec<(String, [String; 4], Vec<u8>)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, body)| {
+            let attributes = [h[1].clone(), h[2].clone(), h[3].clone(), h[4].clone()];
+            (h[0].clone(), attributes, body.clone())
+        })
+        .collect();
     let by_id: HashMap<&str, (&[String; 4], &[u8])> = got
         .iter()
         .map(|(id, h, body)| (id.as_str(), (h, body.as_slice())))
@@ -604,4 +571,46 @@ async fn consume_cloudevents_in_structured_and_binary_mode_reach_the_http_sink_w
         "{:?}",
         letters[0].headers
     );
+}
+
+/// What [`capture_requests`] kept of each request: the named headers' values (empty when
+/// absent) and the body, in arrival order.
+type Captured = Arc<Mutex<Vec<(Vec<String>, Vec<u8>)>>>;
+
+/// Serves `POST /events` on a free local port: keeps `headers`' values and the body of every
+/// request, and answers what `answer` says for those values. Returns the URL and the log.
+async fn capture_requests(
+    headers: &'static [&'static str],
+    answer: fn(&[String]) -> (StatusCode, &'static str),
+) -> (String, Captured) {
+    let log: Captured = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let kept = log.clone();
+    let app = Router::new().route(
+        "/events",
+        post(move |got: HeaderMap, body: Bytes| {
+            let kept = kept.clone();
+            async move {
+                let values: Vec<String> = headers
+                    .iter()
+                    .map(|n| {
+                        got.get(*n)
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let reply = answer(&values);
+                kept.lock().unwrap().push((values, body.to_vec()));
+                reply
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, log)
+}
+
+/// The offset in a `ce-id` of `<topic>/<partition>/<offset>`.
+fn offset_of(ce_id: &str) -> i64 {
+    ce_id.rsplit('/').next().unwrap().parse().unwrap()
 }
