@@ -49,13 +49,26 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10-pipewright
 # Debian's containernetworking-plugins.
 CNI_BIN=${PIPEWRIGHT_CNI_BIN:-/usr/lib/cni}
 
-# The node's names and addresses for bridge index $1 (see tests/env/up).
+# The cluster's nodes, by index: 0 is the first node, whose address is also where the
+# apiserver, Kafka, PostgreSQL and CoreDNS listen; 1 is a second kubelet with its own
+# containerd, so the scheduler has a choice and a drain has somewhere to move pods to.
+NODE_INDICES=(0 1)
+# Every node's pod range lies in it (kube-proxy's --cluster-cidr; PostgreSQL trusts it).
+CLUSTER_CIDR=10.244.0.0/16
+CONTROL_PLANE_IP=10.244.0.1
+
+# Node $1's names and addresses (see tests/env/up). Each node has a bridge of its own with its
+# address and pod range; the host routes between the bridges, as a cluster's network routes
+# between its nodes' pod ranges.
 node_vars() {
+  NODE_INDEX=$1
   NODE_BRIDGE=pw$1
   NODE_IP=10.244.$1.1
   NODE_CIDR=10.244.$1.0/24
-  NODE_NAME=pipewright-node
-  NODE_DIR=$STATE/node
+  # Its processes' pid files and log names (kubelet, containerd) and its certificates.
+  if [ "$1" = 0 ]; then NODE_SUFFIX=""; else NODE_SUFFIX=-$(($1 + 1)); fi
+  NODE_NAME=pipewright-node$NODE_SUFFIX
+  NODE_DIR=$STATE/node$NODE_SUFFIX
   # The node's cgroups live under this parent in every hierarchy, so down can find every
   # process of every pod.
   NODE_CGROUP=pipewright-$1

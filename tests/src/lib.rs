@@ -80,6 +80,46 @@ impl TestEnv {
     }
 }
 
+/// One of the test environment's nodes (`PIPEWRIGHT_NODES`: `name=address` pairs, the first
+/// the node whose address the control plane, Kafka and PostgreSQL listen on) and its
+/// containerd socket (`PIPEWRIGHT_CONTAINERD_ADDRESSES`, in the same order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// The node's address; its pods' addresses share its first three octets (a /24 each).
+    pub ip: String,
+    pub containerd: String,
+}
+
+/// Every node of the test environment, in `tests/env/up`'s order.
+pub fn nodes() -> Vec<Node> {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: {HOW_TO_START}"))
+    };
+    let pairs = var("PIPEWRIGHT_NODES");
+    let sockets = var("PIPEWRIGHT_CONTAINERD_ADDRESSES");
+    let nodes: Vec<Node> = pairs
+        .split_whitespace()
+        .zip(sockets.split_whitespace())
+        .map(|(pair, socket)| {
+            let (name, ip) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("PIPEWRIGHT_NODES: {pair:?} is not name=address"));
+            Node {
+                name: name.to_owned(),
+                ip: ip.to_owned(),
+                containerd: socket.to_owned(),
+            }
+        })
+        .collect();
+    assert!(
+        !nodes.is_empty() && nodes.len() == sockets.split_whitespace().count(),
+        "PIPEWRIGHT_NODES ({pairs}) and PIPEWRIGHT_CONTAINERD_ADDRESSES ({sockets}) do not \
+         name the same nodes: {HOW_TO_START}"
+    );
+    nodes
+}
+
 /// The pid of a service of the test environment (`etcd`, `kube-apiserver`, `kafka`,
 /// `postgres`, ...), for fault tests that stop and resume it (SIGSTOP/SIGCONT). Tests that do
 /// so belong in a test binary of their own: cargo runs test binaries one after another, the

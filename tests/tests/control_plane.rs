@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, Config, Resource, ResourceExt};
-use pipewright_testenv::{HOW_TO_START, TestNamespace, eventually, kube_client};
+use pipewright_testenv::{HOW_TO_START, TestNamespace, eventually, kube_client, nodes};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -113,12 +113,12 @@ async fn deployment_gets_replicaset_and_pods_from_controller_manager() {
         },
     )
     .await;
-    // The scheduler binds both to the environment's node (their image does not exist, so
+    // The scheduler binds both to the environment's nodes (their image does not exist, so
     // they never run; that is not what this test is about).
-    let node = node_name();
+    let node_names: Vec<String> = nodes().into_iter().map(|n| n.name).collect();
     let names: Vec<String> = owned_pods.iter().map(|p| p.name_any()).collect();
     eventually(
-        "the scheduler to bind both Pods to the node",
+        "the scheduler to bind both Pods to a node",
         WAIT,
         || async {
             let mut bound = 0;
@@ -126,8 +126,8 @@ async fn deployment_gets_replicaset_and_pods_from_controller_manager() {
                 let pod = pods.get(name).await.ok()?;
                 let on = pod.spec.and_then(|s| s.node_name);
                 assert!(
-                    on.is_none() || on.as_deref() == Some(node.as_str()),
-                    "{name} on {on:?}"
+                    on.as_ref().is_none_or(|n| node_names.contains(n)),
+                    "{name} on {on:?}, not one of {node_names:?}"
                 );
                 bound += usize::from(on.is_some());
             }
@@ -226,68 +226,78 @@ async fn service_account_tokens_are_signed_and_accepted_by_the_apiserver() {
     ns.delete().await;
 }
 
-fn node_name() -> String {
-    std::env::var("PIPEWRIGHT_NODE_NAME")
-        .unwrap_or_else(|_| panic!("PIPEWRIGHT_NODE_NAME is not set (no node): {HOW_TO_START}"))
-}
-
-/// The node is a real kubelet with containerd and runc: a Pod under the restricted Pod
-/// Security settings runs there, in its own network namespace (an address from the node's pod
-/// CIDR, not the node's), and becomes Ready.
+/// Every node is a real kubelet with containerd and runc: a Pod under the restricted Pod
+/// Security settings runs on each, in its own network namespace (an address from that node's
+/// pod CIDR, not the node's), and becomes Ready.
 #[tokio::test]
-async fn the_node_is_ready_and_runs_a_restricted_pod_in_its_own_network_namespace() {
+async fn every_node_is_ready_and_runs_a_restricted_pod_in_its_own_network_namespace() {
     let client = kube_client().await;
-    let node_ip = std::env::var("PIPEWRIGHT_NODE_IP")
-        .unwrap_or_else(|_| panic!("PIPEWRIGHT_NODE_IP is not set (no node): {HOW_TO_START}"));
     let pause = std::env::var("PIPEWRIGHT_PAUSE_IMAGE")
         .unwrap_or_else(|_| panic!("PIPEWRIGHT_PAUSE_IMAGE is not set (no node): {HOW_TO_START}"));
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node = nodes
-        .get(&node_name())
-        .await
-        .expect("the node is registered");
-    let ready = node
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    assert!(ready, "node {} is not Ready", node_name());
+    let env_nodes = nodes();
+    assert!(env_nodes.len() >= 2, "a cluster of one node: {env_nodes:?}");
+    let node_api: Api<Node> = Api::all(client.clone());
+    for node in &env_nodes {
+        let registered = node_api
+            .get(&node.name)
+            .await
+            .unwrap_or_else(|e| panic!("node {} is not registered: {e}", node.name));
+        let ready = registered
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        assert!(ready, "node {} is not Ready", node.name);
+    }
 
     let ns = TestNamespace::create(&client, "cp-node").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "sandbox"},
-        "spec": {
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 65535,
-                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "pause", "image": pause, "imagePullPolicy": "Never",
-                "securityContext": {"allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-            }],
-        },
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let pod_ip = eventually("the pod to be Running and Ready", WAIT, || async {
-        let status = pods.get("sandbox").await.ok()?.status?;
-        let ready = status
-            .conditions
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        (status.phase.as_deref() == Some("Running") && ready).then_some(status.pod_ip?)
-    })
-    .await;
-    let prefix = node_ip.rsplit_once('.').unwrap().0;
-    assert!(
-        pod_ip.starts_with(&format!("{prefix}.")),
-        "pod IP {pod_ip} outside the node's CIDR"
-    );
-    assert_ne!(
-        pod_ip, node_ip,
-        "the pod shares the node's network namespace"
-    );
+    for (i, node) in env_nodes.iter().enumerate() {
+        let name = format!("sandbox-{i}");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node.name,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65535,
+                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "pause", "image": pause, "imagePullPolicy": "Never",
+                    "securityContext": {"allowPrivilegeEscalation": false,
+                        "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                }],
+            },
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    for (i, node) in env_nodes.iter().enumerate() {
+        let name = format!("sandbox-{i}");
+        let pod_ip = eventually(
+            &format!("{name} on {} to be Running and Ready", node.name),
+            WAIT,
+            || async {
+                let status = pods.get(&name).await.ok()?.status?;
+                let ready = status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (status.phase.as_deref() == Some("Running") && ready).then_some(status.pod_ip?)
+            },
+        )
+        .await;
+        let prefix = node.ip.rsplit_once('.').unwrap().0;
+        assert!(
+            pod_ip.starts_with(&format!("{prefix}.")),
+            "pod IP {pod_ip} outside {}'s CIDR ({prefix}.0/24)",
+            node.name
+        );
+        assert_ne!(
+            pod_ip, node.ip,
+            "the pod shares {}'s network namespace",
+            node.name
+        );
+    }
     ns.delete().await;
 }

@@ -274,19 +274,23 @@ async fn e2e_outbox_and_consumer_pods_deliver_every_event_in_order_then_report_r
     stack.down().await;
 }
 
-/// The containerd containers of these pods that still have a running task.
+/// The containerd containers of these pods that still have a running task, on any node.
 fn running_containers_of(pods: &[String]) -> Vec<String> {
     let ctr = var("CTR");
-    let tasks = run(&ctr, &["tasks", "ls"]);
     let mut running = Vec::new();
-    for pod in pods {
-        let filter = format!("labels.\"io.kubernetes.pod.name\"=={pod}");
-        for id in run(&ctr, &["containers", "ls", "-q", &filter]).lines() {
-            if tasks
-                .lines()
-                .any(|l| l.starts_with(id) && l.contains("RUNNING"))
-            {
-                running.push(format!("{pod}/{id}"));
+    for node in pipewright_testenv::nodes() {
+        let address = ["--address", node.containerd.as_str()];
+        let tasks = run(&ctr, &[&address[..], &["tasks", "ls"]].concat());
+        for pod in pods {
+            let filter = format!("labels.\"io.kubernetes.pod.name\"=={pod}");
+            let ls = [&address[..], &["containers", "ls", "-q", &filter]].concat();
+            for id in run(&ctr, &ls).lines() {
+                if tasks
+                    .lines()
+                    .any(|l| l.starts_with(id) && l.contains("RUNNING"))
+                {
+                    running.push(format!("{}: {pod}/{id}", node.name));
+                }
             }
         }
     }

@@ -1,22 +1,30 @@
-# The test environment's node: containerd + runc + kubelet with CNI bridge networking.
-# Sourced by tests/env/up (start_node) and tests/env/down (stop_node); needs lib.sh and, for
-# start_node, up's helpers (start, kubeconfig, wait_for) and node_vars already called.
+# The test environment's nodes: each one containerd + runc + kubelet with CNI bridge
+# networking; one kube-proxy for both. Sourced by tests/env/up (start_node for each node, then
+# start_kube_proxy) and tests/env/down (stop_node for each node, then stop_host_rules); needs
+# lib.sh and, for start_node, up's helpers (start, sign, kubeconfig, wait_for) and node_vars
+# already called for the node.
 #
-# What the node makes, so down can remove all of it:
+# What a node makes, so down can remove all of it:
 #   $NODE_DIR                containerd root/state, runc state, kubelet root, CNI config and IPAM,
 #                            pod logs; the network namespaces are mounted under containerd's state
-#   bridge $NODE_BRIDGE      the node address $NODE_IP (pods get the rest of $NODE_CIDR)
+#   bridge $NODE_BRIDGE      the node address $NODE_IP (pods get the rest of $NODE_CIDR); the
+#                            host routes between the nodes' bridges
 #   cgroups /$NODE_CGROUP    kubelet's cgroupRoot in every hierarchy: every pod process is there
+# and, shared by the nodes (stop_host_rules):
 #   kube-proxy's rules       the KUBE-* chains of the host's iptables (iptables mode): every
 #                            Service's cluster IP. They are host-wide, which is why one
 #                            environment runs per host (tests/env/up refuses a second); down
 #                            removes them with `kube-proxy --cleanup`, and the kubelet's own
 #                            (KUBE-FIREWALL and its canaries)
-#   net.ipv4.ip_forward = 1  a pod reaching another pod through a Service is DNATed back out of
-#                            the bridge; down restores the value it found
+#   net.ipv4.ip_forward = 1  a pod reaching a pod on the other node, or any pod through a
+#                            Service (DNATed back out of a bridge); down restores the value it
+#                            found
 
 start_node() {
-  local d=$NODE_DIR
+  local d=$NODE_DIR kubelet=kubelet$NODE_SUFFIX containerd=containerd$NODE_SUFFIX
+  local kubelet_port healthz_port
+  kubelet_port=$(free_port)
+  healthz_port=$(free_port)
   mkdir -p "$d"/{containerd/root,containerd/state,runc,kubelet,pod-logs,cni/net.d,cni/ipam}
   # Unix socket paths are limited to 107 bytes.
   [ ${#d} -le 80 ] || die "the state directory path is too long for containerd's socket ($d); set PIPEWRIGHT_STATE to a shorter path"
@@ -89,14 +97,14 @@ TOML
   printf 'server = "http://127.0.0.1:9"\n' >"$d/containerd/certs.d/_default/hosts.toml"
 
   # The shim is found on containerd's PATH.
-  start containerd env PATH="$CONTAINERD_BIN:$PATH" \
+  start "$containerd" env PATH="$CONTAINERD_BIN:$PATH" \
     "$CONTAINERD_BIN/containerd" --config "$d/containerd/config.toml" --log-level warn
-  wait_for containerd 60 "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" version
+  wait_for "$containerd" 60 "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" version
   local image
   for image in "$PAUSE_DIR/pause.tar" "$RECEIVER_DIR/receiver.tar"; do
     "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" -n k8s.io images import \
-      "$image" >"$STATE/logs/image-import.log" 2>&1 || {
-      cat "$STATE/logs/image-import.log" >&2
+      "$image" >"$STATE/logs/image-import$NODE_SUFFIX.log" 2>&1 || {
+      cat "$STATE/logs/image-import$NODE_SUFFIX.log" >&2
       die "importing $image failed"
     }
   done
@@ -108,8 +116,12 @@ TOML
   done
   [ -f /sys/fs/cgroup/cgroup.controllers ] && mkdir -p "/sys/fs/cgroup/$NODE_CGROUP"
 
+  # Its client identity (Node authorizer, NodeRestriction) and its serving certificate.
   local p=$STATE/pki
-  kubeconfig kubelet kubelet-client
+  sign "$kubelet-client" "/O=system:nodes/CN=system:node:$NODE_NAME" "extendedKeyUsage=clientAuth"
+  sign "$kubelet" "/CN=$NODE_NAME" "subjectAltName=IP:$NODE_IP,DNS:$NODE_NAME
+extendedKeyUsage=serverAuth"
+  kubeconfig "$kubelet" "$kubelet-client"
   cat >"$d/kubelet/config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -119,12 +131,12 @@ cgroupDriver: cgroupfs
 cgroupRoot: /$NODE_CGROUP
 containerRuntimeEndpoint: unix://$d/containerd.sock
 address: $NODE_IP
-port: $KUBELET_PORT
+port: $kubelet_port
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: $KUBELET_HEALTHZ_PORT
-tlsCertFile: $p/kubelet.crt
-tlsPrivateKeyFile: $p/kubelet.key
+healthzPort: $healthz_port
+tlsCertFile: $p/$kubelet.crt
+tlsPrivateKeyFile: $p/$kubelet.key
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: true}
@@ -150,28 +162,27 @@ nodeStatusUpdateFrequency: 5s
 syncFrequency: 10s
 YAML
 
-  start kubelet "$K8S_BIN/kubelet" --config="$d/kubelet/config.yaml" \
-    --kubeconfig="$STATE/kubelet.kubeconfig" --root-dir="$d/kubelet" \
+  start "$kubelet" "$K8S_BIN/kubelet" --config="$d/kubelet/config.yaml" \
+    --kubeconfig="$STATE/$kubelet.kubeconfig" --root-dir="$d/kubelet" \
     --cert-dir="$d/kubelet/pki" --node-ip="$NODE_IP" --hostname-override="$NODE_NAME" --v=1
-  wait_for kubelet 60 curl -fs "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
-  wait_for kubelet 120 "$K8S_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" \
+  wait_for "$kubelet" 60 curl -fs "http://127.0.0.1:$healthz_port/healthz"
+  wait_for "$kubelet" 120 "$K8S_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" \
     wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s
-
-  start_kube_proxy
 }
 
 # kube-proxy in iptables mode, from the same Kubernetes pin: every Service's cluster IP (the
-# `kubernetes` Service's 10.96.0.1 included) and NodePorts on the node address only. It
-# leaves the host's conntrack settings and route_localnet alone (the flags set to 0/false).
+# `kubernetes` Service's 10.96.0.1 included) and NodePorts on the first node's address only.
+# It leaves the host's conntrack settings and route_localnet alone (the flags set to 0/false).
+# One kube-proxy serves both nodes: they share the host's network namespace and so its
+# iptables rules (a kube-proxy per node would write the same rules twice).
 start_kube_proxy() {
-  local d=$NODE_DIR
   [ "$(cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || {
-    echo 0 >"$d/ip_forward.orig"
+    echo 0 >"$STATE/ip_forward.orig"
     echo 1 >/proc/sys/net/ipv4/ip_forward
   }
   kubeconfig kube-proxy kube-proxy
   start kube-proxy "$K8S_BIN/kube-proxy" --kubeconfig="$STATE/kube-proxy.kubeconfig" \
-    --hostname-override="$NODE_NAME" --proxy-mode=iptables --cluster-cidr="$NODE_CIDR" \
+    --hostname-override="$NODE_NAME" --proxy-mode=iptables --cluster-cidr="$CLUSTER_CIDR" \
     --nodeport-addresses="$NODE_IP/32" --iptables-localhost-nodeports=false \
     --healthz-bind-address="127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT" \
     --metrics-bind-address="127.0.0.1:$KUBE_PROXY_METRICS_PORT" \
@@ -182,7 +193,7 @@ start_kube_proxy() {
   wait_for kube-proxy 60 curl -fs "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz"
 }
 
-# Removes every container, mount, network namespace, cgroup, link and rule the node made.
+# Removes every container, mount, network namespace, cgroup and link node $NODE_INDEX made.
 # The kubelet must already be stopped (it would restart containers).
 stop_node() {
   local d=$NODE_DIR h f
@@ -210,12 +221,17 @@ stop_node() {
     [ -d "$h" ] || continue
     find "$h" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
+  ip link del "$NODE_BRIDGE" 2>/dev/null || true
+}
+
+# The host-wide rules every node shares; after every node is stopped.
+stop_host_rules() {
+  local ipt table chain
   # kube-proxy's chains (it is stopped already), and the forwarding it needed.
   "$K8S_BIN/kube-proxy" --cleanup --proxy-mode=iptables >/dev/null 2>&1 || true
   # The kubelet's own chains, in both address families: its canaries (KUBE-KUBELET-CANARY,
   # KUBE-IPTABLES-HINT) and KUBE-FIREWALL (drops packets to 127.0.0.0/8 from elsewhere),
   # jumped to from INPUT and OUTPUT. One environment per host: nothing else uses them.
-  local ipt table chain
   for ipt in iptables ip6tables; do
     command -v "$ipt" >/dev/null || continue
     "$ipt" -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
@@ -226,6 +242,6 @@ stop_node() {
       done
     done
   done
-  [ -f "$d/ip_forward.orig" ] && cat "$d/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward
-  ip link del "$NODE_BRIDGE" 2>/dev/null || true
+  [ -f "$STATE/ip_forward.orig" ] && cat "$STATE/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward
+  return 0
 }
