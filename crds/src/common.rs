@@ -621,6 +621,10 @@ fn default_lag_threshold() -> i64 {
     1000
 }
 
+/// The header an HTTP sink (by default) and an HTTP dead-letter destination carry the record's
+/// `<topic>/<partition>/<offset>` in, so that a receiver can drop a redelivery.
+pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
 #[cfg(test)]
 mod tests {
     use super::*;

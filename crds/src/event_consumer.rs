@@ -78,9 +78,13 @@ use crate::common::{
         .field_path(".sink.kafka.topic"),
     // The policy applies to every record that cannot be handled (malformed, oversized, unknown
     // type), declared events or not; its default, deadLetter, needs somewhere to put them.
-    validation = Rule::new("has(self.processing.deadLetterTopic) || (has(self.events) && self.events.onUnknownType != 'deadLetter')")
-        .message("processing.deadLetterTopic is required when events.onUnknownType is deadLetter (the default, also without events): set it, or set events.onUnknownType to skip or fail")
+    validation = Rule::new("has(self.processing.deadLetterTopic) || has(self.processing.deadLetterSink) || (has(self.events) && self.events.onUnknownType != 'deadLetter')")
+        .message("processing.deadLetterTopic (or deadLetterSink) is required when events.onUnknownType is deadLetter (the default, also without events): set one, or set events.onUnknownType to skip or fail")
         .field_path(".processing.deadLetterTopic"),
+    validation = Rule::new("!(has(self.processing.deadLetterTopic) && has(self.processing.deadLetterSink))")
+        .message("processing: set at most one of deadLetterTopic, deadLetterSink")
+        .field_path(".processing.deadLetterSink")
+        .reason(Reason::FieldValueForbidden),
     validation = Rule::new("!has(self.events) || self.events.format != 'raw' || !has(self.sink.postgres)")
         .message("sink.postgres maps the fields of JSON events to columns: it cannot take events.format raw")
         .field_path(".sink.postgres"),
@@ -310,6 +314,12 @@ pub struct Processing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), pattern(TOPIC_PATTERN))]
     pub dead_letter_topic: Option<String>,
+    /// An HTTP destination for the records deadLetterTopic would take, instead of a topic
+    /// (as Knative's deadLetterSink): each is POSTed as it was in Kafka — its value the body —
+    /// with the error in `pipewright.*` headers, and committed only once the destination
+    /// answered 2xx. At most one of deadLetterTopic and deadLetterSink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink: Option<DeadLetterSink>,
     /// How long a worker that is told to stop may take to finish its in-flight records and
     /// commit, between 1s and 1h. Default `30s`.
     #[serde(default = "default_drain_timeout")]
@@ -325,6 +335,7 @@ impl Default for Processing {
             ordering: Ordering::default(),
             retry: Retry::default(),
             dead_letter_topic: None,
+            dead_letter_sink: None,
             drain_timeout: default_drain_timeout(),
         }
     }
@@ -454,6 +465,66 @@ impl Sink {
             _ => None,
         }
     }
+}
+
+/// Where dead letters go when not to a topic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSink {
+    /// An HTTP(S) endpoint, by URL or Service reference.
+    pub http: DeadLetterHttp,
+}
+
+/// An HTTP destination for dead letters: one `POST` per record, the record's value as the body
+/// (`content-type` from the record's own header, else `application/octet-stream`), and as
+/// headers: the error (`pipewright.error.kind`, `.message`, `pipewright.attempts`,
+/// `pipewright.first.failure.time`), where the record came from
+/// (`pipewright.original.topic`, `.partition`, `.offset`, `.key` — base64 in
+/// `pipewright.original.key-base64` when it is no valid header value), its Kafka headers as
+/// `pipewright.header.<name>` (those HTTP can carry), and `Idempotency-Key:
+/// <topic>/<partition>/<offset>`. A 2xx answer is the acknowledgement; anything else is
+/// retried (waiting up to 10s between attempts) for up to 5 minutes, then the worker stops
+/// without committing the record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.ref)")
+        .message("processing.deadLetterSink.http must set exactly one of url, ref")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.path) || has(self.ref)")
+        .message("processing.deadLetterSink.http.path goes with ref (with url, the path is part of the URL)")
+        .reason(Reason::FieldValueForbidden),
+)]
+pub struct DeadLetterHttp {
+    /// Absolute http:// or https:// URL. Must not contain credentials (put them in
+    /// headersSecretRef). Exactly one of url and ref.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''")
+            .message("processing.deadLetterSink.http.url must be an absolute http:// or https:// URL"),
+        validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')")
+            .message("processing.deadLetterSink.http.url must not contain credentials (user:password@): reference them with headersSecretRef")
+            .reason(Reason::FieldValueForbidden),
+    )]
+    pub url: Option<String>,
+    /// A Service instead of a URL: resolved by the operator as sink.http.ref is, shown as
+    /// status.deadLetterSinkUri; Degraded/SinkUnresolvable while it does not resolve.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub service_ref: Option<ServiceReference>,
+    /// The request path with ref, starting with `/`. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), pattern(r"^/[!-~]*$"))]
+    pub path: Option<String>,
+    /// How long to wait for an answer, between 1ms and 5m. Default `10s`.
+    #[serde(default = "default_http_timeout")]
+    #[x_kube(validation = Rule::new(duration_between("1ms", "5m"))
+        .message("processing.deadLetterSink.http.timeout must be between 1ms and 5m"))]
+    pub timeout: Duration,
+    /// A Secret whose every key is a header name and value the header value, sent with every
+    /// request: the place for Authorization and API-key headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<SecretRef>,
 }
 
 /// A Service an HTTP sink delivers to (Knative's Destination, for Services).
@@ -601,7 +672,7 @@ fn default_http_timeout() -> Duration {
 }
 
 fn default_idempotency_header() -> String {
-    "Idempotency-Key".to_string()
+    crate::common::DEFAULT_IDEMPOTENCY_HEADER.to_string()
 }
 
 /// HTTP method of a delivery request.
@@ -701,6 +772,10 @@ pub struct EventConsumerStatus {
     /// (absent while it does not resolve, or with another sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_uri: Option<String>,
+    /// Where dead letters go over HTTP: spec.processing.deadLetterSink.http.url, or the
+    /// address its ref resolved to (absent while it does not resolve, or without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink_uri: Option<String>,
     /// Per partition: the group's committed offset, the partition's end offset and the lag
     /// between them, as measured at measuredTime.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -391,12 +391,31 @@ fn invalid_event_consumers() -> Vec<Case> {
             "dead-lettering unknown types without a dead-letter topic",
             event_consumer(json!({"events": {"types": [{"name": "order.created"}]},
                 "processing": {"deadLetterTopic": null}})),
-            "processing.deadLetterTopic is required when events.onUnknownType is deadLetter",
+            "processing.deadLetterTopic (or deadLetterSink) is required when events.onUnknownType is deadLetter",
         ),
         (
             "no dead-letter topic and no events (bad records are dead-lettered by default)",
             event_consumer(json!({"processing": {"deadLetterTopic": null}})),
-            "processing.deadLetterTopic is required when events.onUnknownType is deadLetter",
+            "processing.deadLetterTopic (or deadLetterSink) is required when events.onUnknownType is deadLetter",
+        ),
+        (
+            "a dead-letter topic and a dead-letter sink together",
+            event_consumer(
+                json!({"processing": {"deadLetterSink": {"http": {"url": "http://dl.example/x"}}}}),
+            ),
+            "processing: set at most one of deadLetterTopic, deadLetterSink",
+        ),
+        (
+            "a dead-letter sink with neither url nor ref",
+            event_consumer(json!({"processing": {"deadLetterTopic": null,
+                "deadLetterSink": {"http": {"timeout": "5s"}}}})),
+            "processing.deadLetterSink.http must set exactly one of url, ref",
+        ),
+        (
+            "a dead-letter sink URL with credentials in it",
+            event_consumer(json!({"processing": {"deadLetterTopic": null,
+                "deadLetterSink": {"http": {"url": "https://user:pw@dl.example/x"}}}})),
+            "processing.deadLetterSink.http.url must not contain credentials",
         ),
         (
             "an event schema both inline and from a ConfigMap",

@@ -51,7 +51,7 @@ use crate::error::{Chain, Error, Result};
 use crate::measure::Clients;
 use crate::metrics::{ErrorLabels, KindLabels, Metrics};
 use crate::report::{self, Reports};
-use crate::sink::{self, SinkAddress};
+use crate::sink::{self, Destinations, SinkAddress};
 use crate::status::{self, Problem, Rollout, Workers, reasons};
 use crate::workload::{
     self, Component, LAST_SCALE_ANNOTATION, PAUSED_ANNOTATION, WorkerPlan, child_name,
@@ -130,8 +130,9 @@ pub struct CommonStatus {
     pub replicas: i32,
     pub ready_replicas: i32,
     pub selector: Option<String>,
-    /// Where the sink delivers (an HTTP sink's URL, or its Service reference resolved).
-    pub sink_uri: Option<String>,
+    /// Where the sink and the dead-letter sink deliver (an HTTP sink's URL, or its Service
+    /// reference resolved).
+    pub destinations: Destinations<String>,
 }
 
 /// A kind of resource that runs as a worker Deployment.
@@ -155,13 +156,14 @@ pub trait Pipeline:
 
     /// The Secrets the spec references.
     fn secret_uses(&self) -> Vec<SecretUse>;
-    /// The address of the spec's HTTP sink, resolved by the reconcile (`None`: no such sink).
-    fn sink(&self) -> Option<SinkAddress<'_>> {
-        None
+    /// The addresses of the spec's HTTP destinations, resolved by the reconcile.
+    fn destinations(&self) -> Destinations<SinkAddress<'_>> {
+        Destinations::default()
     }
-    /// The worker plan (pure), with `sink_uri` the address [`Pipeline::sink`] resolved to.
-    /// `replicas`, `secrets_hash` and `last_scale_time` are filled in by the reconcile.
-    fn plan(&self, settings: &Settings, sink_uri: Option<&str>) -> Result<WorkerPlan>;
+    /// The worker plan (pure), with `resolved` the addresses [`Pipeline::destinations`]
+    /// resolved to. `replicas`, `secrets_hash` and `last_scale_time` are filled in by the
+    /// reconcile.
+    fn plan(&self, settings: &Settings, resolved: &Destinations<String>) -> Result<WorkerPlan>;
     /// Measures the figures of the status, with the pooled `clients`.
     fn measure(
         &self,
@@ -399,8 +401,8 @@ struct Plan {
     /// The replica change the plan makes by itself, (from, to): replicas brought within the
     /// bounds.
     scaled: Option<(i32, i32)>,
-    /// The sink's address, resolved.
-    sink_uri: Option<String>,
+    /// The HTTP destinations' addresses, resolved.
+    destinations: Destinations<String>,
 }
 
 /// What a reconcile found, for the status.
@@ -415,9 +417,9 @@ struct Seen<F> {
     workers: Option<Workers>,
     /// The workers' reports (absent: no Deployment).
     reports: Option<Arc<Reports>>,
-    /// The sink's address as this reconcile resolved it (absent: it did not, or no sink has
-    /// one).
-    sink_uri: Option<String>,
+    /// The destinations' addresses as this reconcile resolved them (absent: it did not, or
+    /// there is none).
+    destinations: Destinations<String>,
 }
 
 impl<F> Seen<F> {
@@ -454,13 +456,13 @@ async fn reconcile_inner<K: Pipeline>(obj: &K, kc: &KindContext) -> Result<Actio
         figures: None,
         workers: None,
         reports: None,
-        sink_uri: None,
+        destinations: Destinations::default(),
     };
 
     // 1. Plan.
     let planned = match plan(obj, ctx, running.as_deref(), now).await? {
         Ok(planned) => {
-            seen.sink_uri = planned.sink_uri.clone();
+            seen.destinations = planned.destinations.clone();
             Some(planned)
         }
         Err(refused) => {
@@ -527,17 +529,19 @@ async fn plan<K: Pipeline>(
     now: Timestamp,
 ) -> Result<Result<Plan, Error>> {
     let ns = obj.meta().namespace.as_deref().unwrap_or_default();
-    let sink_uri = match obj.sink() {
-        None => None,
-        Some(sink) => {
-            match sink::resolve(&ctx.client, ns, &ctx.settings.cluster_domain, sink).await {
-                Ok(uri) => Some(uri),
-                Err(e @ Error::SinkUnresolvable { .. }) => return Ok(Err(e)),
-                Err(e) => return Err(e),
-            }
-        }
+    let destinations = match sink::resolve_all(
+        &ctx.client,
+        ns,
+        &ctx.settings.cluster_domain,
+        obj.destinations(),
+    )
+    .await
+    {
+        Ok(resolved) => resolved,
+        Err(e @ Error::SinkUnresolvable { .. }) => return Ok(Err(e)),
+        Err(e) => return Err(e),
     };
-    let mut worker = match obj.plan(&ctx.settings, sink_uri.as_deref()) {
+    let mut worker = match obj.plan(&ctx.settings, &destinations) {
         Ok(worker) => worker,
         Err(e) => return Ok(Err(e)),
     };
@@ -568,7 +572,7 @@ async fn plan<K: Pipeline>(
         worker,
         secrets,
         scaled,
-        sink_uri,
+        destinations,
     }))
 }
 
@@ -725,7 +729,7 @@ async fn write_status<K: Pipeline>(
         replicas: rollout.replicas,
         ready_replicas: rollout.ready,
         selector: Some(selector_string(&name, K::COMPONENT)),
-        sink_uri: seen.sink_uri.clone(),
+        destinations: seen.destinations.clone(),
     };
     let ns = obj.meta().namespace.as_deref().unwrap_or_default();
     ctx.metrics.export_conditions(

@@ -38,8 +38,13 @@ pub enum Error {
     },
     /// An HTTP sink's Service reference does not resolve (`service`: namespace/name): the
     /// Service or its port is not there, or the operator may not read it.
-    #[error("sink.http.ref: Service {service} {reason}")]
-    SinkUnresolvable { service: String, reason: String },
+    #[error("{field}: Service {service} {reason}")]
+    SinkUnresolvable {
+        /// `sink.http.ref` or `processing.deadLetterSink.http.ref`.
+        field: &'static str,
+        service: String,
+        reason: String,
+    },
     /// A consumed topic does not exist on the cluster.
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),

@@ -28,12 +28,14 @@ use crate::measure::{Clients, address};
 use crate::metrics::{Metrics, PartitionLag};
 use crate::render::{self, count, duration};
 use crate::report::Reports;
-use crate::sink::SinkAddress;
+use crate::sink::{Destinations, SinkAddress};
 use crate::status::Workers;
 use crate::workload::{Component, ConfigMapMount, SecretMount, WorkerConfig, WorkerPlan};
 
 /// Where the `sink.http.headersSecretRef` Secret is mounted.
 pub const HTTP_HEADERS_DIR: &str = "/var/run/secrets/pipewright/http-headers";
+/// Where the dead-letter sink's headers Secret is mounted.
+pub const DEAD_LETTER_HEADERS_DIR: &str = "/var/run/secrets/pipewright/dead-letter-headers";
 /// Where ConfigMaps holding event schemas are mounted (`<dir>/<configmap>/<key>`).
 pub const SCHEMAS_DIR: &str = "/etc/pipewright/schemas";
 
@@ -46,11 +48,11 @@ pub fn group_id(ec: &EventConsumer) -> String {
 }
 
 /// The worker configuration of an EventConsumer, and the Secret and ConfigMap mounts its paths
-/// point into (pure). `sink_uri`: where an HTTP sink delivers, as resolved (see
-/// [`crate::sink`]); `None`: its `url`.
+/// point into (pure). `resolved`: where the HTTP sink and dead-letter sink deliver, as
+/// resolved (see [`crate::sink`]); `None`: their `url`.
 pub fn worker_config(
     ec: &EventConsumer,
-    sink_uri: Option<&str>,
+    resolved: &Destinations<String>,
 ) -> Result<(
     worker_config::Consume,
     Vec<SecretMount>,
@@ -71,6 +73,29 @@ pub fn worker_config(
             },
         },
         dead_letter_topic: p.dead_letter_topic.clone(),
+        dead_letter_http: match p.dead_letter_sink.as_ref().map(|d| &d.http) {
+            None => None,
+            Some(h) => Some(worker_config::DeadLetterHttp {
+                url: resolved
+                    .dead_letter
+                    .as_deref()
+                    .or(h.url.as_deref())
+                    .ok_or_else(|| Error::InvalidSpec {
+                        field: "processing.deadLetterSink.http.ref",
+                        reason: "the Service reference was not resolved".into(),
+                    })?
+                    .to_owned(),
+                timeout: duration("processing.deadLetterSink.http.timeout", &h.timeout)?,
+                headers_secret_dir: h.headers_secret_ref.as_ref().map(|s| {
+                    headers_mount(
+                        &mut secret_mounts,
+                        "dead-letter-headers",
+                        &s.name,
+                        DEAD_LETTER_HEADERS_DIR,
+                    )
+                }),
+            }),
+        },
         drain_timeout: duration("processing.drainTimeout", &p.drain_timeout)?,
         // Worker tuning the API does not offer: the worker's defaults.
         ..worker_config::Processing::default()
@@ -122,7 +147,9 @@ pub fn worker_config(
             });
         }
         Some(SinkKind::Http(h)) => worker_config::Sink::Http(worker_config::HttpSink {
-            url: sink_uri
+            url: resolved
+                .sink
+                .as_deref()
                 .or(h.url.as_deref())
                 .ok_or_else(|| Error::InvalidSpec {
                     field: "sink.http.ref",
@@ -133,13 +160,12 @@ pub fn worker_config(
             timeout: duration("sink.http.timeout", &h.timeout)?,
             headers: h.headers.clone(),
             headers_secret_dir: h.headers_secret_ref.as_ref().map(|s| {
-                secret_mounts.push(SecretMount {
-                    volume: "http-headers".into(),
-                    secret: s.name.clone(),
-                    items: vec![],
-                    path: HTTP_HEADERS_DIR.into(),
-                });
-                HTTP_HEADERS_DIR.into()
+                headers_mount(
+                    &mut secret_mounts,
+                    "http-headers",
+                    &s.name,
+                    HTTP_HEADERS_DIR,
+                )
             }),
             idempotency_header: h.idempotency_header.clone(),
             content_mode: h.content_mode,
@@ -179,20 +205,37 @@ pub fn worker_config(
     Ok((config, secret_mounts, config_map_mounts))
 }
 
-/// The worker plan of an EventConsumer (pure).
-pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
-    plan_with_sink(ec, settings, None)
+/// Mounts a headers Secret (each key a header) whole at `dir` as `volume`; the directory the
+/// worker reads it from.
+fn headers_mount(
+    mounts: &mut Vec<SecretMount>,
+    volume: &str,
+    secret: &str,
+    dir: &str,
+) -> std::path::PathBuf {
+    mounts.push(SecretMount {
+        volume: volume.into(),
+        secret: secret.into(),
+        items: vec![],
+        path: dir.into(),
+    });
+    dir.into()
 }
 
-/// The worker plan of an EventConsumer whose HTTP sink delivers to `sink_uri` (pure; `None`:
-/// the sink's `url`).
-pub fn plan_with_sink(
+/// The worker plan of an EventConsumer (pure).
+pub fn plan(ec: &EventConsumer, settings: &Settings) -> Result<WorkerPlan> {
+    plan_with_destinations(ec, settings, &Destinations::default())
+}
+
+/// The worker plan of an EventConsumer whose HTTP destinations resolved to `resolved` (pure;
+/// `None`: their `url`).
+pub fn plan_with_destinations(
     ec: &EventConsumer,
     settings: &Settings,
-    sink_uri: Option<&str>,
+    resolved: &Destinations<String>,
 ) -> Result<WorkerPlan> {
     let spec = &ec.spec;
-    let (config, secret_mounts, config_map_mounts) = worker_config(ec, sink_uri)?;
+    let (config, secret_mounts, config_map_mounts) = worker_config(ec, resolved)?;
     let drain = config.processing.drain_timeout;
     Ok(WorkerPlan {
         component: Component::EventConsumer,
@@ -249,22 +292,43 @@ impl Pipeline for EventConsumer {
             }
             _ => {}
         }
+        if let Some(s) = self
+            .spec
+            .processing
+            .dead_letter_sink
+            .as_ref()
+            .and_then(|d| d.http.headers_secret_ref.as_ref())
+        {
+            uses.push(SecretUse {
+                name: s.name.clone(),
+                key: None,
+            });
+        }
         uses
     }
 
-    fn sink(&self) -> Option<SinkAddress<'_>> {
-        let http = self.spec.sink.http.as_ref()?;
-        Some(match (&http.url, &http.service_ref) {
-            (_, Some(service)) => SinkAddress::Ref {
-                service,
-                path: http.path.as_deref(),
-            },
-            (url, None) => SinkAddress::Url(url.as_deref().unwrap_or_default()),
-        })
+    fn destinations(&self) -> Destinations<SinkAddress<'_>> {
+        let sink = self.spec.sink.http.as_ref().map(|h| {
+            SinkAddress::of(
+                h.url.as_deref(),
+                h.service_ref.as_ref(),
+                h.path.as_deref(),
+                "sink.http.ref",
+            )
+        });
+        let dead_letter = self.spec.processing.dead_letter_sink.as_ref().map(|d| {
+            SinkAddress::of(
+                d.http.url.as_deref(),
+                d.http.service_ref.as_ref(),
+                d.http.path.as_deref(),
+                "processing.deadLetterSink.http.ref",
+            )
+        });
+        Destinations { sink, dead_letter }
     }
 
-    fn plan(&self, settings: &Settings, sink_uri: Option<&str>) -> Result<WorkerPlan> {
-        plan_with_sink(self, settings, sink_uri)
+    fn plan(&self, settings: &Settings, resolved: &Destinations<String>) -> Result<WorkerPlan> {
+        plan_with_destinations(self, settings, resolved)
     }
 
     async fn measure(
@@ -416,7 +480,8 @@ impl Pipeline for EventConsumer {
             ready_replicas: common.ready_replicas,
             selector: common.selector,
             group_id: Some(group_id(self)),
-            sink_uri: common.sink_uri,
+            sink_uri: common.destinations.sink,
+            dead_letter_sink_uri: common.destinations.dead_letter,
             partitions,
             total_lag,
             max_lag_seconds,

@@ -28,6 +28,7 @@ use crate::measure::{Clients, address};
 use crate::metrics::Metrics;
 use crate::render::{self, count, duration};
 use crate::report::Reports;
+use crate::sink::Destinations;
 use crate::workload::{Component, SecretMount, WorkerConfig, WorkerPlan};
 
 /// The worker's drain deadline (`shutdownGrace`); the Outbox spec has no field
@@ -129,7 +130,7 @@ impl Pipeline for Outbox {
         uses
     }
 
-    fn plan(&self, settings: &Settings, _sink_uri: Option<&str>) -> Result<WorkerPlan> {
+    fn plan(&self, settings: &Settings, _resolved: &Destinations<String>) -> Result<WorkerPlan> {
         plan(self, settings)
     }
 

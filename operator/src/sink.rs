@@ -1,8 +1,8 @@
-//! An HTTP sink's address: its URL, or the Service its `ref` names resolved into one (as
-//! Knative resolves a Destination). A reference that does not resolve — no such Service, no
-//! such port, several ports and none chosen, a Service the operator may not read — is
-//! Degraded/SinkUnresolvable and nothing is applied: the workers running keep the address they
-//! have.
+//! An HTTP destination's address — the sink's, and the dead-letter sink's: its URL, or the
+//! Service its `ref` names resolved into one (as Knative resolves a Destination). A reference
+//! that does not resolve — no such Service, no such port, several ports and none chosen, a
+//! Service the operator may not read — is Degraded/SinkUnresolvable and nothing is applied:
+//! the workers running keep the addresses they have.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use kube::{Api, Client};
@@ -10,14 +10,72 @@ use pipewright_crds::event_consumer::ServiceReference;
 
 use crate::error::{Error, Result};
 
-/// Where a resource's sink delivers, as its spec says it.
+/// Where a resource's sink (or dead-letter sink) delivers, as its spec says it.
 #[derive(Clone, Copy, Debug)]
 pub enum SinkAddress<'a> {
     Url(&'a str),
     Ref {
         service: &'a ServiceReference,
         path: Option<&'a str>,
+        /// The field that holds the reference, for the Degraded message.
+        field: &'static str,
     },
+}
+
+impl<'a> SinkAddress<'a> {
+    /// A destination's address as its spec gives it: the Service its `ref` (+ `path`) names,
+    /// held in `field`, else its `url`.
+    pub fn of(
+        url: Option<&'a str>,
+        service_ref: Option<&'a ServiceReference>,
+        path: Option<&'a str>,
+        field: &'static str,
+    ) -> SinkAddress<'a> {
+        match service_ref {
+            Some(service) => SinkAddress::Ref {
+                service,
+                path,
+                field,
+            },
+            None => SinkAddress::Url(url.unwrap_or_default()),
+        }
+    }
+}
+
+/// A resource's HTTP destinations: as its spec says them (`T` = [`SinkAddress`]) or resolved
+/// into URLs (`T` = `String`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Destinations<T> {
+    /// The HTTP sink's.
+    pub sink: Option<T>,
+    /// The HTTP dead-letter sink's.
+    pub dead_letter: Option<T>,
+}
+
+impl<T> Default for Destinations<T> {
+    fn default() -> Self {
+        Destinations {
+            sink: None,
+            dead_letter: None,
+        }
+    }
+}
+
+/// Resolves each destination of a resource in `namespace`.
+pub async fn resolve_all(
+    client: &Client,
+    namespace: &str,
+    cluster_domain: &str,
+    destinations: Destinations<SinkAddress<'_>>,
+) -> Result<Destinations<String>> {
+    let mut resolved = Destinations::default();
+    if let Some(sink) = destinations.sink {
+        resolved.sink = Some(resolve(client, namespace, cluster_domain, sink).await?);
+    }
+    if let Some(dead_letter) = destinations.dead_letter {
+        resolved.dead_letter = Some(resolve(client, namespace, cluster_domain, dead_letter).await?);
+    }
+    Ok(resolved)
 }
 
 /// The URL of a Service's port: `https` when the port is 443 or named `https` (or declares it
@@ -63,7 +121,7 @@ pub fn port_of(
                 [only] => Ok(only),
                 [] => Err("has no TCP port".into()),
                 several => Err(format!(
-                    "has {} TCP ports ({}): set sink.http.ref.port",
+                    "has {} TCP ports ({}): set ref.port",
                     several.len(),
                     several
                         .iter()
@@ -83,13 +141,18 @@ pub async fn resolve(
     cluster_domain: &str,
     sink: SinkAddress<'_>,
 ) -> Result<String> {
-    let (service_ref, path) = match sink {
+    let (service_ref, path, field) = match sink {
         SinkAddress::Url(url) => return Ok(url.to_owned()),
-        SinkAddress::Ref { service, path } => (service, path),
+        SinkAddress::Ref {
+            service,
+            path,
+            field,
+        } => (service, path, field),
     };
     let ns = service_ref.namespace.as_deref().unwrap_or(namespace);
     let name = &service_ref.name;
     let unresolvable = |reason: String| Error::SinkUnresolvable {
+        field,
         service: format!("{ns}/{name}"),
         reason,
     };
@@ -155,7 +218,7 @@ mod tests {
         assert_eq!(port_of(&two, Some(80)).unwrap().port, 80);
         assert_eq!(
             port_of(&two, None).unwrap_err(),
-            "has 2 TCP ports (9090, 80): set sink.http.ref.port"
+            "has 2 TCP ports (9090, 80): set ref.port"
         );
         assert_eq!(port_of(&two, Some(53)).unwrap_err(), "has no TCP port 53");
         let udp = service(json!([{"port": 53, "protocol": "UDP"}]));

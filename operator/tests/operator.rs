@@ -1066,7 +1066,7 @@ async fn an_http_sink_naming_a_service_is_unresolvable_until_the_service_and_its
     }))
     .unwrap();
     create(&client, &ns.name, &service).await;
-    degraded("has 2 TCP ports (9090, 8080): set sink.http.ref.port").await;
+    degraded("has 2 TCP ports (9090, 8080): set ref.port").await;
 
     consumers
         .patch(
@@ -1112,6 +1112,115 @@ async fn an_http_sink_naming_a_service_is_unresolvable_until_the_service_and_its
             .await
             .unwrap()
             .is_some()
+    );
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_sink_naming_a_service_is_unresolvable_until_it_exists_then_the_workers_post_dead_letters_to_its_address()
+ {
+    let (client, ns, _operator) = setup("op-dlsink").await;
+    let topic = create_topic("op-dlsink", 1).await;
+    let processing = json!({"deadLetterSink": {"http": {
+        "ref": {"kind": "Service", "name": "dead-letters"}, "path": "/parked",
+        "timeout": "3s", "headersSecretRef": {"name": "dead-letter-auth"},
+    }}});
+    create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({"processing": processing})),
+    )
+    .await;
+    let consumers: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    let d = eventually(
+        "Degraded/SinkUnresolvable naming the dead-letter reference",
+        WAIT,
+        || async {
+            let s = consumers.get("orders").await.ok()?.status?;
+            let d = condition(&s.conditions, DEGRADED)?.clone();
+            (d.status == "True" && d.reason == SINK_UNRESOLVABLE).then_some((d, s))
+        },
+    )
+    .await;
+    assert_eq!(
+        d.0.message,
+        format!(
+            "processing.deadLetterSink.http.ref: Service {}/dead-letters does not exist",
+            ns.name
+        )
+    );
+    assert!(d.1.dead_letter_sink_uri.is_none());
+
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "dead-letters"},
+        "spec": {"ports": [{"name": "http", "port": 8081}]},
+    }))
+    .unwrap();
+    create(&client, &ns.name, &service).await;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "dead-letter-auth"},
+        "stringData": {"Authorization": "Bearer planted-dead-letter-token"},
+    }))
+    .unwrap();
+    create(&client, &ns.name, &secret).await;
+    let expected = format!(
+        "http://dead-letters.{}.svc.cluster.local:8081/parked",
+        ns.name
+    );
+    let status = eventually("status.deadLetterSinkUri", WAIT, || async {
+        let s = consumers.get("orders").await.ok()?.status?;
+        let d = condition(&s.conditions, DEGRADED)?;
+        (d.status == "False" && s.dead_letter_sink_uri.is_some()).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        status.dead_letter_sink_uri.as_deref(),
+        Some(expected.as_str())
+    );
+    assert_eq!(status.sink_uri, None, "a log sink has no address");
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .get("orders-consumer")
+        .await
+        .unwrap();
+    let file: pipewright_crds::worker_config::Consume = pipewright_crds::worker_config::from_json(
+        &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
+    )
+    .unwrap();
+    let http = file
+        .processing
+        .dead_letter_http
+        .expect("the workers' dead letters go over HTTP");
+    assert_eq!(http.url, expected, "to the resolved address");
+    assert_eq!(http.timeout, Duration::from_secs(3));
+    assert_eq!(file.processing.dead_letter_topic, None);
+    // The token is mounted from its Secret, never copied into the configuration.
+    let dir = http.headers_secret_dir.expect("the headers Secret mounted");
+    let pod = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .get("orders-consumer")
+        .await
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| std::path::Path::new(&m.mount_path) == dir)
+        .expect("a mount at the headers directory");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert_eq!(
+        volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref()),
+        Some("dead-letter-auth")
     );
     ns.delete().await;
 }

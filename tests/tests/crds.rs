@@ -425,6 +425,23 @@ fn invalid_event_consumers() -> Vec<Case> {
             "spec.processing.deadLetterTopic",
         ),
         (
+            "a dead-letter topic and a dead-letter sink together",
+            ec(json!({"processing": {"deadLetterSink": {"http": {"url": "http://dl.example/x"}}}})),
+            "spec.processing.deadLetterSink",
+        ),
+        (
+            "a dead-letter sink with neither url nor ref",
+            ec(json!({"processing": {"deadLetterTopic": null,
+                "deadLetterSink": {"http": {"timeout": "5s"}}}})),
+            "spec.processing.deadLetterSink.http",
+        ),
+        (
+            "a dead-letter sink URL with credentials in it",
+            ec(json!({"processing": {"deadLetterTopic": null,
+                "deadLetterSink": {"http": {"url": "https://user:pw@dl.example/x"}}}})),
+            "spec.processing.deadLetterSink.http.url",
+        ),
+        (
             "an event schema both inline and from a ConfigMap",
             ec(
                 json!({"events": {"onUnknownType": "skip", "types": [{"name": "a", "schema": {
@@ -917,6 +934,7 @@ async fn status_round_trips_through_patch_status_and_shows_in_printer_columns() 
         selector: Some(format!("app.kubernetes.io/instance={name}")),
         group_id: Some(format!("{}.{name}", ns.name)),
         sink_uri: Some("http://hooks.shop.svc.cluster.local:80/".into()),
+        dead_letter_sink_uri: Some("http://parked.shop.svc.cluster.local:8080/dead".into()),
         partitions: vec![PartitionStatus {
             topic: "orders".into(),
             partition: 0,

@@ -1,7 +1,9 @@
-//! An EventConsumer whose HTTP sink names a Service (`sink.http.ref`), end to end on the node:
-//! the operator resolves it into `status.sinkUri`, the worker pods reach it through the cluster
-//! DNS and kube-proxy, and a receiver pod (tests/env/receiver, a Deployment behind the Service)
-//! is deleted mid-stream and replaced by its Deployment while events flow: every event arrives.
+//! An EventConsumer whose HTTP sink and dead-letter sink name a Service (`sink.http.ref`,
+//! `processing.deadLetterSink.http.ref`), end to end on the nodes: the operator resolves them
+//! into `status.sinkUri` and `status.deadLetterSinkUri`, the worker pods reach them through the
+//! cluster DNS and kube-proxy, and a receiver pod (tests/env/receiver, a Deployment behind the
+//! Service) is deleted mid-stream and replaced by its Deployment while events and records that
+//! are no events flow: every event arrives, and every bad record as a dead letter.
 //!
 //! The receiver pod acknowledges a request only once the test's own server on the node address
 //! has it (it forwards each request there and answers with its answer), so what the test
@@ -80,12 +82,11 @@ async fn ready_receivers(pods: &Api<Pod>) -> Vec<Pod> {
 }
 
 #[tokio::test]
-async fn e2e_an_http_sink_naming_a_service_delivers_every_event_while_the_receiver_pod_is_replaced()
-{
+async fn e2e_an_http_sink_and_dead_letter_sink_naming_a_service_deliver_every_event_and_every_dead_letter_while_the_receiver_pod_is_replaced()
+ {
     let _node = NODE.lock().await;
     let stack = Stack::up("e2e-sinkref").await;
     let topic = create_topic("e2e-sinkref", 3).await;
-    let dlq = create_topic("e2e-sinkref-dlq", 1).await;
 
     // The test's server: each event's id, and which receiver pod forwarded it.
     let received: Arc<Mutex<BTreeMap<u64, BTreeSet<String>>>> = Arc::default();
@@ -113,6 +114,34 @@ async fn e2e_an_http_sink_naming_a_service_delivers_every_event_while_the_receiv
             }
         }),
     );
+    // Dead letters: each one's original offset and error kind.
+    let letters: Arc<Mutex<BTreeMap<(String, String), String>>> = Arc::default();
+    let app = app.route(
+        "/dead",
+        axum::routing::post({
+            let letters = letters.clone();
+            move |headers: axum::http::HeaderMap| {
+                let letters = letters.clone();
+                async move {
+                    let h = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    letters.lock().unwrap().insert(
+                        (
+                            h("pipewright.original.partition"),
+                            h("pipewright.original.offset"),
+                        ),
+                        h("pipewright.error.kind"),
+                    );
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
     let address = common::serve_on_node(app).await;
     let (deployment, service) = receiver(&format!("http://{address}"));
     let _: Deployment = stack.apply(deployment).await;
@@ -130,9 +159,12 @@ async fn e2e_an_http_sink_naming_a_service_delivers_every_event_while_the_receiv
                 "kafka": {"bootstrapServers": bootstrap()},
                 "topics": [topic],
                 "groupId": unique_name("e2e-sinkref"),
-                // Attempts enough to outlast the receiver's replacement: nothing dead-lettered.
-                "processing": {"deadLetterTopic": dlq, "retry": {"maxAttempts": 100,
-                    "backoff": {"initial": "50ms", "max": "1s"}}},
+                // Attempts enough to outlast the receiver's replacement: no event
+                // dead-lettered, only the records that are none.
+                "processing": {"retry": {"maxAttempts": 100,
+                    "backoff": {"initial": "50ms", "max": "1s"}},
+                    "deadLetterSink": {"http": {
+                        "ref": {"kind": "Service", "name": "hooks"}, "path": "/dead"}}},
                 "sink": {"http": {"ref": {"kind": "Service", "name": "hooks"}, "path": "/orders"}},
             }),
         ))
@@ -144,6 +176,19 @@ async fn e2e_an_http_sink_naming_a_service_delivers_every_event_while_the_receiv
     })
     .await;
     assert_eq!(sink_uri, expected);
+    let dead_letter_uri = eventually("status.deadLetterSinkUri", WAIT, || async {
+        consumers
+            .get("orders")
+            .await
+            .ok()?
+            .status?
+            .dead_letter_sink_uri
+    })
+    .await;
+    assert_eq!(
+        dead_letter_uri,
+        format!("http://hooks.{}.svc.cluster.local:80/dead", stack.ns.name)
+    );
     stack.wait_workers_ready("orders", 1).await;
 
     // Events flow; once some arrived, the receiver pod is deleted (its Deployment makes
@@ -163,6 +208,23 @@ async fn e2e_an_http_sink_naming_a_service_delivers_every_event_while_the_receiv
         .await
         .unwrap();
     let at_delete = received.lock().unwrap().len();
+    // Records that are no events, while the receiver is being replaced: dead letters.
+    let bad = 20;
+    let producer: rdkafka::producer::FutureProducer =
+        pipewright_testenv::kafka_config().create().unwrap();
+    for i in 0..bad {
+        let value = format!("not an event {i}");
+        let key = format!("bad{i}");
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&value),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
     let second = eventually("a new receiver pod Ready", WAIT, || async {
         let ready = ready_receivers(&pods).await;
         ready
@@ -183,6 +245,19 @@ async fn e2e_an_http_sink_naming_a_service_delivers_every_event_while_the_receiv
         (0..count).collect::<Vec<_>>(),
         "lost none"
     );
+    let dead = eventually(
+        &format!("all {bad} dead letters received"),
+        WAIT,
+        || async {
+            let l = letters.lock().unwrap();
+            (l.len() == bad).then(|| l.clone())
+        },
+    )
+    .await;
+    assert!(
+        dead.values().all(|kind| kind == "malformed"),
+        "each bad record dead-lettered as malformed: {dead:?}"
+    );
     let through_second = all.values().filter(|pods| pods.contains(&second)).count();
     assert!(
         at_delete < count as usize && through_second > 0,
@@ -191,7 +266,8 @@ async fn e2e_an_http_sink_naming_a_service_delivers_every_event_while_the_receiv
     );
     println!(
         "{count} events: {at_delete} received when pod {first_name} was deleted, \
-         {through_second} through {second}; status.sinkUri {sink_uri}"
+         {through_second} through {second}; {bad} dead letters; status.sinkUri {sink_uri}, \
+         status.deadLetterSinkUri {dead_letter_uri}"
     );
     stack.down().await;
 }

@@ -104,6 +104,7 @@ fn config(topic: &str, group: &str, dead_letter_topic: Option<&str>) -> ConsumeC
             ..PipelineConfig::default()
         },
         dead_letter_topic: dead_letter_topic.map(str::to_string),
+        dead_letter_http: None,
         compression: Compression::Zstd,
     }
 }

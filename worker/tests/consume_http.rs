@@ -573,6 +573,152 @@ async fn consume_cloudevents_in_structured_and_binary_mode_reach_the_http_sink_w
     );
 }
 
+/// `processing.deadLetterHttp`: the records a dead-letter topic would take — one that is no
+/// JSON, one of an undeclared type, one the sink refuses with a 422 — are POSTed to an HTTP
+/// destination instead: the record's value byte for byte as the body, the error and the
+/// record's origin in `pipewright.*` headers, its own headers as `pipewright.header.*`, the
+/// headers Secret's token; the destination's 503 is retried; every offset is committed only
+/// after the destination took the letter (the group reaches the end, each letter arrived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_dead_letters_go_to_an_http_destination_with_the_error_in_headers_retried_until_taken()
+ {
+    let topic = create_topic("ec-http-dl", 1).await;
+    let group = unique_name("ec-http-dl");
+    let records: Vec<common::consume::Produced> = vec![
+        (
+            Some("k0".into()),
+            Some(common::consume::step("k0", 0).into_bytes()),
+            vec![],
+        ),
+        (
+            Some("k1".into()),
+            Some(b"not JSON {".to_vec()),
+            vec![("x-origin".into(), "legacy-app".into())],
+        ),
+        (
+            Some("k2".into()),
+            Some(br#"{"event_type":"other","n":2}"#.to_vec()),
+            vec![],
+        ),
+        (
+            Some("k3".into()),
+            Some(common::consume::step("k3", 3).into_bytes()),
+            vec![],
+        ),
+        (
+            Some("k4".into()),
+            Some(common::consume::step("k4", 4).into_bytes()),
+            vec![],
+        ),
+    ];
+    common::consume::produce_with_headers(&topic, records).await;
+
+    // The sink refuses the record at offset 3.
+    let (sink_url, _) = capture_requests(&["idempotency-key"], |h| {
+        if offset_of(&h[0]) == 3 {
+            (StatusCode::UNPROCESSABLE_ENTITY, "n must not be 3")
+        } else {
+            (StatusCode::OK, "")
+        }
+    })
+    .await;
+    // The dead-letter destination is unavailable for its first request.
+    const LETTER_HEADERS: &[&str] = &[
+        "idempotency-key",
+        "pipewright.error.kind",
+        "pipewright.error.message",
+        "pipewright.original.topic",
+        "pipewright.original.partition",
+        "pipewright.original.offset",
+        "pipewright.original.key",
+        "pipewright.attempts",
+        "pipewright.header.x-origin",
+        "authorization",
+        "content-type",
+        "pipewright.first.failure.time",
+    ];
+    static LETTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let (dead_url, letters) = capture_requests(LETTER_HEADERS, |_| {
+        if LETTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        } else {
+            (StatusCode::NO_CONTENT, "")
+        }
+    })
+    .await;
+    let secret_dir = std::env::temp_dir().join(unique_name("pw-dl-secret"));
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("authorization"), "Bearer dl-s3cret\n").unwrap();
+    let secret = secret_dir.display().to_string();
+
+    let sink = ["--sink", "http", "--sink-http-url", &sink_url];
+    let args = [
+        "--event-types",
+        "step",
+        "--dead-letter-url",
+        &dead_url,
+        "--dead-letter-headers-secret-dir",
+        &secret,
+        "--dead-letter-timeout",
+        "5s",
+    ];
+    let mut worker = ConsumeWorker::start_with(&topic, &group, &sink, &args, &[]);
+    group_reaches(&group, &topic, 1, 5).await;
+    assert_eq!(worker.sigterm_and_wait().await, 0);
+
+    let got = letters.lock().unwrap().clone();
+    // The first request was answered 503 and sent again: 4 requests, 3 letters.
+    assert_eq!(got.len(), 4, "{got:?}");
+    let mut by_offset: HashMap<i64, (Vec<String>, Vec<u8>)> = HashMap::new();
+    for (h, body) in &got[1..] {
+        by_offset.insert(h[5].parse().unwrap(), (h.clone(), body.clone()));
+    }
+    let refused = &got[0].0[5];
+    assert_eq!(
+        got.iter().filter(|(h, _)| &h[5] == refused).count(),
+        2,
+        "the letter answered 503 is sent again"
+    );
+    let expect = [
+        (1, "malformed", b"not JSON {".to_vec(), "0"),
+        (
+            2,
+            "unknown_type",
+            br#"{"event_type":"other","n":2}"#.to_vec(),
+            "0",
+        ),
+        (
+            3,
+            "http_status_422",
+            common::consume::step("k3", 3).into_bytes(),
+            "1",
+        ),
+    ];
+    for (offset, kind, value, attempts) in expect {
+        let (h, body) = by_offset
+            .get(&offset)
+            .unwrap_or_else(|| panic!("no letter for offset {offset}: {by_offset:?}"));
+        assert_eq!(body, &value, "offset {offset}: the value byte for byte");
+        assert_eq!(h[0], format!("{topic}/0/{offset}"), "idempotency key");
+        assert_eq!(h[1], kind, "offset {offset}");
+        assert!(!h[2].is_empty(), "an error message");
+        assert_eq!(h[3], topic);
+        assert_eq!(h[4], "0");
+        assert_eq!(h[6], format!("k{offset}"));
+        assert_eq!(h[7], attempts, "offset {offset}");
+        assert_eq!(h[9], "Bearer dl-s3cret");
+        assert_eq!(h[10], "application/octet-stream");
+        assert!(h[11].ends_with('Z'), "an RFC 3339 time: {}", h[11]);
+    }
+    assert_eq!(by_offset[&1].0[8], "legacy-app", "the record's own header");
+    assert!(by_offset[&3].0[2].contains("n must not be 3"));
+    assert!(
+        !worker.log_text().contains("dl-s3cret"),
+        "the secret header reached the log"
+    );
+    std::fs::remove_dir_all(secret_dir).unwrap();
+}
+
 /// What [`capture_requests`] kept of each request: the named headers' values (empty when
 /// absent) and the body, in arrival order.
 type Captured = Arc<Mutex<Vec<(Vec<String>, Vec<u8>)>>>;

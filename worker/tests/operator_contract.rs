@@ -681,7 +681,7 @@ fn every_sink() -> Vec<(&'static str, Value)> {
 }
 
 /// The generated EventConsumer with the HTTP sink in binary mode over values delivered as
-/// they are (`events.format: raw`, typed by a header).
+/// they are (`events.format: raw`, typed by a header), its dead letters to an HTTP destination.
 fn raw_event_consumer() -> Value {
     let mut http = every_sink()[1].1.clone();
     http["http"].as_object_mut().unwrap().remove("contentMode");
@@ -694,6 +694,13 @@ fn raw_event_consumer() -> Value {
         "onUnknownType": "deadLetter",
         "typeFrom": {"header": "type"},
     });
+    let processing = ec["spec"]["processing"].as_object_mut().unwrap();
+    processing.remove("deadLetterTopic");
+    processing.insert(
+        "deadLetterSink".into(),
+        json!({"http": {"url": "https://hooks.example.com/dead-letters", "timeout": "4s",
+            "headersSecretRef": {"name": "hook-auth"}}}),
+    );
     ec
 }
 

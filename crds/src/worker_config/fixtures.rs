@@ -85,6 +85,14 @@ pub fn every_field_consume() -> Vec<Consume> {
     for t in &mut every[4].events.types {
         t.schema = None;
     }
+    // Dead letters over HTTP instead of to a topic (at most one of the two): with the HTTP
+    // sink.
+    every[1].processing.dead_letter_topic = None;
+    every[1].processing.dead_letter_http = Some(DeadLetterHttp {
+        url: "http://d/".into(),
+        timeout: Duration::from_secs(2),
+        headers_secret_dir: Some("/s/d".into()),
+    });
     // The other way to name the type (exactly one is set): with the PostgreSQL sink.
     every[3].events.type_from = Some(EventTypeFrom {
         header: None,

@@ -258,6 +258,9 @@ pub struct Processing {
     /// record stops the worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// An HTTP destination for those records instead of a topic (at most one of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_http: Option<DeadLetterHttp>,
     /// How long a shutdown waits for the records in flight before committing.
     #[serde(default = "thirty_seconds", with = "duration")]
     pub drain_timeout: Duration,
@@ -288,6 +291,7 @@ impl Default for Processing {
             ordering: Ordering::default(),
             retry: Retry::default(),
             dead_letter_topic: None,
+            dead_letter_http: None,
             drain_timeout: thirty_seconds(),
             commit_interval: one_second(),
             revoke_timeout: default_revoke_timeout(),
@@ -381,6 +385,21 @@ pub struct LogSink {
     /// Include the event's JSON in the line.
     #[serde(default = "yes")]
     pub payload: bool,
+}
+
+/// The HTTP destination of dead letters.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetterHttp {
+    /// The absolute http(s) URL each dead letter is POSTed to.
+    pub url: String,
+    /// How long to wait for an answer (1ms..5m).
+    #[serde(default = "ten_seconds", with = "duration")]
+    pub timeout: Duration,
+    /// Directory of the mounted `headersSecretRef` Secret: each file is a header (name = file
+    /// name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_dir: Option<PathBuf>,
 }
 
 /// The HTTP sink.
@@ -594,7 +613,7 @@ fn default_max_record_bytes() -> usize {
     1 << 20
 }
 fn default_idempotency_header() -> String {
-    "Idempotency-Key".into()
+    crate::common::DEFAULT_IDEMPOTENCY_HEADER.into()
 }
 fn default_offsets_table() -> String {
     "pipewright_offsets".into()

@@ -98,6 +98,11 @@ pub fn settings(
             max_buffered_bytes_per_partition: p.max_buffered_bytes_per_partition,
         },
         dead_letter_topic: p.dead_letter_topic.filter(|s| !s.is_empty()),
+        dead_letter_http: p
+            .dead_letter_http
+            .as_ref()
+            .map(crate::consume::sinks::http::HttpSinkConfig::dead_letters)
+            .transpose()?,
         compression: match p.compression {
             worker_config::Compression::None => Compression::None,
             worker_config::Compression::Gzip => Compression::Gzip,

@@ -166,6 +166,16 @@ pub struct ConsumeFlags {
     /// processing.deadLetterTopic. Unset: a record that fails for good stops the worker.
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
+    /// processing.deadLetterHttp.url: POST such records to this URL instead of a topic.
+    #[arg(long)]
+    pub dead_letter_url: Option<String>,
+    /// processing.deadLetterHttp.timeout: how long to wait for its answer (default 10s).
+    #[arg(long)]
+    pub dead_letter_timeout: Option<humantime::Duration>,
+    /// processing.deadLetterHttp.headersSecretDir: a directory whose every file is a header
+    /// sent with each dead letter (name = file name).
+    #[arg(long)]
+    pub dead_letter_headers_secret_dir: Option<PathBuf>,
     /// processing.drainTimeout: how long a shutdown waits for records in flight (default 30s).
     #[arg(long)]
     pub drain_timeout: Option<humantime::Duration>,
@@ -243,6 +253,18 @@ impl ConsumeFlags {
         doc.set(
             "processing.deadLetterTopic",
             self.dead_letter_topic.as_ref(),
+        );
+        doc.set(
+            "processing.deadLetterHttp.url",
+            self.dead_letter_url.as_ref(),
+        );
+        doc.set(
+            "processing.deadLetterHttp.timeout",
+            duration(self.dead_letter_timeout),
+        );
+        doc.set(
+            "processing.deadLetterHttp.headersSecretDir",
+            self.dead_letter_headers_secret_dir.as_ref(),
         );
         doc.set("processing.drainTimeout", duration(self.drain_timeout));
         doc.set("processing.commitInterval", duration(self.commit_interval));

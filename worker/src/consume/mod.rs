@@ -140,8 +140,10 @@ impl Compression {
 pub struct ConsumeConfig {
     pub consumer: ConsumerConfig,
     pub pipeline: PipelineConfig,
-    /// Where poison records go; `None`: they stop the worker.
+    /// Where poison records go; `None` (and no `dead_letter_http`): they stop the worker.
     pub dead_letter_topic: Option<String>,
+    /// An HTTP destination for them instead of a topic (at most one of the two).
+    pub dead_letter_http: Option<sinks::http::HttpSinkConfig>,
     pub compression: Compression,
 }
 
@@ -192,12 +194,20 @@ impl ConsumeConfig {
                 "must not be one of the consumed topics",
             );
         }
-        if self.pipeline.on_invalid == InvalidPolicy::DeadLetter && self.dead_letter_topic.is_none()
+        if self.dead_letter_topic.is_some() && self.dead_letter_http.is_some() {
+            return invalid(
+                "processing.deadLetterHttp",
+                "set at most one of deadLetterTopic, deadLetterHttp",
+            );
+        }
+        if self.pipeline.on_invalid == InvalidPolicy::DeadLetter
+            && self.dead_letter_topic.is_none()
+            && self.dead_letter_http.is_none()
         {
             return invalid(
                 "processing.deadLetterTopic",
-                "required when events.onUnknownType is deadLetter (the default): set it, or \
-                 set events.onUnknownType to skip or fail",
+                "required (or deadLetterHttp) when events.onUnknownType is deadLetter (the \
+                 default): set one, or set events.onUnknownType to skip or fail",
             );
         }
         if self.consumer.commit_interval.is_zero() {
@@ -259,12 +269,13 @@ pub async fn run_with_transaction<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate()?;
-    let dead_letters = match &config.dead_letter_topic {
-        Some(topic) => Some(DeadLetters::new(
+    let dead_letters = match (&config.dead_letter_topic, &config.dead_letter_http) {
+        (Some(topic), _) => Some(DeadLetters::new(
             producer(&config.consumer.kafka, config.compression)?,
             topic.clone(),
         )),
-        None => None,
+        (None, Some(http)) => Some(DeadLetters::http(sinks::http::HttpSink::new(http.clone())?)),
+        (None, None) => None,
     };
     let pipeline = Pipeline::new(
         handler,

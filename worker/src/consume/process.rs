@@ -298,7 +298,7 @@ impl<H: Handler> Processor<H> {
             Ok(()) => {
                 warn!(
                     topic = %record.topic, partition = record.partition, offset = record.offset,
-                    dead_letter_topic = dead_letters.topic(), error.kind = %failure.kind,
+                    dead_letters = %dead_letters.destination(), error.kind = %failure.kind,
                     error = %failure.message, attempts = failure.attempts,
                     "record dead-lettered"
                 );

@@ -245,6 +245,39 @@ impl HttpSinkConfig {
     }
 }
 
+impl HttpSinkConfig {
+    /// The settings of an HTTP dead-letter destination (`processing.deadLetterHttp`), checked
+    /// as the sink's are: its URL, timeout and headers Secret.
+    pub fn dead_letters(
+        d: &pipewright_crds::worker_config::DeadLetterHttp,
+    ) -> Result<HttpSinkConfig, Error> {
+        let as_sink = pipewright_crds::worker_config::HttpSink {
+            url: d.url.clone(),
+            method: HttpMethod::Post,
+            timeout: d.timeout,
+            headers: Default::default(),
+            headers_secret_dir: d.headers_secret_dir.clone(),
+            idempotency_header: pipewright_crds::common::DEFAULT_IDEMPOTENCY_HEADER.into(),
+            content_mode: ContentMode::Binary,
+            ce_source: None,
+            ce_type: None,
+            forward_headers: Vec::new(),
+        };
+        HttpSinkConfig::parse(&as_sink).map_err(|e| match e {
+            Error::InvalidConfig { field, reason } => Error::InvalidConfig {
+                field: match field {
+                    "sink.http.url" => "processing.deadLetterHttp.url",
+                    "sink.http.timeout" => "processing.deadLetterHttp.timeout",
+                    "sink.http.headersSecretRef" => "processing.deadLetterHttp.headersSecretDir",
+                    other => other,
+                },
+                reason,
+            },
+            other => other,
+        })
+    }
+}
+
 /// Delivers each event as a CloudEvent over HTTP(S).
 #[derive(Debug, Clone)]
 pub struct HttpSink {
@@ -267,6 +300,19 @@ impl HttpSink {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
         Ok(HttpSink { client, config })
+    }
+
+    pub fn url(&self) -> &Uri {
+        &self.config.url
+    }
+
+    pub fn idempotency_header(&self) -> &HeaderName {
+        &self.config.idempotency_header
+    }
+
+    /// The headers from the headers Secret (never shown).
+    pub(crate) fn secret_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.config.secret_headers
     }
 
     /// The request for one event.
@@ -504,7 +550,10 @@ impl HttpSink {
     }
 
     /// Sends one request: the answer's status (when there was one) and what it means.
-    async fn send(&self, request: Request<Full<Bytes>>) -> (Option<u16>, Result<(), HandlerError>) {
+    pub(crate) async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> (Option<u16>, Result<(), HandlerError>) {
         let timeout = self.config.timeout;
         let answer = tokio::time::timeout(timeout, async {
             let response = self.client.request(request).await?;
@@ -644,7 +693,7 @@ const OCTETS: &str = "application/octet-stream";
 
 /// A raw value's content type: its record's `content-type` header (a CloudEvent in Kafka's
 /// binary mode, many producers' habit), else bytes.
-fn raw_content_type(record: &Record) -> HeaderValue {
+pub(crate) fn raw_content_type(record: &Record) -> HeaderValue {
     record
         .headers
         .iter()
