@@ -80,5 +80,5 @@ bench: ## Benchmarks: the worker against peers, as ratios, into docs/benchmarks.
 	@QUICK="$(QUICK)" WORKER_ARGS="$(WORKER_ARGS)" bench/run
 
 .PHONY: kind-e2e
-kind-e2e: ## On a machine with Docker + kind: cluster, images, helm install, examples, status
+kind-e2e: ## kind cluster (Docker, else podman + tests/kind/node-image), images, helm install, examples, status
 	tests/kind/e2e
