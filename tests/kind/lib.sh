@@ -95,3 +95,43 @@ podman_host_cleanup() {
   [ "${PODMAN_CNI_LOCK_BEFORE:-1}" = 1 ] || rm -f /etc/cni/net.d/cni.lock
   return 0
 }
+
+# What kind with podman needs on a Debian host, beyond tests/env's: podman itself, debootstrap
+# (the node image's base), jq, and the dnsname CNI plugin (the nodes find each other by name).
+KIND_PODMAN_PACKAGES=(podman debootstrap jq golang-github-containernetworking-plugin-dnsname)
+# podman's settings for this project, in a file of its own (CONTAINERS_CONF; the host's
+# /etc/containers is not touched): the cached runc (Debian's crun refuses this host's hybrid
+# cgroup layout), the cgroupfs manager (no systemd here), no default ulimits (raising them needs
+# CAP_SYS_RESOURCE, which the machine's root lacks), events to a file.
+KIND_CONTAINERS_CONF=$KIND_CACHE/containers.conf
+
+# podman_prepare: installs the missing packages (as root, with apt-get; else says which are
+# missing) and exports CONTAINERS_CONF for every podman that follows (kind's too).
+podman_prepare() {
+  local p missing=()
+  for p in "${KIND_PODMAN_PACKAGES[@]}"; do
+    dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q '^install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
+      die "missing: ${missing[*]} (as root: apt-get install ${missing[*]})"
+    kind_log "installing ${missing[*]}"
+    mkdir -p "$CACHE/logs"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } \
+      >"$CACHE/logs/kind-apt.log" 2>&1 || die "apt-get install ${missing[*]} failed: $CACHE/logs/kind-apt.log"
+  fi
+  [ -x "$RUNC_BIN/runc" ] || die "$RUNC_BIN/runc is missing: run tests/env/build first"
+  mkdir -p "$KIND_CACHE"
+  cat >"$KIND_CONTAINERS_CONF.tmp" <<CONF
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+events_logger = "file"
+[engine.runtimes]
+runc = ["$RUNC_BIN/runc"]
+CONF
+  mv "$KIND_CONTAINERS_CONF.tmp" "$KIND_CONTAINERS_CONF"
+  export CONTAINERS_CONF=$KIND_CONTAINERS_CONF
+}
