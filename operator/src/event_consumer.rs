@@ -76,15 +76,11 @@ pub fn worker_config(
         dead_letter_http: match p.dead_letter_sink.as_ref().map(|d| &d.http) {
             None => None,
             Some(h) => Some(worker_config::DeadLetterHttp {
-                url: resolved
-                    .dead_letter
-                    .as_deref()
-                    .or(h.url.as_deref())
-                    .ok_or_else(|| Error::InvalidSpec {
-                        field: "processing.deadLetterSink.http.ref",
-                        reason: "the Service reference was not resolved".into(),
-                    })?
-                    .to_owned(),
+                url: destination_url(
+                    resolved.dead_letter.as_deref(),
+                    h.url.as_deref(),
+                    "processing.deadLetterSink.http.ref",
+                )?,
                 timeout: duration("processing.deadLetterSink.http.timeout", &h.timeout)?,
                 headers_secret_dir: h.headers_secret_ref.as_ref().map(|s| {
                     headers_mount(
@@ -147,15 +143,7 @@ pub fn worker_config(
             });
         }
         Some(SinkKind::Http(h)) => worker_config::Sink::Http(worker_config::HttpSink {
-            url: resolved
-                .sink
-                .as_deref()
-                .or(h.url.as_deref())
-                .ok_or_else(|| Error::InvalidSpec {
-                    field: "sink.http.ref",
-                    reason: "the Service reference was not resolved".into(),
-                })?
-                .to_owned(),
+            url: destination_url(resolved.sink.as_deref(), h.url.as_deref(), "sink.http.ref")?,
             method: h.method,
             timeout: duration("sink.http.timeout", &h.timeout)?,
             headers: h.headers.clone(),
@@ -203,6 +191,22 @@ pub fn worker_config(
         sink,
     };
     Ok((config, secret_mounts, config_map_mounts))
+}
+
+/// An HTTP destination's address: the Service `ref` as resolved (`field` names it), else the
+/// spec's `url`.
+fn destination_url(
+    resolved: Option<&str>,
+    url: Option<&str>,
+    field: &'static str,
+) -> Result<String> {
+    resolved
+        .or(url)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::InvalidSpec {
+            field,
+            reason: "the Service reference was not resolved".into(),
+        })
 }
 
 /// Mounts a headers Secret (each key a header) whole at `dir` as `volume`; the directory the

@@ -77,6 +77,27 @@ where
 }
 
 /// Produces `count` records to one partition.
+/// The worker configuration file the operator rendered into the ConfigMap `name`.
+async fn consume_config(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> pipewright_crds::worker_config::Consume {
+    parse_consume_config(
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .unwrap(),
+    )
+}
+
+fn parse_consume_config(cm: ConfigMap) -> pipewright_crds::worker_config::Consume {
+    pipewright_crds::worker_config::from_json(
+        &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
+    )
+    .unwrap()
+}
+
 async fn produce(topic: &str, partition: i32, count: usize) {
     produce_aged(topic, partition, count, Duration::ZERO).await;
 }
@@ -144,10 +165,7 @@ async fn an_event_consumer_gets_owned_children_rolls_out_spec_changes_and_they_a
         .await
         .unwrap();
     assert!(owned_by_ec(cm.owner_references()));
-    let file: pipewright_crds::worker_config::Consume = pipewright_crds::worker_config::from_json(
-        &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
-    )
-    .unwrap();
+    let file = parse_consume_config(cm);
     assert_eq!(file.topics, std::slice::from_ref(&topic));
     let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
         .get(child)
@@ -1084,14 +1102,7 @@ async fn an_http_sink_naming_a_service_is_unresolvable_until_the_service_and_its
     })
     .await;
     assert_eq!(status.sink_uri.as_deref(), Some(expected.as_str()));
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
-        .get("orders-consumer")
-        .await
-        .unwrap();
-    let file: pipewright_crds::worker_config::Consume = pipewright_crds::worker_config::from_json(
-        &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
-    )
-    .unwrap();
+    let file = consume_config(&client, &ns.name, "orders-consumer").await;
     let pipewright_crds::worker_config::Sink::Http(http) = &file.sink else {
         panic!("an HTTP sink: {:?}", file.sink);
     };
@@ -1178,14 +1189,7 @@ async fn a_dead_letter_sink_naming_a_service_is_unresolvable_until_it_exists_the
         Some(expected.as_str())
     );
     assert_eq!(status.sink_uri, None, "a log sink has no address");
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
-        .get("orders-consumer")
-        .await
-        .unwrap();
-    let file: pipewright_crds::worker_config::Consume = pipewright_crds::worker_config::from_json(
-        &cm.data.unwrap()[pipewright_crds::worker_config::CONFIG_FILE],
-    )
-    .unwrap();
+    let file = consume_config(&client, &ns.name, "orders-consumer").await;
     let http = file
         .processing
         .dead_letter_http

@@ -25,7 +25,7 @@ use pipewright_testenv::{TestEnv, create_topic, eventually, kafka_config, unique
 use pipewright_worker::outbox::{self, OutboxEvent, Table};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::json;
 
@@ -60,24 +60,7 @@ impl OutboxEvent for OrderEvent {
 
 /// Collects the `id` of every record on `topic` (from the start), with repeats.
 fn collect_ids(topic: &str) -> Arc<Mutex<Vec<u64>>> {
-    let consumer: StreamConsumer = kafka_config()
-        .set("group.id", unique_name("e2e-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let ids = Arc::new(Mutex::new(Vec::new()));
-    let sink = ids.clone();
-    tokio::spawn(async move {
-        let mut stream = consumer.stream();
-        while let Some(Ok(m)) = stream.next().await {
-            let v: serde_json::Value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).expect("a JSON record");
-            sink.lock().unwrap().push(v["id"].as_u64().expect("an id"));
-        }
-    });
-    ids
+    common::collect_json(topic, |v, _| v["id"].as_u64().expect("an id"))
 }
 
 /// Records, for every pod of the namespace, the exit codes of its terminated `worker`

@@ -18,7 +18,6 @@ use kube::{Api, ResourceExt};
 use pipewright_crds::EventConsumer;
 use pipewright_testenv::{create_topic, eventually, kafka_config, nodes, unique_name};
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
@@ -299,30 +298,15 @@ async fn send(producer: &FutureProducer, topic: &str, id: u64, key: u64, seq: u6
 
 /// Every record of the output topic, in each partition's order.
 fn read_output(topic: &str) -> Arc<Mutex<Vec<Delivered>>> {
-    let consumer: StreamConsumer = kafka_config()
-        .set("group.id", unique_name("e2e-node-drain-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let delivered = Arc::new(Mutex::new(Vec::new()));
-    let sink = delivered.clone();
-    tokio::spawn(async move {
-        let mut stream = consumer.stream();
-        while let Some(Ok(m)) = stream.next().await {
-            let v: serde_json::Value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).expect("a JSON record");
-            let key = v["key"].as_str().expect("a key");
-            sink.lock().unwrap().push(Delivered {
-                id: v["id"].as_u64().expect("an id"),
-                key: key[1..].parse().expect("k<n>"),
-                seq: v["seq"].as_u64().expect("a seq"),
-                at_ms: m.timestamp().to_millis().expect("a timestamp"),
-            });
+    common::collect_json(topic, |v, m| {
+        let key = v["key"].as_str().expect("a key");
+        Delivered {
+            id: v["id"].as_u64().expect("an id"),
+            key: key[1..].parse().expect("k<n>"),
+            seq: v["seq"].as_u64().expect("a seq"),
+            at_ms: m.timestamp().to_millis().expect("a timestamp"),
         }
-    });
-    delivered
+    })
 }
 
 /// The namespace's worker pods as the watch sees them: available = Ready and not being

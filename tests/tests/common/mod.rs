@@ -15,6 +15,8 @@ use pipewright_testenv::{
     HOW_TO_START, TestEnv, TestNamespace, TestSchema, eventually, install_crds, kafka_config,
     kube_client, unique_name,
 };
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde_json::json;
@@ -24,6 +26,34 @@ pub const WAIT: Duration = Duration::from_secs(180);
 /// One test on the node at a time, within a test binary (cargo runs the binaries one after
 /// another).
 pub static NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Reads `topic` from the start in a group of its own for the rest of the test: each record's
+/// JSON value (and the record itself) mapped by `map`, with repeats, in each partition's order.
+pub fn collect_json<T: Send + 'static>(
+    topic: &str,
+    map: impl Fn(&serde_json::Value, &BorrowedMessage<'_>) -> T + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<T>>> {
+    use futures::StreamExt;
+    use rdkafka::Message;
+    let consumer: StreamConsumer = kafka_config()
+        .set("group.id", unique_name("e2e-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = collected.clone();
+    tokio::spawn(async move {
+        let mut stream = consumer.stream();
+        while let Some(Ok(m)) = stream.next().await {
+            let v: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("a JSON record");
+            sink.lock().unwrap().push(map(&v, &m));
+        }
+    });
+    collected
+}
 
 pub fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: {HOW_TO_START}"))

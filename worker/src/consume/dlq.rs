@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::events::Record;
+use super::retry::RetryPolicy;
 use super::sinks::http::{HttpSink, raw_content_type};
 use crate::Error;
 
@@ -73,6 +74,14 @@ enum Target {
 
 /// The longest wait between two attempts at an HTTP dead-letter destination.
 pub const HTTP_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The waits between attempts at an HTTP dead-letter destination: doubling from 100 ms up to
+/// [`HTTP_BACKOFF_MAX`], longer when the destination's `Retry-After` asks (up to that maximum
+/// too), until [`HTTP_GIVE_UP`] (the attempt count is not the limit).
+const HTTP_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    initial: Duration::from_millis(100),
+    max: HTTP_BACKOFF_MAX,
+};
 /// How long an HTTP dead letter is retried before the worker gives up (and stops).
 pub const HTTP_GIVE_UP: Duration = Duration::from_secs(300);
 /// Prefix of a record's own headers on an HTTP dead letter.
@@ -226,7 +235,7 @@ pub fn http_request(
 
 async fn send_over_http(sink: &HttpSink, record: &Record, failure: &Failure) -> Result<(), Error> {
     let give_up = Instant::now() + HTTP_GIVE_UP;
-    let mut wait = Duration::from_millis(100);
+    let mut wait = HTTP_RETRY.initial;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -238,11 +247,7 @@ async fn send_over_http(sink: &HttpSink, record: &Record, failure: &Failure) -> 
             (_, Ok(())) => return Ok(()),
             (_, Err(e)) => e,
         };
-        let pause = error
-            .retry_after
-            .unwrap_or(wait)
-            .max(wait)
-            .min(HTTP_BACKOFF_MAX);
+        let pause = HTTP_RETRY.wait(wait, error.retry_after);
         if Instant::now() + pause >= give_up {
             return Err(Error::Sink {
                 sink: "deadLetterSink",
@@ -262,6 +267,6 @@ async fn send_over_http(sink: &HttpSink, record: &Record, failure: &Failure) -> 
             "the dead-letter destination did not take the record; retrying"
         );
         tokio::time::sleep(pause).await;
-        wait = (wait * 2).min(HTTP_BACKOFF_MAX);
+        wait = (wait * 2).min(HTTP_RETRY.max);
     }
 }
