@@ -339,8 +339,13 @@ impl Children {
     }
 
     /// Applies the children of `desired` that differ from what was last applied or that
-    /// someone changed since (the ones the pods refer to at once, then the Deployment), and
-    /// returns the Deployment as it now is.
+    /// someone changed since, and returns the Deployment as it now is. In three steps, so that
+    /// the Deployment waits only for what its pods need: the ServiceAccount and ConfigMap the
+    /// pods refer to (a pod whose ServiceAccount does not exist yet is refused; one started
+    /// on an old ConfigMap would run the old configuration), then the Deployment, then the
+    /// Service and PodDisruptionBudget, which select the pods by label whenever they come.
+    /// The apiserver does the applies of one step side by side on the same cores, so every
+    /// child sent before the Deployment delays it (docs/benchmarks.md, part 4a).
     pub async fn apply(
         &self,
         client: &Client,
@@ -365,6 +370,11 @@ impl Children {
                 lookup(&self.config_maps, ns, &desired.config_map),
                 By::ResourceVersion,
             ),
+        )?;
+        let deployment = self
+            .apply_deployment(client, metrics, ns, &desired.deployment)
+            .await?;
+        futures::try_join!(
             self.apply_service(client, metrics, ns, &desired.service),
             self.apply_one(
                 client,
@@ -379,8 +389,7 @@ impl Children {
                 By::Generation,
             ),
         )?;
-        self.apply_deployment(client, metrics, ns, &desired.deployment)
-            .await
+        Ok(deployment)
     }
 
     /// Applies the Deployment alone (a replica change), unless unchanged.

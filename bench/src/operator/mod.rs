@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use crate::process::Proc;
 use crate::profile::Profile;
 use crate::progress;
-use report::{Memory, OperatorResults, Reaction, Scale};
+use report::{Memory, OperatorResults, Reaction, Round, Scale};
 
 /// What the operator benchmark needs: the binaries and the test environment's services.
 #[derive(Debug, Clone)]
@@ -434,6 +434,7 @@ async fn reaction(
     let mut rounds = Vec::new();
     for round in 0..sizes.rounds {
         let (mut pipewright, mut reference) = (Vec::new(), Vec::new());
+        let (mut pipewright_create, mut reference_create) = (Vec::new(), Vec::new());
         for i in 0..sizes.applies_per_round {
             let name = format!("r{round}-{i}");
             let sent = Instant::now();
@@ -443,6 +444,7 @@ async fn reaction(
             )
             .await
             .with_context(|| format!("create EventConsumer {name}"))?;
+            pipewright_create.push(sent.elapsed().as_secs_f64() * 1e3);
             let (seen, child) = ours.wait(&name, Duration::from_secs(60), operator).await?;
             pipewright.push(seen.saturating_duration_since(sent).as_secs_f64() * 1e3);
             // Let the control plane's controllers finish with what the operator created (its
@@ -459,6 +461,7 @@ async fn reaction(
                 .create(&PostParams::default(), &reference_deployment(&name)?)
                 .await
                 .with_context(|| format!("create Deployment {name}"))?;
+            reference_create.push(sent.elapsed().as_secs_f64() * 1e3);
             let (seen, _) = builtin
                 .wait(&name, Duration::from_secs(60), operator)
                 .await?;
@@ -473,7 +476,12 @@ async fn reaction(
             report::percentile(&pipewright, 50.0),
             report::percentile(&reference, 50.0)
         ));
-        rounds.push((pipewright, reference));
+        rounds.push(Round {
+            pipewright,
+            builtin: reference,
+            pipewright_create,
+            builtin_create: reference_create,
+        });
     }
     Ok(Reaction::from_rounds(rounds))
 }
