@@ -274,8 +274,8 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
     }
     let _ = writeln!(
         md,
-        "\nTargets: p99 ≤ 2 × the built-in p99 (issue 13): **{:.1}×**, {}; p95 ≤ 2 × the \
-         built-in p95 (issue 14): **{:.1}×**, {}.\n",
+        "\nTargets: p99 ≤ 2 × the built-in p99 (issue 13): **{:.2}×**, {}; p95 ≤ 2 × the \
+         built-in p95 (issue 14): **{:.2}×**, {}.\n",
         re.p99_ratio,
         met(re.p99_ratio <= 2.0),
         re.p95_ratio,
@@ -348,29 +348,36 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
         "**Where the time goes, and what would reach the targets.** Reaction: a reconcile \
          reads its Deployment and worker pods from the stores of the watches that trigger it \
          (`operator/src/children.rs`) and each referenced Secret from the apiserver, then \
-         applies the ServiceAccount, ConfigMap, Service and PodDisruptionBudget \
-         (concurrently) and then the Deployment: two round trips in a row, where the built-in \
-         controller reads its informer cache and makes one create. The Deployment waits for \
-         the objects its pods refer to (a pod created before its ServiceAccount exists is \
-         refused, and the ReplicaSet controller reports a failed create), so two round trips \
-         remain. Profiled (quick profile, the operator's requests timed from its own log with \
-         `PIPEWRIGHT_BENCH_OPERATOR_LOG=info,kube_client=debug`, and the apiserver's \
-         `apiserver_request_duration_seconds` before and after a run): the reconcile takes \
-         16–21 ms (p50) from its start to the Deployment's apply returning, the first four \
-         applies 7 ms and the Deployment's 7–9 ms: a server-side apply costs the apiserver \
-         2–3 × a create here (a Deployment: 7–11 ms against 2.8 ms for the built-in's \
-         `POST`). The window also holds the create of the resource itself, which the apiserver \
-         validates with the CRD's CEL rules: 8.1 ms per EventConsumer against 2.8 ms per \
-         Deployment. Two applies plus a validated create are the gap to the 2× target; what \
-         would close it changes behaviour: the Deployment sent with the others (a pod may then \
-         be refused until its ServiceAccount exists), or creates instead of applies for new \
-         children (fields the operator stops setting would then stay, owned by an `Update` \
-         manager). Tried and measured: the Service and PodDisruptionBudget sent with the \
-         Deployment instead of before it (first round trip 7.4 → 5.3 ms, the Deployment's \
-         6.5 → 8.5 ms: no gain, reverted). The workers' Service is headless since 004c618: \
-         with a cluster IP it was the slowest child (mean apply 114–124 ms over a run, an \
-         `IPAddress` object per Service; cold start of 240 resources 7.6 / 10.7 s before, \
-         7.1 / 5.7 s after, alternating runs). Cold start: children are applied before \
+         applies the ServiceAccount and ConfigMap the pods refer to, then the Deployment, then \
+         the Service and PodDisruptionBudget: two round trips before the Deployment exists, \
+         where the built-in controller reads its informer cache and makes one create. \
+         Profiled on 2026-12-04 (the apiserver's `/debug/pprof/profile` over 25 s of this \
+         part, the test apiserver restarted by hand with `--profiling=true`; the operator's \
+         requests timed from its own log with \
+         `PIPEWRIGHT_BENCH_OPERATOR_LOG=info,kube_client=debug`): the apiserver was busy 16 % \
+         of one core, so it is not saturated, but each request waits for a core it shares \
+         with the broker, etcd and the controllers; updates (server-side applies, status \
+         patches) are 28 % of its samples, all creates together 10 % (the EventConsumer's \
+         CEL rules are not a visible cost). The apiserver works the requests of one step side \
+         by side on the same 2 cores, so every child sent before the Deployment delays it: \
+         with all four children sent before the Deployment, the slowest of them returned \
+         after 15 ms (p50) and the Deployment's apply took 14 ms more. **Fix** \
+         (`Children::apply`, 2026-12-04): the Service and PodDisruptionBudget, which select \
+         the pods by label whenever they come, are applied after the Deployment: p50 29–35 → \
+         20–23 ms, p95 ÷ built-in 4.3–4.6 → 2.2 (quick profile, the old and the new operator \
+         binary alternating, 2 runs each); the binary of before the fix, run in full once \
+         more right after the committed run: p99 ÷ built-in 3.90, p95 3.56, cold start \
+         45.4 s. Tried and not kept: a ConfigMap that does not exist \
+         yet sent after the Deployment as well (the kubelet waits for a missing ConfigMap \
+         volume): p50 ÷ built-in 2.05–2.17 against 2.23–2.28, within the noise. What is \
+         left changes behaviour: creates instead of applies for new children (a create is \
+         cheaper than a server-side apply, but fields the operator stops setting would then \
+         stay, owned by an `Update` manager, unless a second request moved their ownership), \
+         or the Deployment sent before its ServiceAccount exists (a pod may then be refused, \
+         and the ReplicaSet controller reports a failed create). The workers' Service is \
+         headless since 004c618: with a cluster IP it was the slowest child (mean apply \
+         114–124 ms over a run, an `IPAddress` object per Service; cold start of 240 \
+         resources 7.6 / 10.7 s before, 7.1 / 5.7 s after, alternating runs). Cold start: children are applied before \
          anything is measured; the reconciles the operator's own applies trigger reuse the \
          figures, and apply nothing when the children are as last applied (same object, same \
          `generation` or `resourceVersion`; the run committed in 77cbc82, which read the \
@@ -384,7 +391,11 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
          (the run committed in 353a794, same sizes). Peak RSS ({} MiB): the reflector stores \
          (1,200 resources; their 6,000 children and the worker pods, each reduced to what a \
          reconcile reads), the watch streams' initial lists, the pooled clients, and the \
-         per-resource figures and reports kept between status periods.\n",
+         per-resource figures and reports kept between status periods. It was 62.3 MiB in \
+         the full run of 2026-12-02 (operator at 6e99dd2) and 74–77 MiB on 2026-12-04 with \
+         and without the apply-order fix: the growth came with the features added in \
+         between and is not profiled yet (candidates: the per-resource metric families — \
+         conditions, lag per partition — and the lag-seconds reader client).\n",
         s.kafka_connections_per_minute,
         s.postgres_connections_per_minute,
         mib(s.peak_rss_bytes)
