@@ -1228,3 +1228,67 @@ async fn a_dead_letter_sink_naming_a_service_is_unresolvable_until_it_exists_the
     );
     ns.delete().await;
 }
+
+/// The resourceVersion `name` had when it was created, read from the first `ADDED` event of a
+/// watch that starts at `since`. In one etcd a resourceVersion is the revision of the write
+/// (opaque to clients in general), so these order creations across kinds.
+async fn created_at<K>(client: &Client, ns: &str, name: &str, since: &str) -> u64
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(60);
+    let mut events = api.watch(&params, since).await.unwrap().boxed();
+    while let Some(event) = events.next().await {
+        if let WatchEvent::Added(obj) = event.unwrap() {
+            return obj.resource_version().unwrap().parse().unwrap();
+        }
+    }
+    panic!("no ADDED event for {} {name} within 60 s", K::kind(&()));
+}
+
+#[tokio::test]
+async fn a_new_deployment_is_created_after_the_service_account_and_config_map_its_pods_need_and_before_the_service_and_disruption_budget()
+ {
+    let (client, ns, _operator) = setup("op-apply-order").await;
+    let since = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let topic = unique_name("apply-order");
+    create(
+        &client,
+        &ns.name,
+        &event_consumer("ordered", &topic, json!({})),
+    )
+    .await;
+    let child = "ordered-consumer";
+    let (ns, since) = (ns.name.as_str(), since.as_str());
+    let service_account = created_at::<ServiceAccount>(&client, ns, child, since).await;
+    let config_map = created_at::<ConfigMap>(&client, ns, child, since).await;
+    let deployment = created_at::<Deployment>(&client, ns, child, since).await;
+    let service = created_at::<Service>(&client, ns, child, since).await;
+    let budget = created_at::<PodDisruptionBudget>(&client, ns, child, since).await;
+    assert!(
+        service_account < deployment && config_map < deployment,
+        "the pods' ServiceAccount ({service_account}) and ConfigMap ({config_map}) exist before \
+         their Deployment ({deployment})"
+    );
+    assert!(
+        deployment < service && deployment < budget,
+        "the Service ({service}) and PodDisruptionBudget ({budget}) do not delay the \
+         Deployment ({deployment})"
+    );
+}
