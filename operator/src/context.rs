@@ -7,9 +7,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::Recorder;
 use crate::measure::Clients;
 use crate::metrics::Metrics;
 use crate::report::{HttpClient, Rates, Reports};

@@ -15,6 +15,7 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod event_consumer;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod measure;

@@ -1292,3 +1292,85 @@ async fn a_new_deployment_is_created_after_the_service_account_and_config_map_it
          Deployment ({deployment})"
     );
 }
+
+/// The operator's Event recorder ([`pipewright_operator::events`]) against the real apiserver:
+/// the same event three times is one Event whose series counts 3 (a merge patch the
+/// apiserver's Event validation accepts), another reason is an Event of its own, and a repeat
+/// of an Event that is gone makes a new one.
+#[tokio::test]
+async fn a_repeated_event_is_counted_on_its_first_events_series_and_a_gone_one_is_made_again() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::runtime::events::{Event, EventType, Reporter};
+    use pipewright_operator::events::Recorder;
+
+    let client = kube_client().await;
+    let ns = TestNamespace::create(&client, "op-events").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let about: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "about"}})).unwrap();
+    let about = config_maps
+        .create(&PostParams::default(), &about)
+        .await
+        .unwrap();
+    let regarding = about.object_ref(&());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "pipewright-test".into(),
+            instance: Some("events-test".into()),
+        },
+    );
+    let event = |reason: &str| Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(format!("{reason} is True")),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    for reason in ["Ready", "Ready", "Ready", "Degraded"] {
+        recorder.publish(&event(reason), &regarding).await.unwrap();
+    }
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns.name);
+    let listed = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            let mut found: Vec<K8sEvent> = events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .collect();
+            found.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
+            found
+        }
+    };
+    let ready = listed("Ready").await;
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    let series = ready[0]
+        .series
+        .as_ref()
+        .expect("a series on the first Event");
+    assert_eq!(series.count, 3);
+    assert!(series.last_observed_time.0 >= ready[0].event_time.as_ref().unwrap().0);
+    assert_eq!(ready[0].note.as_deref(), Some("Ready is True"));
+    assert_eq!(
+        ready[0].regarding.as_ref().and_then(|r| r.uid.clone()),
+        about.uid()
+    );
+    assert_eq!(ready[0].reporting_instance.as_deref(), Some("events-test"));
+    let degraded = listed("Degraded").await;
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert!(degraded[0].series.is_none());
+
+    events
+        .delete(&ready[0].name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    recorder.publish(&event("Ready"), &regarding).await.unwrap();
+    let again = listed("Ready").await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0].name_any(), ready[0].name_any());
+    assert!(again[0].series.is_none(), "a new Event: {again:?}");
+    ns.delete().await;
+}
