@@ -6,7 +6,7 @@
 //! Why not `kube::runtime::events::Recorder`: it keeps each event of the last six minutes
 //! whole (the object with its note, and a key of owned strings) in a map that never shrinks.
 //! At a cold start of 1,200 resources that map was the operator's largest allocation
-//! (11.8 MiB of a 46 MiB heap peak, heaptrack, 2026-12-04), and it stayed after the events
+//! (11.8 MB of a 46 MB heap peak, heaptrack, 2026-12-04), and it stayed after the events
 //! aged out. This one keeps per event only what a repeat needs (the Event's name, the count,
 //! when it was last seen), and drops what has aged out, shrinking the map, at most once a
 //! [`PRUNE_PERIOD`]. The objects it sends are the ones kube's `Recorder` sends, which stays
@@ -39,10 +39,9 @@ struct Key {
     reason: String,
 }
 
-/// The last Event sent for a [`Key`].
+/// The last Event sent for a [`Key`] (in its resource's namespace).
 #[derive(Debug)]
 struct Sent {
-    namespace: String,
     name: String,
     /// 1 for the Event itself, then its series count.
     count: i32,
@@ -113,6 +112,7 @@ impl Recorder {
         regarding: &ObjectReference,
     ) -> Result<(), kube::Error> {
         let now = Timestamp::now();
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace(regarding));
         let key = Key {
             regarding: regarding
                 .uid
@@ -128,11 +128,10 @@ impl Recorder {
             recent.prune(now);
             recent
                 .repeat_of(&key, now)
-                .map(|(sent, count)| (sent.namespace.clone(), sent.name.clone(), count))
+                .map(|(sent, count)| (sent.name.clone(), count))
         };
         let sent = match repeat {
-            Some((namespace, name, count)) => {
-                let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
+            Some((name, count)) => {
                 let series = serde_json::json!({
                     "series": EventSeries { count, last_observed_time: MicroTime(now) }
                 });
@@ -141,19 +140,18 @@ impl Recorder {
                     .await
                 {
                     Ok(_) => Sent {
-                        namespace,
                         name,
                         count,
                         last: now,
                     },
                     // Gone (the apiserver's event TTL, or deleted): a new one.
                     Err(kube::Error::Api(s)) if s.is_not_found() => {
-                        self.create(event, regarding, now).await?
+                        self.create(&api, event, regarding, now).await?
                     }
                     Err(e) => return Err(e),
                 }
             }
-            None => self.create(event, regarding, now).await?,
+            None => self.create(&api, event, regarding, now).await?,
         };
         self.recent().by_key.insert(key, sent);
         Ok(())
@@ -161,16 +159,14 @@ impl Recorder {
 
     async fn create(
         &self,
+        api: &Api<K8sEvent>,
         event: &Event,
         regarding: &ObjectReference,
         now: Timestamp,
     ) -> Result<Sent, kube::Error> {
         let object = self.object(event, regarding, now);
-        let namespace = object.namespace().unwrap_or_default();
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         let created = api.create(&PostParams::default(), &object).await?;
         Ok(Sent {
-            namespace,
             name: created.name_any(),
             count: 1,
             last: now,
@@ -188,12 +184,7 @@ impl Recorder {
             related: event.secondary.clone(),
             note: event.note.clone(),
             metadata: ObjectMeta {
-                namespace: Some(
-                    regarding
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                ),
+                namespace: Some(namespace(regarding).into()),
                 name: Some(format!(
                     "{}.{:x}",
                     regarding.name.as_ref().unwrap_or(controller),
@@ -220,6 +211,12 @@ impl Recorder {
     }
 }
 
+/// Where an Event about `regarding` goes: its namespace (`default` for a cluster-scoped
+/// object, as kube's `Recorder` does).
+fn namespace(regarding: &ObjectReference) -> &str {
+    regarding.namespace.as_deref().unwrap_or("default")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +232,6 @@ mod tests {
 
     fn sent(last: Timestamp, count: i32) -> Sent {
         Sent {
-            namespace: "ns".into(),
             name: "a.1".into(),
             count,
             last,
