@@ -7,16 +7,26 @@
 //! AdminClient has no such call (rust-rdkafka issue 659; PR 785 adds it, unmerged). So this
 //! calls librdkafka's C API (the 2.12 that rdkafka-sys vendors) directly.
 //!
-//! The workspace's only unsafe code lives here, in one function: every native object is freed
-//! by a guard on every path, and result data is copied out before its event is freed. When
-//! rust-rdkafka ships the call, this crate goes.
+//! The workspace's only unsafe code lives here: every native object is freed by a guard on
+//! every path, and result data is copied out before its event is freed. When rust-rdkafka
+//! ships the call, this crate goes.
+//!
+//! **The client must have a `group.id`** (it is never joined: no subscribe, no assign). When the
+//! broker answers OffsetFetch with a coordinator error (`NOT_COORDINATOR`: the group's
+//! coordinator moved, as in a broker restart, or a fresh cluster still creating
+//! `__consumer_offsets`), librdkafka 2.12 asks the *client's* consumer group to look up its
+//! coordinator again, and a client without `group.id` has none: it dereferences a null pointer
+//! and the process dies (SIGSEGV in `rd_kafka_cgrp_op` from `rd_kafka_handle_OffsetFetch`;
+//! librdkafka issue 5040, open). [`committed`] refuses such a client before any request, and
+//! asks again, within its timeout, while the answer is a coordinator error.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::TopicPartitionList;
 use rdkafka::bindings as rd;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -25,8 +35,14 @@ use rdkafka::types::RDKafkaErrorCode;
 /// for that partition.
 pub type Committed = HashMap<(String, i32), Option<i64>>;
 
+/// The pause before asking again after a coordinator error.
+const COORDINATOR_RETRY: Duration = Duration::from_millis(100);
+
 /// Reads the committed offsets of `group` for the partitions in `partitions` (blocking: call
-/// it on the blocking pool). A broker that does not answer within `timeout` is an error.
+/// it on the blocking pool). `client` must have a `group.id` (see the crate's documentation;
+/// without one: `InvalidArgument`, nothing sent). A coordinator error is asked again after
+/// [`COORDINATOR_RETRY`] until `timeout` has passed, then returned; a broker that does not
+/// answer within `timeout` is an error.
 pub fn committed<C: ConsumerContext>(
     client: &BaseConsumer<C>,
     group: &str,
@@ -34,8 +50,61 @@ pub fn committed<C: ConsumerContext>(
     timeout: Duration,
 ) -> Result<Committed, KafkaError> {
     let group = CString::new(group).map_err(|_| admin_error(RDKafkaErrorCode::InvalidArgument))?;
+    let client = client.client();
+    if !has_group_id(client) {
+        return Err(admin_error(RDKafkaErrorCode::InvalidArgument));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match list_offsets(client, &group, partitions, left) {
+            Err(KafkaError::AdminOp(code))
+                if is_coordinator_error(code) && left > COORDINATOR_RETRY =>
+            {
+                std::thread::sleep(COORDINATOR_RETRY);
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_coordinator_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::CoordinatorLoadInProgress
+    )
+}
+
+/// Whether the client was made with a non-empty `group.id`.
+fn has_group_id<C: ClientContext>(client: &Client<C>) -> bool {
+    let rk = client.native_ptr();
+    let mut value = [0 as c_char; 256];
+    let mut size = value.len();
+    // SAFETY: `rk` is a live client; its configuration lives as long as it does. The name is
+    // a NUL-terminated literal, and `value` has room for `size` bytes (librdkafka writes at
+    // most that, NUL included, and sets `size` to the value's length with its NUL).
+    let result = unsafe {
+        rd::rd_kafka_conf_get(
+            rd::rd_kafka_conf(rk),
+            c"group.id".as_ptr(),
+            value.as_mut_ptr(),
+            &mut size,
+        )
+    };
+    result == rd::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK && size > 1 && value[0] != 0
+}
+
+/// One ListConsumerGroupOffsets request and its answer.
+fn list_offsets<C: ClientContext>(
+    client: &Client<C>,
+    group: &CStr,
+    partitions: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<Committed, KafkaError> {
+    let rk = client.native_ptr();
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    let rk = client.client().native_ptr();
     // SAFETY: `rk` is a live client for the duration of the call (`client` is borrowed);
     // every pointer passed is valid, and every object created is destroyed by a guard
     // (request and options right after the call, which copies them; queue and event at the

@@ -299,8 +299,10 @@ fn record_timestamps(
     found
 }
 
-/// The measurement client of a cluster: no `group.id` (it never joins a group; committed
-/// offsets are read for any group with [`group_offsets::committed`]).
+/// The measurement client of a cluster; committed offsets are read for any group with
+/// [`group_offsets::committed`]. Its `group.id` is never joined (no subscribe, no assign, nothing
+/// committed); without one, librdkafka crashes the process when a broker answers that the
+/// group's coordinator moved (kafka-admin's documentation).
 fn client(target: &Target) -> Result<Client> {
     let mut config = ClientConfig::new();
     for (k, v) in &target.settings {
@@ -310,6 +312,7 @@ fn client(target: &Target) -> Result<Client> {
         .set("bootstrap.servers", &target.bootstrap_servers)
         .set("enable.auto.commit", "false")
         .set("client.id", "pipewright-operator")
+        .set("group.id", "pipewright-operator")
         .set("log_level", "3");
     config
         .create_with_context(LastError::default())
