@@ -5,8 +5,8 @@
 //! its per-topic sum) and the outbox backlog, one series per resource, removed with it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -36,43 +36,48 @@ pub struct ApplyLabels {
     pub outcome: &'static str,
 }
 
+// The label values of the per-resource series are `Arc<str>`: one resource's namespace, name,
+// group and topic are shared by all of its series (a partition's lag is in two families and
+// in the record of what was exported), where a `String` each was the operator's largest
+// steady allocation at 1,200 resources (docs/benchmarks.md, part 4b).
+
 /// Labels of a partition's lag: the EventConsumer, its group, the partition.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LagLabels {
-    pub namespace: String,
-    pub eventconsumer: String,
-    pub consumergroup: String,
-    pub topic: String,
+    pub namespace: Arc<str>,
+    pub eventconsumer: Arc<str>,
+    pub consumergroup: Arc<str>,
+    pub topic: Arc<str>,
     pub partition: i32,
 }
 
 /// Labels of a topic's summed lag.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LagSumLabels {
-    pub namespace: String,
-    pub eventconsumer: String,
-    pub consumergroup: String,
-    pub topic: String,
+    pub namespace: Arc<str>,
+    pub eventconsumer: Arc<str>,
+    pub consumergroup: Arc<str>,
+    pub topic: Arc<str>,
 }
 
 /// Labels of a resource's condition (kube-state-metrics' `*_status_condition` shape).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabels {
     pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// The condition's type (`Ready`, `Degraded`, ...).
-    pub condition: String,
-    pub status: String,
-    pub reason: String,
+    pub condition: Arc<str>,
+    pub status: Arc<str>,
+    pub reason: Arc<str>,
 }
 
 /// Labels of a consumer group's figures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
-    pub namespace: String,
-    pub eventconsumer: String,
-    pub consumergroup: String,
+    pub namespace: Arc<str>,
+    pub eventconsumer: Arc<str>,
+    pub consumergroup: Arc<str>,
 }
 
 /// One partition's figures as exported: topic, partition, lag (records), lag in seconds.
@@ -81,8 +86,8 @@ pub type PartitionLag = (String, i32, i64, Option<i64>);
 /// Labels of an Outbox's figures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutboxLabels {
-    pub namespace: String,
-    pub outbox: String,
+    pub namespace: Arc<str>,
+    pub outbox: Arc<str>,
 }
 
 /// The series a resource's figures were last exported as, to remove those it no longer has.
@@ -229,13 +234,21 @@ impl Metrics {
         partitions: &[PartitionLag],
         max_seconds: Option<i64>,
     ) {
+        let (namespace, name, group): (Arc<str>, Arc<str>, Arc<str>) =
+            (namespace.into(), name.into(), group.into());
         let mut lag = Vec::new();
         let mut sums: HashMap<LagSumLabels, i64> = HashMap::new();
+        let mut topic_label: Option<Arc<str>> = None;
         for (topic, partition, value, seconds) in partitions {
+            // Consecutive partitions of one topic share its value.
+            let topic = match &topic_label {
+                Some(t) if **t == **topic => t.clone(),
+                _ => topic_label.insert(topic.as_str().into()).clone(),
+            };
             let labels = LagLabels {
-                namespace: namespace.into(),
-                eventconsumer: name.into(),
-                consumergroup: group.into(),
+                namespace: namespace.clone(),
+                eventconsumer: name.clone(),
+                consumergroup: group.clone(),
                 topic: topic.clone(),
                 partition: *partition,
             };
@@ -253,10 +266,10 @@ impl Metrics {
             lag.push(labels);
             *sums
                 .entry(LagSumLabels {
-                    namespace: namespace.into(),
-                    eventconsumer: name.into(),
-                    consumergroup: group.into(),
-                    topic: topic.clone(),
+                    namespace: namespace.clone(),
+                    eventconsumer: name.clone(),
+                    consumergroup: group.clone(),
+                    topic,
                 })
                 .or_default() += value;
         }
@@ -265,9 +278,9 @@ impl Metrics {
         }
         let sums: Vec<LagSumLabels> = sums.into_keys().collect();
         let group_labels = GroupLabels {
-            namespace: namespace.into(),
-            eventconsumer: name.into(),
-            consumergroup: group.into(),
+            namespace: namespace.clone(),
+            eventconsumer: name.clone(),
+            consumergroup: group,
         };
         match max_seconds {
             Some(s) => {
@@ -345,15 +358,16 @@ impl Metrics {
         name: &str,
         conditions: &[(String, String, String)],
     ) {
+        let (namespace_label, name_label): (Arc<str>, Arc<str>) = (namespace.into(), name.into());
         let labels: Vec<ConditionLabels> = conditions
             .iter()
             .map(|(type_, status, reason)| ConditionLabels {
                 kind,
-                namespace: namespace.into(),
-                name: name.into(),
-                condition: type_.clone(),
-                status: status.clone(),
-                reason: reason.clone(),
+                namespace: namespace_label.clone(),
+                name: name_label.clone(),
+                condition: type_.as_str().into(),
+                status: status.as_str().into(),
+                reason: reason.as_str().into(),
             })
             .collect();
         for l in &labels {
