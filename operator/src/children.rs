@@ -339,13 +339,22 @@ impl Children {
     }
 
     /// Applies the children of `desired` that differ from what was last applied or that
-    /// someone changed since, and returns the Deployment as it now is. In three steps, so that
-    /// the Deployment waits only for what its pods need: the ServiceAccount and ConfigMap the
-    /// pods refer to (a pod whose ServiceAccount does not exist yet is refused; one started
-    /// on an old ConfigMap would run the old configuration), then the Deployment, then the
-    /// Service and PodDisruptionBudget, which select the pods by label whenever they come.
-    /// The apiserver does the applies of one step side by side on the same cores, so every
-    /// child sent before the Deployment delays it (docs/benchmarks.md, part 4a).
+    /// someone changed since, and returns the Deployment as it now is.
+    ///
+    /// The Deployment waits only for what its pods need, and only when they could otherwise
+    /// start wrong: a ConfigMap that exists is applied before the Deployment, so that no pod
+    /// starts on its old data. A resource whose Deployment and ConfigMap do not exist yet
+    /// (new, or both deleted) gets its ServiceAccount, ConfigMap and Deployment in one step:
+    /// no pod exists that could start on anything old, the kubelet waits for a ConfigMap
+    /// volume until the ConfigMap exists, and the ServiceAccount is sent first and is written
+    /// before the first pod is admitted, two controller hops later (the deployment controller
+    /// makes a ReplicaSet, the ReplicaSet controller a pod; the apiserver's ServiceAccount
+    /// admission asks etcd when its cache does not have the account yet). Were a pod admitted
+    /// before the account is written, it would be refused and the ReplicaSet controller would
+    /// create it again moments later, with a `FailedCreate` warning on the ReplicaSet.
+    /// The Service and PodDisruptionBudget come last: they select the pods by label whenever
+    /// they come. The apiserver does the applies of one step side by side on the same cores,
+    /// so every child sent before the Deployment delays it (docs/benchmarks.md, part 4a).
     pub async fn apply(
         &self,
         client: &Client,
@@ -353,27 +362,34 @@ impl Children {
         ns: &str,
         desired: &Desired,
     ) -> Result<Arc<Deployment>> {
-        futures::try_join!(
-            self.apply_one(
-                client,
-                metrics,
-                ns,
-                &desired.service_account,
-                lookup(&self.service_accounts, ns, &desired.service_account),
-                By::ResourceVersion,
-            ),
-            self.apply_one(
-                client,
-                metrics,
-                ns,
-                &desired.config_map,
-                lookup(&self.config_maps, ns, &desired.config_map),
-                By::ResourceVersion,
-            ),
-        )?;
-        let deployment = self
-            .apply_deployment(client, metrics, ns, &desired.deployment)
-            .await?;
+        let service_account = self.apply_one(
+            client,
+            metrics,
+            ns,
+            &desired.service_account,
+            lookup(&self.service_accounts, ns, &desired.service_account),
+            By::ResourceVersion,
+        );
+        let config_map = lookup(&self.config_maps, ns, &desired.config_map);
+        let first = config_map.is_none()
+            && self
+                .deployment(ns, &desired.deployment.name_any())
+                .is_none();
+        let config_map = self.apply_one(
+            client,
+            metrics,
+            ns,
+            &desired.config_map,
+            config_map,
+            By::ResourceVersion,
+        );
+        let deployment = self.apply_deployment(client, metrics, ns, &desired.deployment);
+        let deployment = if first {
+            futures::try_join!(service_account, config_map, deployment)?.2
+        } else {
+            futures::try_join!(service_account, config_map)?;
+            deployment.await?
+        };
         futures::try_join!(
             self.apply_service(client, metrics, ns, &desired.service),
             self.apply_one(

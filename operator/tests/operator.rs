@@ -1229,10 +1229,17 @@ async fn a_dead_letter_sink_naming_a_service_is_unresolvable_until_it_exists_the
     ns.delete().await;
 }
 
-/// The resourceVersion `name` had when it was created, read from the first `ADDED` event of a
-/// watch that starts at `since`. In one etcd a resourceVersion is the revision of the write
-/// (opaque to clients in general), so these order creations across kinds.
-async fn created_at<K>(client: &Client, ns: &str, name: &str, since: &str) -> u64
+/// The resourceVersion of the first write to `name` since `since` that `matches` (the object
+/// as that write left it), read from a watch that starts at `since`. In one etcd a
+/// resourceVersion is the revision of the write (opaque to clients in general), so these order
+/// writes across kinds.
+async fn written_at<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    since: &str,
+    matches: impl Fn(&K) -> bool,
+) -> u64
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -1249,24 +1256,43 @@ where
         .timeout(60);
     let mut events = api.watch(&params, since).await.unwrap().boxed();
     while let Some(event) = events.next().await {
-        if let WatchEvent::Added(obj) = event.unwrap() {
+        if let WatchEvent::Added(obj) | WatchEvent::Modified(obj) = event.unwrap()
+            && matches(&obj)
+        {
             return obj.resource_version().unwrap().parse().unwrap();
         }
     }
-    panic!("no ADDED event for {} {name} within 60 s", K::kind(&()));
+    panic!("no matching write to {} {name} within 60 s", K::kind(&()));
 }
 
-#[tokio::test]
-async fn a_new_deployment_is_created_after_the_service_account_and_config_map_its_pods_need_and_before_the_service_and_disruption_budget()
- {
-    let (client, ns, _operator) = setup("op-apply-order").await;
-    let since = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
-        .list(&ListParams::default())
+/// The resourceVersion a namespace's list is at now: a watch from it sees only later writes.
+async fn now_at<K>(client: &Client, ns: &str) -> String
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().limit(1))
         .await
         .unwrap()
         .metadata
         .resource_version
-        .unwrap();
+        .unwrap()
+}
+
+/// A new resource's ServiceAccount, ConfigMap and Deployment are sent in one step and its
+/// first pod is admitted at the first try: no `FailedCreate` on its ReplicaSet (the Events
+/// of the ReplicaSet controller are written in order, so once its `SuccessfulCreate` for the
+/// pod is there, a `FailedCreate` before it would be too). The Service and
+/// PodDisruptionBudget come after the Deployment. A changed ConfigMap is written before the
+/// Deployment's new pod template, so no new pod starts on the old configuration.
+#[tokio::test]
+async fn a_new_resources_first_pod_is_admitted_at_once_and_a_changed_config_map_is_written_before_the_rollout()
+ {
+    let (client, ns, _operator) = setup("op-apply-order").await;
+    let since = now_at::<ServiceAccount>(&client, &ns.name).await;
     let topic = unique_name("apply-order");
     create(
         &client,
@@ -1275,22 +1301,70 @@ async fn a_new_deployment_is_created_after_the_service_account_and_config_map_it
     )
     .await;
     let child = "ordered-consumer";
-    let (ns, since) = (ns.name.as_str(), since.as_str());
-    let service_account = created_at::<ServiceAccount>(&client, ns, child, since).await;
-    let config_map = created_at::<ConfigMap>(&client, ns, child, since).await;
-    let deployment = created_at::<Deployment>(&client, ns, child, since).await;
-    let service = created_at::<Service>(&client, ns, child, since).await;
-    let budget = created_at::<PodDisruptionBudget>(&client, ns, child, since).await;
+    let (nsn, since) = (ns.name.as_str(), since.as_str());
+    fn any<K>(_: &K) -> bool {
+        true
+    }
+    written_at::<ServiceAccount>(&client, nsn, child, since, any).await;
+    written_at::<ConfigMap>(&client, nsn, child, since, any).await;
+    let created = written_at::<Deployment>(&client, nsn, child, since, any).await;
+    let service = written_at::<Service>(&client, nsn, child, since, any).await;
+    let budget = written_at::<PodDisruptionBudget>(&client, nsn, child, since, any).await;
     assert!(
-        service_account < deployment && config_map < deployment,
-        "the pods' ServiceAccount ({service_account}) and ConfigMap ({config_map}) exist before \
-         their Deployment ({deployment})"
-    );
-    assert!(
-        deployment < service && deployment < budget,
+        created < service && created < budget,
         "the Service ({service}) and PodDisruptionBudget ({budget}) do not delay the \
-         Deployment ({deployment})"
+         Deployment ({created})"
     );
+
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), nsn);
+    let of_replica_sets = |reason: &str| {
+        ListParams::default().fields(&format!("involvedObject.kind=ReplicaSet,reason={reason}"))
+    };
+    eventually(
+        "the ReplicaSet controller's SuccessfulCreate",
+        WAIT,
+        || async {
+            let list = events
+                .list(&of_replica_sets("SuccessfulCreate"))
+                .await
+                .ok()?;
+            (!list.items.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let refused = events
+        .list(&of_replica_sets("FailedCreate"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        refused.is_empty(),
+        "the first pod is admitted at once; refused: {:?}",
+        refused.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+
+    // A change to the configuration: the ConfigMap's new data before the new pod template.
+    let since = now_at::<ConfigMap>(&client, nsn).await;
+    let before = template_annotation(&deployment(&client, nsn, child).await, CONFIG_HASH);
+    Api::<EventConsumer>::namespaced(client.clone(), nsn)
+        .patch(
+            "ordered",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"processing": {"concurrency": 64}}})),
+        )
+        .await
+        .unwrap();
+    let config_map = written_at::<ConfigMap>(&client, nsn, child, &since, any).await;
+    let rollout = written_at::<Deployment>(&client, nsn, child, &since, |d| {
+        template_annotation(d, CONFIG_HASH) != before
+    })
+    .await;
+    assert!(
+        config_map < rollout,
+        "the changed ConfigMap ({config_map}) is written before the Deployment's new pod \
+         template ({rollout})"
+    );
+    ns.delete().await;
 }
 
 /// The operator's Event recorder ([`pipewright_operator::events`]) against the real apiserver:
