@@ -46,7 +46,8 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `command` with stdout going to `stdout` (a file, or nowhere) and stderr to
-    /// `log`.
+    /// `log`, without the backtrace switches a developer's shell may set (`RUST_BACKTRACE`,
+    /// `RUST_LIB_BACKTRACE`): a contender runs as its image or package runs it.
     pub fn spawn(
         name: &str,
         mut command: Command,
@@ -60,7 +61,12 @@ impl Proc {
             ),
             None => Stdio::null(),
         };
-        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        command
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
         let child = command
             .spawn()
             .with_context(|| format!("start {name}: {command:?}"))?;
