@@ -80,20 +80,19 @@ fn is_coordinator_error(code: RDKafkaErrorCode) -> bool {
 /// Whether the client was made with a non-empty `group.id`.
 fn has_group_id<C: ClientContext>(client: &Client<C>) -> bool {
     let rk = client.native_ptr();
-    let mut value = [0 as c_char; 256];
-    let mut size = value.len();
+    let mut size = 0;
     // SAFETY: `rk` is a live client; its configuration lives as long as it does. The name is
-    // a NUL-terminated literal, and `value` has room for `size` bytes (librdkafka writes at
-    // most that, NUL included, and sets `size` to the value's length with its NUL).
+    // a NUL-terminated literal; with no destination librdkafka writes nothing but `size`, the
+    // value's length with its NUL (an unset value is not `RD_KAFKA_CONF_OK`).
     let result = unsafe {
         rd::rd_kafka_conf_get(
             rd::rd_kafka_conf(rk),
             c"group.id".as_ptr(),
-            value.as_mut_ptr(),
+            std::ptr::null_mut(),
             &mut size,
         )
     };
-    result == rd::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK && size > 1 && value[0] != 0
+    result == rd::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK && size > 1
 }
 
 /// One ListConsumerGroupOffsets request and its answer.
