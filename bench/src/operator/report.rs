@@ -389,24 +389,30 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
          volume): p50 ÷ built-in 2.05–2.17 against 2.23–2.28, within the noise, since the \
          ServiceAccount still went first. **A further fix** (`Children::apply`, 2026-12-04): a \
          resource whose Deployment and ConfigMap do not exist yet gets its ServiceAccount, \
-         ConfigMap and Deployment in one step (the account sent first; it is written two \
-         controller hops before the first pod is admitted, and the apiserver's ServiceAccount \
-         admission asks etcd when its cache lacks it; no pod exists that could start on old \
-         data), while a ConfigMap that exists is still written before the Deployment. The \
-         three return together after about 7 ms where each of the two steps took about \
-         4.5 ms (one reconcile timed from the operator's log). Quick profile, the old and the \
-         new binary alternating, 2 runs each: p50 14.9 / 15.9 → 14.7 / 12.9 ms, after the \
+         ConfigMap and Deployment in one step (no pod exists that could start on old data; \
+         the account, sent first, is written well before the first pod is admitted two \
+         controller hops later, and the apiserver's ServiceAccount admission asks etcd when \
+         its cache lacks it; should it ever lose that race, the pod is refused once and the \
+         ReplicaSet controller creates it again), while a ConfigMap that exists is still \
+         written before the Deployment. From the first child request to the Deployment's \
+         answer, in the operator's log (`PIPEWRIGHT_BENCH_OPERATOR_LOG=info,kube_client=debug`, \
+         60 creates each): p50 9.2 → 6.4 ms, p90 14.3 → 8.7 ms. Quick profile, the old and \
+         the new binary alternating, 2 runs each: p50 14.9 / 15.9 → 14.7 / 12.9 ms, after the \
          create's answer p90 17.2 / 16.0 → 12.6 / 11.4 ms, p95 ÷ built-in 1.90 / 2.38 → \
-         1.96 / 1.84 (60 creates a run, so their p99 is their maximum and says little); \
-         from the first child request to the Deployment's answer, in the operator's log: \
-         p50 9.2 → 6.4 ms, p90 14.3 → 8.7 ms. In full runs the end-to-end p50 moved less \
-         than the runs differ (14.6 before, 14.0–14.8 after). `a_new_resources_first_pod_is_admitted_at_once_…` \
-         (`operator/tests/operator.rs`) proves that the first pod is not refused and that a \
-         changed ConfigMap is written before the new pod template. What is left is the \
-         apiserver's work itself: a server-side apply of a new object costs about 0.8 ms more \
-         than a create (measured with a plain HTTP client, 60 of each kind), and creates \
-         would leave the fields the operator stops setting owned by an `Update` manager \
-         unless a second request moved their ownership. The workers' Service is \
+         1.96 / 1.84 (60 creates a run, so their p99 is their maximum and says little). In \
+         full runs the end-to-end p50 moved less than the runs differ (14.6 before, \
+         14.0–14.8 after). The race, checked: `a_new_resources_first_pod_is_admitted_at_once_…` \
+         (`operator/tests/operator.rs`) sees the first pod admitted at its first create and a \
+         changed ConfigMap written before the new pod template; by hand, 900 new \
+         EventConsumers created in two bursts (16 and 32 concurrent clients, the node \
+         cordoned so that pods are admitted but never started) gave 900 ReplicaSets with \
+         `SuccessfulCreate` and no `FailedCreate`. What is left: about 3 ms (p50) between \
+         the create's answer and the first child request plus the bench's watch seeing the \
+         Deployment (the reflector, the controller's queue, the watch's delivery; not \
+         profiled yet), and the apiserver's own work: a server-side apply of a new object \
+         costs about 0.8 ms more than a create (a plain HTTP client, 60 of each kind), but \
+         creates would leave the fields the operator stops setting owned by an `Update` \
+         manager unless a second request moved their ownership. The workers' Service is \
          headless since 004c618: with a cluster IP it was the slowest child (mean apply \
          114–124 ms over a run, an `IPAddress` object per Service; cold start of 240 \
          resources 7.6 / 10.7 s before, 7.1 / 5.7 s after, alternating runs). Cold start: children are applied before \
