@@ -14,9 +14,10 @@ pub mod peer;
 pub mod report;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pipewright_worker::consume::sinks::discard::jitter_of;
 use serde::{Deserialize, Serialize};
 
 use crate::contenders::{self, Contender, Ordering, Run, Setup, Sink, Topic};
@@ -48,9 +49,21 @@ impl HandlerTime {
         jitter_us: 19_000,
     };
 
-    /// The mean handler time by design, ms.
-    pub fn nominal_mean_ms(self) -> f64 {
+    /// The mean handler time by design (delay + half the jitter), ms: sizes the topics.
+    pub fn design_mean_ms(self) -> f64 {
         (self.delay_us as f64 + self.jitter_us as f64 / 2.0) / 1_000.0
+    }
+
+    /// The mean of the times the records of a cell's topic are set to take (its one
+    /// partition, offsets `0..records`): the delay plus each record's jitter, the function
+    /// both contenders wait by ([`jitter_of`]). The nominal ideal's handler time.
+    pub fn nominal_mean_ms(self, records: u64) -> f64 {
+        let jitter = Duration::from_micros(self.jitter_us);
+        let total: Duration = (0..records as i64)
+            .map(|offset| jitter_of(jitter, 0, offset))
+            .sum();
+        let mean_jitter_ms = total.as_secs_f64() * 1_000.0 / records.max(1) as f64;
+        self.delay_us as f64 / 1_000.0 + mean_jitter_ms
     }
 
     /// `1 ms`, `1–20 ms`.
@@ -101,7 +114,7 @@ impl Cell {
             Profile::Quick => (1.0, 2_000, 50_000),
             Profile::Smoke => (0.0, 200, 200),
         };
-        let ideal = ideal_per_s(self.concurrency, self.handler.nominal_mean_ms());
+        let ideal = ideal_per_s(self.concurrency, self.handler.design_mean_ms());
         ((ideal * seconds / KEYS as f64).round() as u64 * KEYS).clamp(min, max)
     }
 
@@ -274,7 +287,10 @@ fn rounds(
                 }
                 .with_context(|| format!("{} on {} (run {run_id})", who.label(), cell.label()))?;
                 let rate = run.records as f64 / run.window_s.max(1e-9);
-                let nominal = ideal_per_s(cell.concurrency, cell.handler.nominal_mean_ms());
+                let nominal = ideal_per_s(
+                    cell.concurrency,
+                    cell.handler.nominal_mean_ms(topic.records),
+                );
                 let measured_ms = report::handler_mean_ms(&run);
                 progress(&format!(
                     "{done:>3}/{total} round {}/{} {:<22} {:<17} {:>8.0} records/s = {:.2} of ideal; \
@@ -329,8 +345,11 @@ mod tests {
 
     #[test]
     fn the_ideal_is_concurrency_over_the_mean_handler_time() {
-        assert_eq!(HandlerTime::FIXED_1MS.nominal_mean_ms(), 1.0);
-        assert_eq!(HandlerTime::JITTER_1_TO_20MS.nominal_mean_ms(), 10.5);
+        assert_eq!(HandlerTime::FIXED_1MS.nominal_mean_ms(4_000), 1.0);
+        assert_eq!(HandlerTime::JITTER_1_TO_20MS.design_mean_ms(), 10.5);
+        // The jitter of 1,000,000 records averages out near half of 19 ms.
+        let mean = HandlerTime::JITTER_1_TO_20MS.nominal_mean_ms(1_000_000);
+        assert!((10.45..10.55).contains(&mean), "{mean}");
         assert_eq!(ideal_per_s(64, 1.0), 64_000.0);
         assert_eq!(HandlerTime::JITTER_1_TO_20MS.label(), "1–20 ms");
     }

@@ -4,7 +4,7 @@
 //! slow handler would (docs/benchmarks.md, section 2).
 //!
 //! **How the time is taken.** The delivery awaits a wake-up that a timer thread of its own
-//! sends at `start + delay + U(0, jitter)`, the way a real slow handler (an HTTP call, a
+//! sends at `start + delay + jitter(record)`, the way a real slow handler (an HTTP call, a
 //! database query) awaits a response that the runtime's reactor reports the moment it
 //! arrives. The delivery holds its slot of `concurrency` all that time, like any sink call.
 //! Not `tokio::time::sleep`: tokio's timer wheel fires on whole-millisecond ticks, so a
@@ -14,12 +14,18 @@
 //! thread's timed waits end up to 50 µs late to batch wake-ups, which a handler woken by a
 //! response does not suffer). The worker's
 //! `pipewright_consumer_handler_latency_seconds` measures what each delivery really took.
+//!
+//! **Which jitter.** A record's jitter is a function of the record alone ([`DiscardSink::jitter_of`]:
+//! splitmix64 of its partition and offset, uniform in `0..=jitter`), so every run, and the
+//! benchmark's peer, which computes the same function (`bench/java/parallel-consumer`), gives
+//! the same record the same time: contenders compared on one topic wait for the same
+//! handler times, not for two samples of a random draw.
 
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -31,18 +37,12 @@ pub struct DiscardSink {
     pub delay: Duration,
     /// Each delivery takes up to this much longer, uniformly distributed.
     pub jitter: Duration,
-    /// Deliveries so far (the jitter's random sequence).
-    calls: AtomicU64,
 }
 
 impl DiscardSink {
     /// A sink whose deliveries take `delay` plus a uniform `0..=jitter`.
     pub fn new(delay: Duration, jitter: Duration) -> DiscardSink {
-        DiscardSink {
-            delay,
-            jitter,
-            calls: AtomicU64::new(0),
-        }
+        DiscardSink { delay, jitter }
     }
 
     /// Drops the event when this sink takes no time; `false`: [`DiscardSink::deliver`] must
@@ -51,26 +51,35 @@ impl DiscardSink {
         self.delay.is_zero() && self.jitter.is_zero()
     }
 
-    /// Drops the event after this delivery's time.
-    pub async fn deliver(&self) {
-        let wait = self.delay + self.jitter_of(self.calls.fetch_add(1, Ordering::Relaxed));
+    /// Drops the event of the record at `partition`, `offset` after its delivery's time.
+    pub async fn deliver(&self, partition: i32, offset: i64) {
+        let wait = self.delay + self.jitter_of(partition, offset);
         if !wait.is_zero() {
             Wake::at(Instant::now() + wait).await;
         }
     }
 
-    /// The jitter of delivery number `n`: uniform in `0..=jitter` (splitmix64 of `n`).
-    fn jitter_of(&self, n: u64) -> Duration {
-        let nanos = self.jitter.as_nanos() as u64;
-        if nanos == 0 {
-            return Duration::ZERO;
-        }
-        let mut z = n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Duration::from_nanos(z % (nanos + 1))
+    /// The jitter of the record at `partition`, `offset` ([`jitter_of`]).
+    fn jitter_of(&self, partition: i32, offset: i64) -> Duration {
+        jitter_of(self.jitter, partition, offset)
     }
+}
+
+/// The jitter of the record at `partition`, `offset` when deliveries take up to `jitter`
+/// longer: uniform in `0..=jitter`, the splitmix64 of `partition << 40 | offset` modulo the
+/// jitter in nanoseconds plus one. The benchmark's Parallel Consumer peer computes the same
+/// (`jitterOf` in `ParallelConsumerPeer.java`; the test below pins values both must give), and
+/// the benchmark uses it for the mean handler time of a topic's records.
+pub fn jitter_of(jitter: Duration, partition: i32, offset: i64) -> Duration {
+    let nanos = jitter.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let mut z = (((partition as u64) << 40) | offset as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    Duration::from_nanos(z % (nanos + 1))
 }
 
 /// One pending wake-up: its deadline and what to wake.
@@ -211,9 +220,9 @@ mod tests {
     async fn a_delivery_takes_at_least_its_delay_and_the_jitter_stays_in_its_range() {
         let sink = DiscardSink::new(Duration::from_millis(2), Duration::from_millis(3));
         let started = Instant::now();
-        sink.deliver().await;
+        sink.deliver(0, 0).await;
         assert!(started.elapsed() >= Duration::from_millis(2));
-        let jitters: Vec<Duration> = (0..10_000).map(|n| sink.jitter_of(n)).collect();
+        let jitters: Vec<Duration> = (0..10_000).map(|n| sink.jitter_of(0, n)).collect();
         assert!(jitters.iter().all(|j| *j <= Duration::from_millis(3)));
         let mean = jitters.iter().sum::<Duration>() / jitters.len() as u32;
         assert!(
@@ -229,11 +238,11 @@ mod tests {
             Duration::from_millis(5),
         ));
         let tasks: Vec<_> = (0..200)
-            .map(|_| {
+            .map(|offset| {
                 let sink = sink.clone();
                 tokio::spawn(async move {
                     let started = Instant::now();
-                    sink.deliver().await;
+                    sink.deliver(0, offset).await;
                     started.elapsed()
                 })
             })
@@ -241,6 +250,18 @@ mod tests {
         for task in tasks {
             assert!(task.await.unwrap() >= Duration::from_millis(1));
         }
-        assert_eq!(DiscardSink::default().jitter_of(7), Duration::ZERO);
+        assert_eq!(DiscardSink::default().jitter_of(0, 7), Duration::ZERO);
+    }
+
+    /// The values `ParallelConsumerPeer.jitterOf` must give too (the benchmark's peer waits
+    /// for the same time on the same record).
+    #[test]
+    fn a_records_jitter_is_a_function_of_its_partition_and_offset() {
+        let sink = DiscardSink::new(Duration::from_millis(1), Duration::from_millis(19));
+        let nanos = |p, o| sink.jitter_of(p, o).as_nanos();
+        assert_eq!(
+            [nanos(0, 0), nanos(0, 1), nanos(0, 999), nanos(3, 12_345)],
+            [17_736_006, 3_831_458, 1_716_637, 13_677_222]
+        );
     }
 }

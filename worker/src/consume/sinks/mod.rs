@@ -35,7 +35,7 @@ impl Sink {
             Sink::Kafka(s) => Box::pin(s.deliver(event, record)).await,
             Sink::Postgres(s) => Box::pin(s.deliver(event, record)).await,
             Sink::Discard(s) => {
-                s.deliver().await;
+                s.deliver(record.partition, record.offset).await;
                 Ok(())
             }
         }

@@ -8,7 +8,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.concurrent.CountDownLatch;
-import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.LongAdder;
@@ -20,8 +19,10 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 /**
  * The peer of docs/benchmarks.md section 2: Confluent Parallel Consumer, KEY ordering,
  * maxConcurrency = the worker's concurrency, reading a topic from the beginning in a fresh group
- * with a handler that blocks its thread for delay + U(0, jitter) (LockSupport.parkNanos until the
- * deadline: the kernel's high-resolution timer, as a blocking call that waits for a response).
+ * with a handler that blocks its thread for delay + jitterOf(record) (LockSupport.parkNanos until
+ * the deadline: the kernel's high-resolution timer, as a blocking call that waits for a response).
+ * A record's jitter is the worker's (pipewright_worker::consume::sinks::discard::jitter_of): both
+ * contenders wait for the same time on the same record.
  * Everything else is the library's default. After the given number of records it closes (which
  * commits) and prints one JSON line: the window from the first handler call's start to the last
  * one's end, and the mean handler time it measured.
@@ -73,10 +74,8 @@ public final class ParallelConsumerPeer {
         context -> {
           long start = System.nanoTime();
           firstStart.compareAndSet(Long.MIN_VALUE, start);
-          long wait = delayNanos;
-          if (jitterNanos > 0) {
-            wait += ThreadLocalRandom.current().nextLong(jitterNanos + 1);
-          }
+          var record = context.getSingleConsumerRecord();
+          long wait = delayNanos + jitterOf(jitterNanos, record.partition(), record.offset());
           long deadline = start + wait;
           for (long left = wait; left > 0; left = deadline - System.nanoTime()) {
             LockSupport.parkNanos(left);
@@ -106,6 +105,23 @@ public final class ParallelConsumerPeer {
         (epochNanosAtStart + firstStart.get() - nanoAtStart) / 1e6,
         (epochNanosAtStart + lastEnd.get() - nanoAtStart) / 1e6,
         handlerNanos.sum() / 1e6 / calls);
+  }
+
+  /**
+   * The jitter of the record at partition, offset, in nanoseconds: uniform in 0..=jitterNanos, the
+   * splitmix64 of (partition << 40 | offset) modulo jitterNanos + 1 (unsigned). The same function
+   * as the worker's jitter_of, whose test pins the values: (0, 0) → 17736006, (0, 1) → 3831458,
+   * (0, 999) → 1716637, (3, 12345) → 13677222 for 19 ms.
+   */
+  static long jitterOf(long jitterNanos, int partition, long offset) {
+    if (jitterNanos == 0) {
+      return 0;
+    }
+    long z = (((long) partition << 40) | offset) + 0x9E3779B97F4A7C15L;
+    z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;
+    z = (z ^ (z >>> 27)) * 0x94D049BB133111EBL;
+    z ^= z >>> 31;
+    return Long.remainderUnsigned(z, jitterNanos + 1);
   }
 
   private static String required(Map<String, String> args, String name) {
