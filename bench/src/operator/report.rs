@@ -408,8 +408,18 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
          cordoned so that pods are admitted but never started) gave 900 ReplicaSets with \
          `SuccessfulCreate` and no `FailedCreate`. What is left: about 3 ms (p50) between \
          the create's answer and the first child request plus the bench's watch seeing the \
-         Deployment (the reflector, the controller's queue, the watch's delivery; not \
-         profiled yet), and the apiserver's own work: a server-side apply of a new object \
+         Deployment. **Profiled (2026-12-05):** 2.1 ms of it (p50; p90 2.3, 61 creates, a \
+         debug line at the watch event and at the reconcile's start, not committed) is \
+         kube-runtime's scheduler (5.0.0, `scheduler.rs`): every trigger, also one due now, \
+         goes through a tokio-util `DelayQueue`, which rounds its deadline up to its next \
+         millisecond and then waits for tokio's timer, itself on millisecond ticks. With the \
+         scheduler patched locally (a request due now, with no debounce, is made ready at \
+         once instead of queued; not committed: it belongs upstream, and the operator does \
+         not carry a fork) the same gap was 0.10–0.11 ms, and in quick runs alternating with \
+         the unpatched binary the reaction p50 went 13.7 / 12.5 → 12.6 / 11.5 ms (p99 ÷ \
+         built-in 2.43 / 1.75 → 2.14 / 1.86: 60 creates, noise). The operator's own code \
+         cannot avoid it (`Controller` has no trigger path around the scheduler); the change \
+         to propose upstream is those few lines. Then the apiserver's own work: a server-side apply of a new object \
          costs about 0.8 ms more than a create (a plain HTTP client, 60 of each kind), but \
          creates would leave the fields the operator stops setting owned by an `Update` \
          manager unless a second request moved their ownership. The workers' Service is \

@@ -352,7 +352,8 @@ pub struct SinkFlags {
     #[arg(long = "sink-discard-delay")]
     pub discard_delay: Option<humantime::Duration>,
     /// sink.discard.jitter: each delivery takes up to this much longer than
-    /// --sink-discard-delay, uniformly distributed (default 0s).
+    /// --sink-discard-delay, uniformly distributed over the records (a function of the
+    /// record's partition and offset: the same record always takes the same time; default 0s).
     #[arg(long = "sink-discard-jitter")]
     pub discard_jitter: Option<humantime::Duration>,
 }
