@@ -480,7 +480,9 @@ pub struct DiscardSink {
     /// How long each delivery takes.
     #[serde(default, with = "duration")]
     pub delay: Duration,
-    /// Each delivery takes up to this much longer than `delay`, uniformly distributed.
+    /// Each delivery takes up to this much longer than `delay`, uniformly distributed over the
+    /// records (a function of the record's partition and offset: the same record always takes
+    /// the same time).
     #[serde(default, with = "duration")]
     pub jitter: Duration,
 }
