@@ -196,6 +196,11 @@ pub async fn measure(
     .map_err(Error::Join)?
 }
 
+/// The group id of the operator's Kafka clients (the measurement client and the reader). Never
+/// joined, never committed to: librdkafka needs one to assign partitions and to ask a group's
+/// coordinator for committed offsets (with ACLs, the credentials need Describe on it).
+const GROUP_ID: &str = "pipewright-operator";
+
 /// The reader client of a cluster: assigns partitions at offsets and reads one record of each;
 /// small fetches (only the first record matters).
 fn reader(target: &Target) -> Result<BaseConsumer> {
@@ -209,7 +214,7 @@ fn reader(target: &Target) -> Result<BaseConsumer> {
         .set("client.id", "pipewright-operator-lag-reader")
         // librdkafka assigns only with a group id; with assign (no subscribe) it never joins
         // the group, and nothing is committed.
-        .set("group.id", "pipewright-operator-lag-reader")
+        .set("group.id", GROUP_ID)
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "50")
         .set("max.partition.fetch.bytes", "4096")
@@ -312,7 +317,7 @@ fn client(target: &Target) -> Result<Client> {
         .set("bootstrap.servers", &target.bootstrap_servers)
         .set("enable.auto.commit", "false")
         .set("client.id", "pipewright-operator")
-        .set("group.id", "pipewright-operator")
+        .set("group.id", GROUP_ID)
         .set("log_level", "3");
     config
         .create_with_context(LastError::default())
