@@ -520,6 +520,54 @@ pub fn write_report(var: &str, marker: &str, body: &str) {
     .unwrap_or_else(|e| panic!("write {path}: {e}"));
 }
 
+/// The environment variable that names the doc the bad-input catalogue is written into
+/// (`make chaos`: docs/reliability.md).
+pub const BAD_INPUT_REPORT: &str = "PIPEWRIGHT_BAD_INPUT_REPORT";
+
+/// One table of the bad-input catalogue in docs/reliability.md, between the `marker`'s
+/// markers. With [`BAD_INPUT_REPORT`] set, writes `body` there ([`write_report`]); without it
+/// (`make test`), checks that the doc lists the cases `body` does, so that a case added to a
+/// test cannot be missing from the catalogue. A row's case is its first cell, with the second
+/// when the first is a number (the row's `#`); the other cells are what was observed, which
+/// may differ from run to run.
+pub fn catalogue(marker: &str, body: &str) {
+    if std::env::var_os(BAD_INPUT_REPORT).is_some() {
+        return write_report(BAD_INPUT_REPORT, marker, body);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/reliability.md");
+    let doc =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let section = doc
+        .split_once(&format!("<!-- {marker}: begin -->"))
+        .and_then(|(_, rest)| rest.split_once(&format!("<!-- {marker}: end -->")))
+        .map(|(section, _)| section)
+        .unwrap_or_else(|| panic!("{}: no {marker} markers", path.display()));
+    let (documented, observed) = (cases_of(section), cases_of(body));
+    let missing: Vec<_> = observed.difference(&documented).collect();
+    let gone: Vec<_> = documented.difference(&observed).collect();
+    assert!(
+        missing.is_empty() && gone.is_empty(),
+        "{} is stale in its {marker} table: cases the test has and the doc lacks: {missing:?}; \
+         cases the doc has and the test no longer: {gone:?}. Write it again: \
+         {BAD_INPUT_REPORT}=$PWD/docs/reliability.md with this test (or `make chaos`).",
+        path.display()
+    );
+}
+
+/// The cases of the markdown table rows in `text` (see [`catalogue`]).
+fn cases_of(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix('|'))
+        .map(|row| row.split(" | ").map(str::trim).collect::<Vec<_>>())
+        .filter(|cells| !cells[0].starts_with("---") && !cells[0].starts_with(":--"))
+        .map(|cells| match cells.as_slice() {
+            [n, case, ..] if n.parse::<u64>().is_ok() => format!("{n} {case}"),
+            [case, ..] => case.to_string(),
+            [] => String::new(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +592,17 @@ mod tests {
         assert_eq!(env.kubeconfig, PathBuf::from("<KUBECONFIG>"));
         assert_eq!(env.kafka_bootstrap_servers, "<KAFKA_BOOTSTRAP_SERVERS>");
         assert_eq!(env.database_url, "<DATABASE_URL>");
+    }
+
+    #[test]
+    fn a_catalogue_rows_case_is_its_first_cell_or_its_number_and_second() {
+        let table = "intro\n\n| # | record | answer |\n|---:|---|---|\n| 0 | a valid event | delivered |\n\
+                     | 1 | no value | dead-lettered |\n";
+        let cases: Vec<_> = cases_of(table).into_iter().collect();
+        assert_eq!(cases, ["#", "0 a valid event", "1 no value"]);
+        let table = "| endpoint | requests |\n|---|---:|\n| answers 200 | 1 |\n";
+        let cases: Vec<_> = cases_of(table).into_iter().collect();
+        assert_eq!(cases, ["answers 200", "endpoint"]);
     }
 
     #[test]

@@ -707,8 +707,7 @@ async fn invalid_event_consumers_are_rejected_with_a_message_naming_the_field() 
     assert!(cases.len() >= 15);
     let count = cases.len();
     let table = expect_rejected(&api, cases).await;
-    pipewright_testenv::write_report(
-        "PIPEWRIGHT_BAD_INPUT_REPORT",
+    pipewright_testenv::catalogue(
         "bad-input-event-consumers",
         &format!(
             "{count} EventConsumers refused by the apiserver (schema and CEL), each answer \
@@ -729,8 +728,7 @@ async fn invalid_outboxes_are_rejected_with_a_message_naming_the_field() {
     let cases = invalid_outboxes();
     let count = cases.len();
     let table = expect_rejected(&api, cases).await;
-    pipewright_testenv::write_report(
-        "PIPEWRIGHT_BAD_INPUT_REPORT",
+    pipewright_testenv::catalogue(
         "bad-input-outboxes",
         &format!(
             "{count} Outboxes refused by the apiserver, each answer naming the field.\n\n\

@@ -477,8 +477,7 @@ async fn e2e_bad_resources_catalogue_each_is_degraded_with_its_own_reason_and_no
         ));
     }
     println!("{table}");
-    pipewright_testenv::write_report(
-        "PIPEWRIGHT_BAD_INPUT_REPORT",
+    pipewright_testenv::catalogue(
         "bad-input-runtime",
         &format!(
             "{n} resources at once in one namespace, each Degraded=True with the reason \

@@ -326,8 +326,7 @@ async fn consume_bad_input_catalogue_each_bad_record_is_dead_lettered_once_with_
     );
     println!("{table}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    pipewright_testenv::write_report(
-        "PIPEWRIGHT_BAD_INPUT_REPORT",
+    pipewright_testenv::catalogue(
         "bad-input-records",
         &format!(
             "{} records, {good} delivered and {bad} dead-lettered, each once, every offset \

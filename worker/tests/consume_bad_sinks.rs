@@ -426,8 +426,7 @@ async fn consume_bad_sinks_catalogue_each_failing_endpoint_is_retried_or_dead_le
     println!("{table}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     let total = ANSWERS.len() + others.len();
-    pipewright_testenv::write_report(
-        "PIPEWRIGHT_BAD_INPUT_REPORT",
+    pipewright_testenv::catalogue(
         "bad-input-sinks",
         &format!(
             "{total} records, one per endpoint, {ATTEMPTS} attempts each at most, a dead-letter \
