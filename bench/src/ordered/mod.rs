@@ -54,16 +54,20 @@ impl HandlerTime {
         (self.delay_us as f64 + self.jitter_us as f64 / 2.0) / 1_000.0
     }
 
-    /// The mean of the times the records of a cell's topic are set to take (its one
-    /// partition, offsets `0..records`): the delay plus each record's jitter, the function
-    /// both contenders wait by ([`jitter_of`]). The nominal ideal's handler time.
-    pub fn nominal_mean_ms(self, records: u64) -> f64 {
+    /// The times the records of a cell's topic are set to take, summed (its one partition,
+    /// offsets `0..records`): the delay plus each record's jitter, by the function both
+    /// contenders wait by ([`jitter_of`]; the peer reports its own sum, which must be this).
+    pub fn set_total(self, records: u64) -> Duration {
         let jitter = Duration::from_micros(self.jitter_us);
-        let total: Duration = (0..records as i64)
+        let jitters: Duration = (0..records as i64)
             .map(|offset| jitter_of(jitter, 0, offset))
             .sum();
-        let mean_jitter_ms = total.as_secs_f64() * 1_000.0 / records.max(1) as f64;
-        self.delay_us as f64 / 1_000.0 + mean_jitter_ms
+        Duration::from_micros(self.delay_us) * records as u32 + jitters
+    }
+
+    /// The mean of [`HandlerTime::set_total`], ms: the nominal ideal's handler time.
+    pub fn nominal_mean_ms(self, records: u64) -> f64 {
+        self.set_total(records).as_secs_f64() * 1_000.0 / records.max(1) as f64
     }
 
     /// `1 ms`, `1–20 ms`.

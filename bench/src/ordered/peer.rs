@@ -39,6 +39,8 @@ pub struct PeerReport {
     pub first_epoch_ms: f64,
     pub last_epoch_ms: f64,
     pub handler_mean_ms: f64,
+    /// The times its handler was set to take, summed (nanoseconds).
+    pub set_wait_ns: u64,
 }
 
 impl PeerReport {
@@ -148,6 +150,15 @@ impl Peer {
             report.handler_calls,
             topic.records
         );
+        let set = cell.handler.set_total(topic.records);
+        ensure!(
+            u128::from(report.set_wait_ns) == set.as_nanos(),
+            "the Parallel Consumer peer was set to wait {} ns in all, the worker {} ns for the \
+             same records: jitterOf (ParallelConsumerPeer.java) and jitter_of (the worker's \
+             discard sink) differ",
+            report.set_wait_ns,
+            set.as_nanos()
+        );
         contenders::check_committed(setup, topic, &group)?;
         let at = |ms: f64| UNIX_EPOCH + Duration::from_secs_f64(ms / 1_000.0);
         let (first, last) = (at(report.first_epoch_ms), at(report.last_epoch_ms));
@@ -173,7 +184,8 @@ mod tests {
     #[test]
     fn the_report_is_the_last_json_line() {
         let out = "some log line\n{\"records\": 2000, \"handler_calls\": 2000, \"window_s\": 1.5, \
-                   \"first_epoch_ms\": 1000.0, \"last_epoch_ms\": 2500.0, \"handler_mean_ms\": 1.061}\n";
+                   \"first_epoch_ms\": 1000.0, \"last_epoch_ms\": 2500.0, \"handler_mean_ms\": 1.061, \
+                   \"set_wait_ns\": 2000000000}\n";
         let r = PeerReport::parse(out).unwrap();
         assert_eq!(r.records, 2000);
         assert_eq!(r.handler_mean_ms, 1.061);

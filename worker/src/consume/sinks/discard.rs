@@ -15,7 +15,7 @@
 //! response does not suffer). The worker's
 //! `pipewright_consumer_handler_latency_seconds` measures what each delivery really took.
 //!
-//! **Which jitter.** A record's jitter is a function of the record alone ([`DiscardSink::jitter_of`]:
+//! **Which jitter.** A record's jitter is a function of the record alone ([`jitter_of`]:
 //! splitmix64 of its partition and offset, uniform in `0..=jitter`), so every run, and the
 //! benchmark's peer, which computes the same function (`bench/java/parallel-consumer`), gives
 //! the same record the same time: contenders compared on one topic wait for the same

@@ -69,6 +69,9 @@ public final class ParallelConsumerPeer {
     AtomicLong lastEnd = new AtomicLong();
     AtomicLong done = new AtomicLong();
     LongAdder handlerNanos = new LongAdder();
+    // The times the handler was set to take, summed: the harness checks them against the
+    // worker's jitter_of for the same records.
+    LongAdder setWaitNanos = new LongAdder();
     CountDownLatch all = new CountDownLatch(1);
     pc.poll(
         context -> {
@@ -76,6 +79,7 @@ public final class ParallelConsumerPeer {
           firstStart.compareAndSet(Long.MIN_VALUE, start);
           var record = context.getSingleConsumerRecord();
           long wait = delayNanos + jitterOf(jitterNanos, record.partition(), record.offset());
+          setWaitNanos.add(wait);
           long deadline = start + wait;
           for (long left = wait; left > 0; left = deadline - System.nanoTime()) {
             LockSupport.parkNanos(left);
@@ -98,13 +102,14 @@ public final class ParallelConsumerPeer {
     double windowS = (lastEnd.get() - firstStart.get()) / 1e9;
     System.out.printf(
         "{\"records\": %d, \"handler_calls\": %d, \"window_s\": %.6f, \"first_epoch_ms\": %.3f,"
-            + " \"last_epoch_ms\": %.3f, \"handler_mean_ms\": %.6f}%n",
+            + " \"last_epoch_ms\": %.3f, \"handler_mean_ms\": %.6f, \"set_wait_ns\": %d}%n",
         records,
         calls,
         windowS,
         (epochNanosAtStart + firstStart.get() - nanoAtStart) / 1e6,
         (epochNanosAtStart + lastEnd.get() - nanoAtStart) / 1e6,
-        handlerNanos.sum() / 1e6 / calls);
+        handlerNanos.sum() / 1e6 / calls,
+        setWaitNanos.sum());
   }
 
   /**
