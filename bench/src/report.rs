@@ -450,8 +450,10 @@ const METHOD: &[&str] = &[
      its last record; `rebalance.time.ms` is its join), `rdkafka_performance` its own rate (from \
      its first message), the raw Rust loop prints the wall clock of its first and last record, \
      and the worker's `pipewright_consumer_processed_total` is scraped from `/metrics` every \
-     10 ms (from the last scrape reading 0 to the first reading every record: at most 20 ms \
-     longer than the truth, never shorter). The worker's count is of records its sink finished, \
+     10 ms: each end of its window is the midpoint of the two scrapes around its first \
+     (last) record, within 5 ms of the truth either way (until 2026-12-05 the outer scrapes: \
+     up to 20 ms longer than the truth, never shorter, 2–4 % against the worker here). The \
+     worker's count is of records its sink finished, \
      the peers' of records they received: the worker's window includes its pipeline's and \
      sink's tail.",
     "**CPU** is user + system time of all threads, read from `/proc/<pid>/stat` every 10 ms \
