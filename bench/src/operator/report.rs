@@ -420,10 +420,20 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
          the unpatched binary the reaction p50 went 13.7 / 12.5 → 12.6 / 11.5 ms (p99 ÷ \
          built-in 2.43 / 1.75 → 2.14 / 1.86: 60 creates, noise). The operator's own code \
          cannot avoid it (`Controller` has no trigger path around the scheduler); the change \
-         to propose upstream is those few lines. Then the apiserver's own work: a server-side apply of a new object \
-         costs about 0.8 ms more than a create (a plain HTTP client, 60 of each kind), but \
-         creates would leave the fields the operator stops setting owned by an `Update` \
-         manager unless a second request moved their ownership. The workers' Service is \
+         to propose upstream is those few lines. Then the apiserver's own work, from its \
+         `apiserver_request_duration_seconds` over the reaction phase of a quick run (61 \
+         creates of each kind, 2026-12-05): server-side apply of the operator's new \
+         Deployment 6.5 ms mean (its ServiceAccount 5.2 and ConfigMap 5.4 beside it), the \
+         harness's plain create of the reference Deployment 3.0 ms, the built-in controller's \
+         ReplicaSet create 5.2 ms; in the slowest creates of the instrumented runs, the \
+         operator's first child request → the Deployment's answer took 7–24 ms, the \
+         operator's own code 0.2 ms. A create instead of a server-side apply for a new \
+         object's children is the next lever (alone on an idle apiserver a server-side apply \
+         cost about 0.8 ms more than a create, a plain HTTP client, 60 of each kind; the \
+         Deployment's 6.5 against 3.0 ms mean above is under the bench's load, beside two \
+         other applies, and with a larger pod template), but creates would leave the fields \
+         the operator stops setting owned by an `Update` manager unless a second request \
+         moved their ownership: not done yet. The workers' Service is \
          headless since 004c618: with a cluster IP it was the slowest child (mean apply \
          114–124 ms over a run, an `IPAddress` object per Service; cold start of 240 \
          resources 7.6 / 10.7 s before, 7.1 / 5.7 s after, alternating runs). Cold start: children are applied before \
