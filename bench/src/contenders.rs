@@ -14,9 +14,9 @@
 //!   [`SAMPLE_PERIOD`]: the first record lies between the last scrape that read 0 and the
 //!   first that read more, the last record between the last scrape that read fewer than all
 //!   and the first that read all; each end of the window is the midpoint of its two scrapes
-//!   (within half a period of the truth, either way: the window taken from the outer scrapes
+//!   (within half the time between those two scrapes, about 5 ms, either way: the window taken from the outer scrapes
 //!   was up to two periods longer than the truth, never shorter, a bias against the worker of
-//!   2–4 % in a 0.6 s window). A topic read within one period falls back to the outer scrapes.
+//!   up to 3 % in a 0.6 s window). A topic read within one period falls back to the outer scrapes.
 //!
 //! CPU is read from `/proc` ([`crate::process`]) over the same window; for
 //! `rdkafka_performance`, whose window has no wall-clock anchor, over its whole process

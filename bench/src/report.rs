@@ -451,8 +451,8 @@ const METHOD: &[&str] = &[
      its first message), the raw Rust loop prints the wall clock of its first and last record, \
      and the worker's `pipewright_consumer_processed_total` is scraped from `/metrics` every \
      10 ms: each end of its window is the midpoint of the two scrapes around its first \
-     (last) record, within 5 ms of the truth either way (until 2026-12-05 the outer scrapes: \
-     up to 20 ms longer than the truth, never shorter, 2–4 % against the worker here). The \
+     (last) record, within half the time between them (about 5 ms) of the truth either way (until 2026-12-05 the outer scrapes: \
+     up to 20 ms longer than the truth, never shorter: up to 3 % against the worker here). The \
      worker's count is of records its sink finished, \
      the peers' of records they received: the worker's window includes its pipeline's and \
      sink's tail.",

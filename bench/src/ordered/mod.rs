@@ -62,7 +62,7 @@ impl HandlerTime {
         let jitters: Duration = (0..records as i64)
             .map(|offset| jitter_of(jitter, 0, offset))
             .sum();
-        Duration::from_micros(self.delay_us) * records as u32 + jitters
+        Duration::from_micros(self.delay_us * records) + jitters
     }
 
     /// The mean of [`HandlerTime::set_total`], ms: the nominal ideal's handler time.

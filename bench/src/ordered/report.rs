@@ -86,7 +86,8 @@ pub fn handler_mean_ms(run: &Run) -> f64 {
 }
 
 impl ContenderFigures {
-    fn new(who: Who, cell: Cell, records: u64, runs: Vec<Run>) -> ContenderFigures {
+    /// `ideal_nominal_per_s`: the cell's ideal ([`CellResult::ideal_nominal_per_s`]).
+    fn new(who: Who, cell: Cell, ideal_nominal_per_s: f64, runs: Vec<Run>) -> ContenderFigures {
         let rates: Vec<f64> = runs
             .iter()
             .map(|r| r.records as f64 / r.window_s.max(1e-9))
@@ -99,8 +100,7 @@ impl ContenderFigures {
             min_records_per_s: rates.iter().copied().fold(f64::INFINITY, f64::min),
             max_records_per_s: rates.iter().copied().fold(0.0, f64::max),
             handler_mean_ms: handler,
-            of_ideal_nominal: records_per_s
-                / ideal_per_s(cell.concurrency, cell.handler.nominal_mean_ms(records)),
+            of_ideal_nominal: records_per_s / ideal_nominal_per_s,
             of_ideal_measured: if handler > 0.0 {
                 records_per_s / ideal_per_s(cell.concurrency, handler)
             } else {
@@ -124,17 +124,15 @@ impl ContenderFigures {
 impl CellResult {
     /// `runs` in [`Who::ALL`] order.
     pub fn new(cell: Cell, records: u64, runs: Vec<Vec<Run>>) -> CellResult {
+        let ideal = ideal_per_s(cell.concurrency, cell.handler.nominal_mean_ms(records));
         CellResult {
             cell,
             records,
-            ideal_nominal_per_s: ideal_per_s(
-                cell.concurrency,
-                cell.handler.nominal_mean_ms(records),
-            ),
+            ideal_nominal_per_s: ideal,
             contenders: Who::ALL
                 .iter()
                 .zip(runs)
-                .map(|(who, runs)| ContenderFigures::new(*who, cell, records, runs))
+                .map(|(who, runs)| ContenderFigures::new(*who, cell, ideal, runs))
                 .collect(),
         }
     }
@@ -476,10 +474,10 @@ const METHOD: &[&str] = &[
      the target is about; *÷ ideal (measured)* uses the contender's own measured mean. *worker ÷ peer* is \
      the ratio of the two median records/s on the same topic in the same invocation.",
     "**Window.** Worker: `/metrics` scraped every 10 ms; each end of the window is the \
-     midpoint of the two scrapes around its first (last) processed record, within 5 ms of the \
+     midpoint of the two scrapes around its first (last) processed record, within half the time between them (about 5 ms) of the \
      truth either way (until 2026-12-05 the outer scrapes: up to 20 ms longer than the truth, \
-     never shorter, which counted against the worker: 0.7 % of the 2.7 s window at 1–20 ms, \
-     c=16, 4 % of the 0.47 s one at 1 ms, c=256). Parallel Consumer: from its first \
+     never shorter, which counted against the worker: up to 0.7 % of the 2.7 s window at 1–20 ms, \
+     c=16, up to 4 % of the 0.47 s one at 1 ms, c=256). Parallel Consumer: from its first \
      handler call's start to its last one's end, by its own clock. Process start-up and the \
      group join are outside both windows. Topics are sized to about 1.5 s at the ideal rate \
      (4,000 to 100,000 records), so short cells have larger relative noise.",
