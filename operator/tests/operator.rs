@@ -1032,6 +1032,7 @@ async fn a_new_event_consumer_gets_its_deployment_before_its_kafka_measurement_f
         ec.status
     );
     holding.abort();
+    ns.delete().await;
 }
 
 #[tokio::test]

@@ -224,9 +224,13 @@ pub async fn kube_client() -> Client {
 
 /// A namespace of its own for one test. Delete it at the end with [`TestNamespace::delete`];
 /// a panicking test leaves it behind for inspection (`tests/env/down` removes everything).
+/// One a test that did not panic forgot to delete is deleted when dropped: the nodes are
+/// shared, and a worker left running with its disruption budget blocks a later test's
+/// `kubectl drain` (e2e_drain).
 pub struct TestNamespace {
     pub name: String,
     client: Client,
+    deleted: bool,
 }
 
 impl std::fmt::Debug for TestNamespace {
@@ -255,15 +259,45 @@ impl TestNamespace {
         TestNamespace {
             name,
             client: client.clone(),
+            deleted: false,
         }
     }
 
     /// Deletes the namespace (and, through the namespace controller, all it holds).
-    pub async fn delete(self) {
-        Api::<Namespace>::all(self.client)
+    pub async fn delete(mut self) {
+        self.deleted = true;
+        Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::background())
             .await
             .unwrap_or_else(|e| panic!("delete namespace {}: {e}", self.name));
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.deleted || std::thread::panicking() {
+            return;
+        }
+        // Drop cannot await, and the test's runtime may be shutting down: a thread with a
+        // runtime and a client of its own.
+        let name = self.name.clone();
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to delete a namespace");
+            runtime.block_on(async {
+                Api::<Namespace>::all(kube_client().await)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("delete namespace {name}: {e}"))
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = deleted {
+            eprintln!("{e}");
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Stack, WAIT, bootstrap, event_consumer, var};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{WatchEvent, WatchParams};
+use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, ResourceExt};
 use pipewright_crds::EventConsumer;
 use pipewright_testenv::{create_topic, eventually, kafka_config, nodes, unique_name};
@@ -111,6 +111,33 @@ async fn e2e_draining_a_node_mid_stream_keeps_the_disruption_budget_loses_nothin
             ))
             .collect::<Vec<_>>()
     );
+
+    // The nodes are shared with the tests before this one: a pod another test left running
+    // on the node (its disruption budget exhausted) would hold the drain back for nothing.
+    let leftovers = Arc::new(Mutex::new(Vec::new()));
+    eventually(
+        &format!("no pod of another test on {drained} (see the list printed above)"),
+        WAIT,
+        || async {
+            let on = ListParams::default().fields(&format!("spec.nodeName={drained}"));
+            let pods = Api::<Pod>::all(stack.client.clone()).list(&on).await.ok()?;
+            let others: Vec<String> = pods
+                .iter()
+                .filter(|p| p.namespace().as_deref() != Some(stack.ns.name.as_str()))
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| !p.owner_references().iter().any(|o| o.kind == "DaemonSet"))
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            let empty = others.is_empty();
+            let mut seen = leftovers.lock().unwrap();
+            if !empty && *seen != others {
+                println!("pods of other tests on {drained}: {others:?}");
+            }
+            *seen = others;
+            empty.then_some(())
+        },
+    )
+    .await;
 
     let availability = watch_availability(stack.api::<Pod>());
     let delivered = read_output(&output);
