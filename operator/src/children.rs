@@ -20,6 +20,9 @@
 //!   (no generation bump); they are restored at the next change of the resource, or when the
 //!   operator restarts (the records live in memory: a new process, or a new leader, applies
 //!   everything once).
+//! - **Creates what is absent.** A child the store does not have is created, not applied; its
+//!   fields are handed to the operator's server-side apply at its first apply
+//!   ([`crate::handover`]).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -40,8 +43,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::controller::apply;
+use crate::controller::{apply, create};
 use crate::error::{Error, Result};
+use crate::handover::{hand_over, handover_patch};
 use crate::metrics::{ApplyLabels, Metrics};
 use crate::workload::{
     Component, Desired, LAST_SCALE_ANNOTATION, component_selector, selector_labels,
@@ -494,7 +498,8 @@ impl Children {
     }
 
     /// Applies `desired` unless the child (`current`: its metadata in the store) is at the
-    /// version this process last applied the same object at. `None`: skipped.
+    /// version this process last applied the same object at; creates it when the store does
+    /// not have it ([`send`]). `None`: skipped.
     async fn apply_one<T>(
         &self,
         client: &Client,
@@ -536,8 +541,8 @@ impl Children {
                 return Ok(None);
             }
         }
-        let applied = apply(client, ns, desired).await?;
-        metrics.applies.get_or_create(&labels("sent")).inc();
+        let (applied, outcome) = send(client, ns, desired, current.is_none()).await?;
+        metrics.applies.get_or_create(&labels(outcome)).inc();
         if let Some(version) = version(applied.meta(), by) {
             self.written
                 .lock()
@@ -557,6 +562,34 @@ where
     store
         .get(&ObjectRef::new(&desired.name_any()).within(ns))
         .map(|o| o.metadata.clone())
+}
+
+/// Sends `desired`: created when the store does not have it (`absent`; a create the apiserver
+/// refuses as existing — the store lagged — is applied instead), else server-side applied.
+/// An apply whose answer shows fields still held by the operator's create (its `Update`
+/// entry) hands them to its `Apply` entry and is sent again, so that what this apply dropped
+/// is removed ([`crate::handover`]). Returns the object and the outcome label.
+async fn send<T>(client: &Client, ns: &str, desired: &T, absent: bool) -> Result<(T, &'static str)>
+where
+    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    if absent {
+        match create(client, ns, desired).await {
+            Ok(created) => return Ok((created, "created")),
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let applied = apply(client, ns, desired).await?;
+    if handover_patch(applied.meta()).is_none() {
+        return Ok((applied, "sent"));
+    }
+    hand_over(client, ns, applied).await?;
+    Ok((apply(client, ns, desired).await?, "sent"))
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -267,6 +267,24 @@ where
             &Patch::Apply(obj),
         )
         .await?)
+}
+
+/// Creates `obj` (POST) with the operator's field manager; see [`crate::handover`] for why a
+/// new child is created rather than applied.
+pub async fn create<T>(client: &Client, ns: &str, obj: &T) -> Result<T>
+where
+    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<T> = Api::namespaced(client.clone(), ns);
+    let params = PostParams {
+        field_manager: Some(crate::MANAGER.into()),
+        ..PostParams::default()
+    };
+    Ok(api.create(&params, obj).await?)
 }
 
 /// Reads the referenced Secrets; the first that (or whose key) is missing is an error.

@@ -16,6 +16,7 @@ pub mod controller;
 pub mod error;
 pub mod event_consumer;
 pub mod events;
+pub mod handover;
 pub mod http;
 pub mod leader;
 pub mod measure;

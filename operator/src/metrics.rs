@@ -28,8 +28,9 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
-/// Labels of the child-apply counter: the child's kind, and `sent` or `unchanged` (skipped:
-/// the child is as last applied, see [`crate::children`]).
+/// Labels of the child-apply counter: the child's kind, and `created` (it did not exist),
+/// `sent` (server-side applied) or `unchanged` (skipped: the child is as last applied, see
+/// [`crate::children`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApplyLabels {
     pub kind: String,
@@ -109,7 +110,7 @@ pub struct Metrics {
     pub status_writes: Family<KindLabels, Counter>,
     /// Running worker pods that did not answer their report in time.
     pub reports_unanswered: Family<KindLabels, Counter>,
-    /// Server-side applies of children, sent or skipped as unchanged.
+    /// Writes of children: created, server-side applied, or skipped as unchanged.
     pub applies: Family<ApplyLabels, Counter>,
     /// Records of a partition the group has not committed, as last measured.
     pub consumergroup_lag: Family<LagLabels, Gauge>,
@@ -183,7 +184,7 @@ impl Metrics {
         );
         r.register(
             "child_applies",
-            "Server-side applies of children: sent, or skipped as unchanged since the last one",
+            "Writes of children: created, server-side applied (sent), or skipped as unchanged since the last one",
             m.applies.clone(),
         );
         r.register(

@@ -370,7 +370,8 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
                 "PodDisruptionBudget",
             ]
             .into_iter()
-            .filter_map(|kind| sent_of(kind, "sent"))
+            .flat_map(|kind| [sent_of(kind, "sent"), sent_of(kind, "created")])
+            .flatten()
             .sum();
             let r = reconciles().unwrap_or(0.0);
             let done = matches!(last, Some((s, r0)) if s == sent_now && r >= r0 + 3.0);
@@ -426,6 +427,106 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
         after >= settled + 2.0,
         "the ConfigMap and the Deployment were applied again ({settled} → {after} applies sent)"
     );
+    ns.delete().await;
+}
+
+/// The operator's entries in a child's `metadata.managedFields`: (operation, subresource).
+fn operator_entries<K: Resource>(child: &K) -> Vec<(String, String)> {
+    child
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.manager.as_deref() == Some(pipewright_operator::MANAGER))
+        .map(|e| {
+            (
+                e.operation.clone().unwrap_or_default(),
+                e.subresource.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A new resource's children are created (POST, not a server-side apply that creates): the
+/// create records the operator's fields under an `Update` entry of `metadata.managedFields`,
+/// which its server-side applies would leave in place. At a child's first apply the operator
+/// hands them to its `Apply` entry and applies again: a setting removed from the spec (a pod
+/// annotation, a toleration, a ServiceAccount annotation) is removed from the children, and
+/// the children it changed hold one entry of the operator, `Apply`.
+#[tokio::test]
+async fn created_children_are_handed_to_server_side_apply_so_a_setting_removed_from_the_spec_leaves_them()
+ {
+    let (client, ns, operator) = setup("op-handover").await;
+    let topic = create_topic("op-handover", 1).await;
+    let pod = json!({"pod": {
+        "annotations": {"example.com/trace": "on"},
+        "serviceAccountAnnotations": {"example.com/role": "reader"},
+        "tolerations": [{"key": "example.com/batch", "operator": "Exists", "effect": "NoSchedule"}],
+    }});
+    create(&client, &ns.name, &event_consumer("orders", &topic, pod)).await;
+    let child = "orders-consumer";
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    eventually("every child", WAIT, || async {
+        services.get_opt(child).await.ok()??;
+        budgets.get_opt(child).await.ok()??;
+        Some(())
+    })
+    .await;
+    // The first reconcile found no child: each was created, once.
+    for kind in [
+        "Deployment",
+        "ConfigMap",
+        "Service",
+        "ServiceAccount",
+        "PodDisruptionBudget",
+    ] {
+        let created = operator.metric(&format!(
+            r#"pipewright_operator_child_applies_total{{kind="{kind}",outcome="created"}}"#
+        ));
+        assert_eq!(created, Some(1.0), "{kind}: created once");
+    }
+    let tolerated = |d: &Deployment| {
+        d.spec
+            .template
+            .spec
+            .iter()
+            .flat_map(|s| s.tolerations.iter().flatten())
+            .any(|t| t.key.as_deref() == Some("example.com/batch"))
+    };
+    let deployment = deployments.get(child).await.unwrap();
+    assert!(tolerated(&deployment), "the toleration is rolled out");
+    assert_eq!(
+        template_annotation(&deployment, "example.com/trace").as_deref(),
+        Some("on")
+    );
+
+    Api::<EventConsumer>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pod": null}})),
+        )
+        .await
+        .unwrap();
+    let applied_only = [("Apply".to_string(), String::new())];
+    eventually(
+        "the removed settings gone from the children, their fields held by the operator's Apply entry alone",
+        WAIT,
+        || async {
+            let deployment = deployments.get(child).await.ok()?;
+            let account = accounts.get(child).await.ok()?;
+            (!tolerated(&deployment)
+                && template_annotation(&deployment, "example.com/trace").is_none()
+                && !account.annotations().contains_key("example.com/role")
+                && operator_entries(&deployment) == applied_only
+                && operator_entries(&account) == applied_only)
+                .then_some(())
+        },
+    )
+    .await;
     ns.delete().await;
 }
 
