@@ -475,19 +475,25 @@ async fn created_children_are_handed_to_server_side_apply_so_a_setting_removed_f
         Some(())
     })
     .await;
-    // The first reconcile found no child: each was created, once.
-    for kind in [
-        "Deployment",
-        "ConfigMap",
-        "Service",
-        "ServiceAccount",
-        "PodDisruptionBudget",
-    ] {
-        let created = operator.metric(&format!(
-            r#"pipewright_operator_child_applies_total{{kind="{kind}",outcome="created"}}"#
-        ));
-        assert_eq!(created, Some(1.0), "{kind}: created once");
-    }
+    // The first reconcile found no child: each was created (counted once its create answered).
+    let created = || {
+        [
+            "Deployment",
+            "ConfigMap",
+            "Service",
+            "ServiceAccount",
+            "PodDisruptionBudget",
+        ]
+        .map(|kind| {
+            operator.metric(&format!(
+                r#"pipewright_operator_child_applies_total{{kind="{kind}",outcome="created"}}"#
+            ))
+        })
+    };
+    eventually("a create counted for each kind of child", WAIT, || async {
+        created().iter().all(Option::is_some).then_some(())
+    })
+    .await;
     let tolerated = |d: &Deployment| {
         d.spec
             .template
@@ -527,6 +533,8 @@ async fn created_children_are_handed_to_server_side_apply_so_a_setting_removed_f
         },
     )
     .await;
+    // Changed children are applied, not created again.
+    assert_eq!(created(), [Some(1.0); 5], "each child created once");
     ns.delete().await;
 }
 
