@@ -443,8 +443,9 @@ pub fn markdown(r: &OperatorResults, worker_load_rss_mib: Option<f64>) -> String
          that creates 5.8 ms (p50 5.1), the hand-over patch 5.5 ms. Full runs of this part, \
          the binary before (4847713^) and after alternating, 2 runs each: reaction p50 13.9 / \
          13.9 → 11.4 / 12.4 ms, p99 29.6 / 27.0 → 19.2 / 19.9 ms, p99 ÷ built-in 2.76 / 2.13 \
-         → 1.59 / 1.25, p95 ÷ built-in 1.99 / 1.98 → 1.61 / 1.63; cold start 29.6 / 32.6 → \
-         30.4 / 29.6 s, peak RSS 62.8 / 62.6 → 63.0 / 62.1 MiB (unchanged within the noise). \
+         → 1.59 / 1.25, p95 ÷ built-in 1.99 / 1.98 → 1.61 / 1.63; cold start (every status \
+         written) 29.9 / 32.8 → 30.6 / 29.8 s, peak RSS 59.9 / 59.7 → 60.1 / 59.3 MiB \
+         (unchanged within the noise). \
          Handing the fields over right after each create instead (tried first) would add a \
          request per child on every cold start. The workers' Service is \
          headless since 004c618: with a cluster IP it was the slowest child (mean apply \
