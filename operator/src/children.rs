@@ -39,13 +39,12 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::controller::{apply, create};
+use crate::controller::{Child, apply, create};
 use crate::error::{Error, Result};
-use crate::handover::{hand_over, handover_patch};
+use crate::handover::hand_over;
 use crate::metrics::{ApplyLabels, Metrics};
 use crate::workload::{
     Component, Desired, LAST_SCALE_ANNOTATION, component_selector, selector_labels,
@@ -500,7 +499,7 @@ impl Children {
     /// Applies `desired` unless the child (`current`: its metadata in the store) is at the
     /// version this process last applied the same object at; creates it when the store does
     /// not have it ([`send`]). `None`: skipped.
-    async fn apply_one<T>(
+    async fn apply_one<T: Child>(
         &self,
         client: &Client,
         metrics: &Metrics,
@@ -508,14 +507,7 @@ impl Children {
         desired: &T,
         current: Option<ObjectMeta>,
         by: By,
-    ) -> Result<Option<T>>
-    where
-        T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-    {
+    ) -> Result<Option<T>> {
         let kind = T::kind(&());
         let key = format!("{kind}/{ns}/{}", desired.name_any());
         let body = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
@@ -569,14 +561,12 @@ where
 /// An apply whose answer shows fields still held by the operator's create (its `Update`
 /// entry) hands them to its `Apply` entry and is sent again, so that what this apply dropped
 /// is removed ([`crate::handover`]). Returns the object and the outcome label.
-async fn send<T>(client: &Client, ns: &str, desired: &T, absent: bool) -> Result<(T, &'static str)>
-where
-    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
+async fn send<T: Child>(
+    client: &Client,
+    ns: &str,
+    desired: &T,
+    absent: bool,
+) -> Result<(T, &'static str)> {
     if absent {
         match create(client, ns, desired).await {
             Ok(created) => return Ok((created, "created")),
@@ -585,10 +575,9 @@ where
         }
     }
     let applied = apply(client, ns, desired).await?;
-    if handover_patch(applied.meta()).is_none() {
+    if !hand_over(client, ns, &applied).await? {
         return Ok((applied, "sent"));
     }
-    hand_over(client, ns, applied).await?;
     Ok((apply(client, ns, desired).await?, "sent"))
 }
 

@@ -249,15 +249,27 @@ pub fn problem_of(e: &Error) -> Problem {
     Problem::new(reason, Chain(e).to_string())
 }
 
-/// Applies `obj` with server-side apply, forced: the operator owns the fields it sets.
-pub async fn apply<T>(client: &Client, ns: &str, obj: &T) -> Result<T>
-where
+/// A namespaced object the operator writes as a whole (a child of its resources).
+pub trait Child:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Debug
+{
+}
+
+impl<T> Child for T where
     T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
         + DeserializeOwned
         + Clone
-        + Debug,
+        + Debug
 {
+}
+
+/// Applies `obj` with server-side apply, forced: the operator owns the fields it sets.
+pub async fn apply<T: Child>(client: &Client, ns: &str, obj: &T) -> Result<T> {
     let api: Api<T> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
     Ok(api
@@ -271,14 +283,7 @@ where
 
 /// Creates `obj` (POST) with the operator's field manager; see [`crate::handover`] for why a
 /// new child is created rather than applied.
-pub async fn create<T>(client: &Client, ns: &str, obj: &T) -> Result<T>
-where
-    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
+pub async fn create<T: Child>(client: &Client, ns: &str, obj: &T) -> Result<T> {
     let api: Api<T> = Api::namespaced(client.clone(), ns);
     let params = PostParams {
         field_manager: Some(crate::MANAGER.into()),

@@ -18,16 +18,14 @@
 //! and the patch does not matter; one that moves ours fails the patch, which is then made
 //! again from a fresh answer.
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tracing::debug;
 
 use crate::MANAGER;
+use crate::controller::Child;
 use crate::error::{Error, Result};
 
 const APPLY: &str = "Apply";
@@ -63,7 +61,7 @@ fn union(fields: &mut Value, more: &Value) {
 
 /// The JSON patch that hands the operator's `Update` entry in `meta.managedFields` to its
 /// `Apply` entry; `None` when it has no `Update` entry.
-pub fn handover_patch(meta: &ObjectMeta) -> Option<Value> {
+fn handover_patch(meta: &ObjectMeta) -> Option<Value> {
     let entries = meta.managed_fields.as_deref()?;
     let update = entries.iter().position(|e| ours(e, UPDATE))?;
     let at = |i: usize, field: &str| format!("/metadata/managedFields/{i}/{field}");
@@ -92,33 +90,26 @@ pub fn handover_patch(meta: &ObjectMeta) -> Option<Value> {
 }
 
 /// Hands the operator's `Update` entry of `obj` (as the apiserver last answered) to its
-/// `Apply` entry; nothing when there is none.
-pub async fn hand_over<T>(client: &Client, ns: &str, mut obj: T) -> Result<()>
-where
-    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
+/// `Apply` entry. False: `obj` has no such entry, nothing was sent.
+pub async fn hand_over<T: Child>(client: &Client, ns: &str, obj: &T) -> Result<bool> {
+    let Some(mut patch) = handover_patch(obj.meta()) else {
+        return Ok(false);
+    };
     let api: Api<T> = Api::namespaced(client.clone(), ns);
     let name = obj.name_any();
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
     let mut attempt = 1;
     loop {
-        let Some(patch) = handover_patch(obj.meta()) else {
-            return Ok(());
-        };
-        let patch: json_patch::Patch =
+        let json: json_patch::Patch =
             serde_json::from_value(patch).map_err(|source| Error::Serialize {
                 what: "a managedFields patch",
                 source,
             })?;
-        let params = PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..PatchParams::default()
-        };
-        match api.patch(&name, &params, &Patch::<()>::Json(patch)).await {
-            Ok(_) => return Ok(()),
+        match api.patch(&name, &params, &Patch::<()>::Json(json)).await {
+            Ok(_) => return Ok(true),
             // A test of the patch failed: the entries moved since `obj` was read.
             Err(kube::Error::Api(s)) if s.code == 422 && attempt < ATTEMPTS => {
                 attempt += 1;
@@ -126,7 +117,12 @@ where
                     "managedFields moved; reading them again");
                 // Read again with an empty merge patch: it changes nothing and answers with the
                 // object, and the operator may patch its children but not get them.
-                obj = api.patch(&name, &params, &Patch::Merge(json!({}))).await?;
+                let read = api.patch(&name, &params, &Patch::Merge(json!({}))).await?;
+                match handover_patch(read.meta()) {
+                    Some(again) => patch = again,
+                    // Handed over meanwhile (an earlier attempt did go through).
+                    None => return Ok(true),
+                }
             }
             Err(e) => return Err(e.into()),
         }
