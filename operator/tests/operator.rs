@@ -34,6 +34,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 const CONFIG_HASH: &str = "pipewright.io/config-hash";
+/// The kinds of an EventConsumer's children, as `pipewright_operator_child_applies_total`
+/// labels them.
+const CHILD_KINDS: [&str; 5] = [
+    "Deployment",
+    "ConfigMap",
+    "Service",
+    "ServiceAccount",
+    "PodDisruptionBudget",
+];
 
 async fn setup(prefix: &str) -> (Client, TestNamespace, Operator) {
     let client = kube_client().await;
@@ -362,17 +371,11 @@ async fn children_are_applied_again_only_when_the_spec_or_someone_else_changed_t
     let quiet = |what: &'static str| async move {
         let mut last: Option<(f64, f64)> = None;
         eventually(what, WAIT, || {
-            let sent_now: f64 = [
-                "Deployment",
-                "ConfigMap",
-                "Service",
-                "ServiceAccount",
-                "PodDisruptionBudget",
-            ]
-            .into_iter()
-            .flat_map(|kind| [sent_of(kind, "sent"), sent_of(kind, "created")])
-            .flatten()
-            .sum();
+            let sent_now: f64 = CHILD_KINDS
+                .into_iter()
+                .flat_map(|kind| [sent_of(kind, "sent"), sent_of(kind, "created")])
+                .flatten()
+                .sum();
             let r = reconciles().unwrap_or(0.0);
             let done = matches!(last, Some((s, r0)) if s == sent_now && r >= r0 + 3.0);
             if !matches!(last, Some((s, _)) if s == sent_now) {
@@ -447,6 +450,58 @@ fn operator_entries<K: Resource>(child: &K) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A child the operator's store does not have but the apiserver does (here a ServiceAccount of
+/// the same name someone made without the operator's labels, so the operator's watch does not
+/// list it) is refused as existing when created; the operator applies it instead, taking over
+/// the fields it sets, and the other children are created.
+#[tokio::test]
+async fn a_child_that_exists_unseen_is_refused_as_existing_when_created_and_applied_instead() {
+    let (client, ns, operator) = setup("op-exists").await;
+    let topic = create_topic("op-exists", 1).await;
+    let child = "orders-consumer";
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": child}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    create(
+        &client,
+        &ns.name,
+        &event_consumer("orders", &topic, json!({})),
+    )
+    .await;
+    let applies = |kind: &str, outcome: &str| {
+        operator.metric(&format!(
+            r#"pipewright_operator_child_applies_total{{kind="{kind}",outcome="{outcome}"}}"#
+        ))
+    };
+    eventually(
+        "the ServiceAccount applied, with the operator's labels",
+        WAIT,
+        || async {
+            let account = accounts.get(child).await.ok()?;
+            let managed = account.labels().get("app.kubernetes.io/managed-by")
+                == Some(&pipewright_operator::MANAGER.to_string());
+            (managed
+                && operator_entries(&account) == [("Apply".to_string(), String::new())]
+                && applies("ServiceAccount", "sent").is_some_and(|n| n >= 1.0)
+                && applies("Deployment", "created").is_some_and(|n| n >= 1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    // (A counter never incremented reads as 0: `Operator::metric` sums the matching lines.)
+    assert_eq!(
+        applies("ServiceAccount", "created"),
+        Some(0.0),
+        "the existing ServiceAccount was not created"
+    );
+    ns.delete().await;
+}
+
 /// A new resource's children are created (POST, not a server-side apply that creates): the
 /// create records the operator's fields under an `Update` entry of `metadata.managedFields`,
 /// which its server-side applies would leave in place. At a child's first apply the operator
@@ -477,21 +532,17 @@ async fn created_children_are_handed_to_server_side_apply_so_a_setting_removed_f
     .await;
     // The first reconcile found no child: each was created (counted once its create answered).
     let created = || {
-        [
-            "Deployment",
-            "ConfigMap",
-            "Service",
-            "ServiceAccount",
-            "PodDisruptionBudget",
-        ]
-        .map(|kind| {
+        CHILD_KINDS.map(|kind| {
             operator.metric(&format!(
                 r#"pipewright_operator_child_applies_total{{kind="{kind}",outcome="created"}}"#
             ))
         })
     };
     eventually("a create counted for each kind of child", WAIT, || async {
-        created().iter().all(Option::is_some).then_some(())
+        created()
+            .iter()
+            .all(|n| n.is_some_and(|n| n >= 1.0))
+            .then_some(())
     })
     .await;
     let tolerated = |d: &Deployment| {
